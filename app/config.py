@@ -1,0 +1,93 @@
+"""Settings from environment variables (pydantic-settings), with embedded defaults.
+
+Everything lives under one data dir by default: the SQLite file, the local Qdrant
+directory and uploaded file bytes. Point `DATABASE_URL` / `QDRANT_URL` at servers
+to outgrow one machine.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(
+        default=Path("./data"),
+        validation_alias=_env("OPENGROVE_DATA_DIR"),
+        description="Where the embedded SQLite file, local Qdrant directory and file bytes live.",
+    )
+    host: str = Field(default="127.0.0.1", validation_alias=_env("OPENGROVE_HOST"))
+    port: int = Field(default=8000, validation_alias=_env("OPENGROVE_PORT"))
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=_env("DATABASE_URL"),
+        description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data dir>/opengrove.db. "
+        "postgresql://… is rewritten to postgresql+asyncpg://…",
+    )
+    qdrant_url: str | None = Field(
+        default=None,
+        validation_alias=_env("QDRANT_URL"),
+        description="Qdrant server URL; default is local on-disk mode under <data dir>/qdrant.",
+    )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["gpt-4o", "gpt-4o-mini"],
+        validation_alias=_env("OPENGROVE_MODELS"),
+        description="Comma-separated model names listed by /v1/models.",
+    )
+    log_level: str = Field(default="info", validation_alias=_env("OPENGROVE_LOG_LEVEL"))
+    db_pool_size: int = Field(default=10, validation_alias=_env("OPENGROVE_DB_POOL_SIZE"))
+    run_migrations_on_start: bool = Field(
+        default=True, validation_alias=_env("OPENGROVE_MIGRATE_ON_START")
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / 'opengrove.db').resolve()}"
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        if url.startswith("postgresql://"):
+            url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+        if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+            url = "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        return url
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+
+ENV_VARS: dict[str, str] = {
+    (field.validation_alias.choices[0] if isinstance(field.validation_alias, AliasChoices) else name): (
+        field.description or name.replace("_", " ")
+    )
+    for name, field in Settings.model_fields.items()
+}
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
