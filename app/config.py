@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 def _env(*names: str) -> AliasChoices:
@@ -81,9 +81,11 @@ class Settings(BaseSettings):
 
 
 ENV_VARS: dict[str, str] = {
-    (field.validation_alias.choices[0] if isinstance(field.validation_alias, AliasChoices) else name): (
-        field.description or name.replace("_", " ")
-    )
+    (
+        field.validation_alias.choices[0]
+        if isinstance(field.validation_alias, AliasChoices)
+        else name
+    ): (field.description or name.replace("_", " "))
     for name, field in Settings.model_fields.items()
 }
 

@@ -1,0 +1,1 @@
+"""opengrove: a self-hosted server for the OpenAI Assistants API v2."""

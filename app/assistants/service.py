@@ -1,0 +1,87 @@
+"""Assistant CRUD: the domain logic behind /v1/assistants (no HTTP here)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.assistants.models import Assistant
+from app.assistants.schemas import AssistantCreate, AssistantUpdate
+from app.errors import NotFound
+from app.ids import new_id
+from app.pagination import ListParams, Page, paginate
+from app.schemas import dump_optional, dump_tools
+from app.tool_resources import resolve_tool_resources
+
+
+async def create_assistant(session: AsyncSession, body: AssistantCreate) -> Assistant:
+    assistant = Assistant(
+        id=new_id("asst_"),
+        model=body.model,
+        name=body.name,
+        description=body.description,
+        instructions=body.instructions,
+        reasoning_effort=body.reasoning_effort,
+        tools=dump_tools(body.tools),
+        tool_resources=await resolve_tool_resources(session, body.tool_resources),
+        metadata_=body.metadata or {},
+        temperature=body.temperature,
+        top_p=body.top_p,
+        response_format=dump_optional(body.response_format),
+    )
+    session.add(assistant)
+    await session.commit()
+    return assistant
+
+
+async def get_assistant(session: AsyncSession, assistant_id: str) -> Assistant:
+    assistant = await session.get(Assistant, assistant_id)
+    if assistant is None:
+        raise NotFound("assistant", assistant_id)
+    return assistant
+
+
+async def update_assistant(
+    session: AsyncSession, assistant_id: str, body: AssistantUpdate
+) -> Assistant:
+    assistant = await get_assistant(session, assistant_id)
+    sent = body.model_fields_set
+    # Validate everything (including tool_resources) before touching the row.
+    tool_resources = (
+        await resolve_tool_resources(session, body.tool_resources)
+        if "tool_resources" in sent
+        else None
+    )
+    if "model" in sent and body.model is not None:
+        assistant.model = body.model
+    for field in (
+        "name",
+        "description",
+        "instructions",
+        "reasoning_effort",
+        "temperature",
+        "top_p",
+    ):
+        if field in sent:
+            setattr(assistant, field, getattr(body, field))
+    if "tools" in sent:
+        assistant.tools = dump_tools(body.tools)
+    if tool_resources is not None:
+        assistant.tool_resources = tool_resources
+    if "metadata" in sent:
+        assistant.metadata_ = body.metadata or {}
+    if "response_format" in sent:
+        assistant.response_format = dump_optional(body.response_format)
+    await session.commit()
+    return assistant
+
+
+async def delete_assistant(session: AsyncSession, assistant_id: str) -> None:
+    result = await session.execute(delete(Assistant).where(Assistant.id == assistant_id))
+    if result.rowcount == 0:
+        raise NotFound("assistant", assistant_id)
+    await session.commit()
+
+
+async def list_assistants(session: AsyncSession, params: ListParams) -> Page[Assistant]:
+    return await paginate(session, Assistant, params)

@@ -1,0 +1,92 @@
+"""The `opengrove` command: serve · migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from app.config import ENV_VARS, get_settings
+
+
+def _epilog() -> str:
+    width = max(len(name) for name in ENV_VARS)
+    lines = ["environment variables (command-line flags take precedence):"]
+    lines += [f"  {name.ljust(width)}  {doc}" for name, doc in ENV_VARS.items()]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opengrove",
+        description="Self-hosted OpenAI Assistants API v2 server.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the API server (applies pending migrations first)",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", help="interface to bind (OPENGROVE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (OPENGROVE_PORT, default 8000)")
+    serve.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR, default ./data)")
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply pending database migrations and exit",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    migrate.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR)")
+    return parser
+
+
+def _apply_flags(args: argparse.Namespace) -> None:
+    # Flags become environment variables so every process (and reload) sees the same settings.
+    for flag, env in (("host", "OPENGROVE_HOST"), ("port", "OPENGROVE_PORT"),
+                      ("data_dir", "OPENGROVE_DATA_DIR")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[env] = str(value)
+    get_settings.cache_clear()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _apply_flags(args)
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "migrate":
+        from app.migrate import upgrade_database
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(upgrade_database(settings.resolved_database_url))
+        print("migrations applied", file=sys.stderr)
+        return 0
+    if args.command == "serve":
+        import uvicorn
+
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            backlog=4096,
+        )
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` for every failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("opengrove.errors")
+
+MALFORMED_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON.)"
+)
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+
+class InvalidRequest(APIError):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(400, message, param=param, code=code)
+
+
+class NotFound(APIError):
+    def __init__(self, kind: str, object_id: str) -> None:
+        super().__init__(404, f"No {kind} found with id '{object_id}'.")
+
+
+def error_body(message: str, type: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.message, exc.type, exc.param, exc.code),
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+def _param_path(loc: tuple[Any, ...]) -> str | None:
+    """('body', 'tools', 0, 'function', 'name') -> 'tools[0].function.name' as OpenAI writes it."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    # Pydantic adds the union member's tag/class name to the location; OpenAI does not.
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and (
+            "[" in part or part[:1].isupper() or part.startswith("function-")
+        ):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
+
+
+_JSON_TYPE_NAMES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "dict": "an object",
+    "list": "an array",
+    "NoneType": "null",
+}
+
+
+def _describe(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value).__name__, type(value).__name__)
+
+
+def validation_error_to_api_error(errors: list[dict[str, Any]]) -> APIError:
+    """Turn the first pydantic error into the message OpenAI would write for it."""
+    err = errors[0]
+    etype: str = err.get("type", "")
+    loc = tuple(err.get("loc", ()))
+    param = _param_path(loc)
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if etype == "json_invalid":
+        return InvalidRequest(MALFORMED_JSON)
+    if etype == "extra_forbidden":
+        return InvalidRequest(
+            f"Unrecognized request argument supplied: {param}",
+            code="unknown_parameter",
+            param=param,
+        )
+    if etype == "missing":
+        if loc == ("body",):
+            return InvalidRequest("You must provide a JSON body.")
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    expected = {
+        "string_type": "a string",
+        "int_type": "an integer",
+        "int_parsing": "an integer",
+        "float_type": "a number",
+        "float_parsing": "a number",
+        "bool_type": "a boolean",
+        "bool_parsing": "a boolean",
+        "dict_type": "an object",
+        "model_type": "an object",
+        "model_attributes_type": "an object",
+        "list_type": "an array",
+    }.get(etype)
+    if expected:
+        return InvalidRequest(
+            f"Invalid type for '{param}': expected {expected}, but got {_describe(value)} instead.",
+            param=param,
+            code="invalid_type",
+        )
+    if etype == "string_too_long":
+        return InvalidRequest(
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{ctx.get('max_length')}, but got a string with length {len(value)} instead.",
+            param=param,
+            code="string_above_max_length",
+        )
+    if etype == "string_too_short":
+        return InvalidRequest(
+            f"Invalid '{param}': string too short. Expected a string with minimum length "
+            f"{ctx.get('min_length')}, but got a string with length {len(value)} instead.",
+            param=param,
+            code="string_below_min_length",
+        )
+    if etype in ("too_long", "too_short"):
+        bound = ctx.get("max_length") if etype == "too_long" else ctx.get("min_length")
+        word = "long" if etype == "too_long" else "short"
+        which = "maximum" if etype == "too_long" else "minimum"
+        return InvalidRequest(
+            f"Invalid '{param}': array too {word}. Expected an array with {which} length {bound}, "
+            f"but got an array with length {ctx.get('actual_length', len(value) if hasattr(value, '__len__') else '?')} instead.",
+            param=param,
+            code=f"array_{'above_max' if etype == 'too_long' else 'below_min'}_length",
+        )
+    if etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+        op = {
+            "greater_than_equal": ">=",
+            "greater_than": ">",
+            "less_than_equal": "<=",
+            "less_than": "<",
+        }[etype]
+        side = "below_min" if etype.startswith("greater") else "above_max"
+        word = "below minimum" if etype.startswith("greater") else "above maximum"
+        return InvalidRequest(
+            f"Invalid '{param}': decimal {word} value. Expected a value {op} {bound}, but got {value} instead.",
+            param=param,
+            code=f"decimal_{side}_value",
+        )
+    if etype in ("literal_error", "enum"):
+        return InvalidRequest(
+            f"Invalid value: '{value}'. Supported values are: {ctx.get('expected')}.",
+            param=param,
+            code="invalid_value",
+        )
+    if etype == "value_error":
+        message = str(ctx.get("error") or err.get("msg", "Invalid value."))
+        return InvalidRequest(message, param=param, code="invalid_value")
+    if etype in ("union_tag_invalid", "union_tag_not_found"):
+        return InvalidRequest(
+            f"Invalid value for '{param or 'type'}': {err.get('msg')}.",
+            param=param,
+            code="invalid_value",
+        )
+    return InvalidRequest(
+        f"Invalid '{param}': {err.get('msg')}.", param=param, code="invalid_value"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error_to_api_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code in (404, 405):
+            message = f"Invalid URL ({request.method} {request.url.path})"
+            return error_response(APIError(exc.status_code, message), headers=exc.headers)
+        return error_response(APIError(exc.status_code, str(exc.detail)), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            APIError(
+                500, "The server had an error while processing your request.", type="server_error"
+            )
+        )

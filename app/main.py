@@ -1,0 +1,106 @@
+"""The ASGI app: routers under /v1 and at the root, error handlers, request ids, lifespan."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.assistants.router import router as assistants_router
+from app.config import Settings, get_settings
+from app.db import Database
+from app.errors import install_error_handlers
+from app.ids import now
+from app.migrate import upgrade_database
+from app.models_api.router import router as models_router
+from app.threads.router import router as threads_router
+
+logger = logging.getLogger("opengrove")
+
+
+class RequestIdMiddleware:
+    """Every response carries `x-request-id` (the client's own, or a fresh `req_…`).
+
+    A plain ASGI middleware: BaseHTTPMiddleware would buffer SSE streams.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value
+                break
+        request_id = request_id or ("req_" + secrets.token_hex(16)).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def api_router() -> APIRouter:
+    router = APIRouter()
+    router.include_router(assistants_router)
+    router.include_router(threads_router)
+    router.include_router(models_router)
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.run_migrations_on_start:
+            await upgrade_database(settings.resolved_database_url)
+        app.state.db = Database(settings.resolved_database_url, settings.db_pool_size)
+        logger.info("opengrove ready: database=%s", _redact(settings.resolved_database_url))
+        try:
+            yield
+        finally:
+            await app.state.db.dispose()
+
+    app = FastAPI(
+        title="opengrove",
+        description="OpenAI Assistants API v2, self-hosted.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.started_at = now()
+    install_error_handlers(app)
+    # Clients differ in whether base_url ends in /v1: serve both.
+    app.include_router(api_router(), prefix="/v1")
+    app.include_router(api_router(), include_in_schema=False)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> dict[str, Any]:
+        async with app.state.db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return {"status": "ok", "database": "ok"}
+
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

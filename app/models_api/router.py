@@ -1,0 +1,36 @@
+"""/v1/models: the models this server is configured to route to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.errors import APIError
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+def _model(model_id: str, created: int) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "opengrove"}
+
+
+@router.get("")
+async def list_models(request: Request) -> dict[str, Any]:
+    created = request.app.state.started_at
+    return {
+        "object": "list",
+        "data": [_model(m, created) for m in request.app.state.settings.models],
+    }
+
+
+@router.get("/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    if model_id not in request.app.state.settings.models:
+        raise APIError(
+            404,
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+    return _model(model_id, request.app.state.started_at)

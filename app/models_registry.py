@@ -1,0 +1,7 @@
+"""Imports every domain's tables so `Base.metadata` is complete (for Alembic)."""
+
+from app.assistants import models as assistants_models
+from app.db import Base
+from app.threads import models as threads_models
+
+__all__ = ["Base", "assistants_models", "threads_models"]

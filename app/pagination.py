@@ -1,0 +1,105 @@
+"""Cursor pagination exactly as OpenAI does it: limit/order/after/before → first_id/last_id/has_more.
+
+Rows are ordered by (seq, id): `seq` is a per-row nanosecond sort key, so pages stay
+stable when many objects share one `created_at` second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import InvalidRequest
+
+T = TypeVar("T")
+Row = TypeVar("Row")
+
+
+@dataclass(frozen=True)
+class ListParams:
+    limit: int = 20
+    order: Literal["asc", "desc"] = "desc"
+    after: str | None = None
+    before: str | None = None
+
+
+def list_params(
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = Query("desc"),
+    after: str | None = Query(None),
+    before: str | None = Query(None),
+) -> ListParams:
+    return ListParams(limit=limit, order=order, after=after, before=before)
+
+
+class ListResponse(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+@dataclass
+class Page(Generic[Row]):
+    items: list[Row]
+    has_more: bool
+
+    def to_response(self, render: Callable[[Row], Any]) -> dict[str, Any]:
+        data = [render(item) for item in self.items]
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": self.has_more,
+        }
+
+
+async def paginate(
+    session: AsyncSession,
+    model: Any,
+    params: ListParams,
+    *where: Any,
+    base: Select[Any] | None = None,
+) -> Page[Any]:
+    """One page of `model` rows matching `where`, in the order and window `params` ask for."""
+    stmt = base if base is not None else select(model)
+    stmt = stmt.where(*where)
+    descending = params.order == "desc"
+    # `before` pages backwards: query in the opposite direction, then flip the result.
+    reverse = params.before is not None and params.after is None
+    walk_desc = descending != reverse
+    for cursor_id, name in ((params.after, "after"), (params.before, "before")):
+        if cursor_id is None:
+            continue
+        cursor = (
+            await session.execute(select(model.seq, model.id).where(model.id == cursor_id, *where))
+        ).first()
+        if cursor is None:
+            raise InvalidRequest(
+                f"Invalid '{name}': no object with id '{cursor_id}' in this list.", param=name
+            )
+        past_cursor_desc = (name == "after") == descending
+        stmt = stmt.where(_beyond(model, cursor.seq, cursor.id, descending=past_cursor_desc))
+    keys = (model.seq.desc(), model.id.desc()) if walk_desc else (model.seq.asc(), model.id.asc())
+    rows: Sequence[Any] = (
+        (await session.execute(stmt.order_by(*keys).limit(params.limit + 1))).scalars().all()
+    )
+    items = list(rows[: params.limit])
+    if reverse:
+        items.reverse()
+    return Page(items=items, has_more=len(rows) > params.limit)
+
+
+def _beyond(model: Any, seq: int, row_id: str, *, descending: bool) -> Any:
+    """Rows strictly past (seq, id) when walking in the given direction."""
+    if descending:
+        return or_(model.seq < seq, and_(model.seq == seq, model.id < row_id))
+    return or_(model.seq > seq, and_(model.seq == seq, model.id > row_id))
