@@ -59,20 +59,32 @@ def error_response(exc: APIError, headers: dict[str, str] | None = None) -> JSON
     )
 
 
-def _param_path(loc: tuple[Any, ...]) -> str | None:
-    """('body', 'tools', 0, 'function', 'name') -> 'tools[0].function.name' as OpenAI writes it."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
-    # Pydantic adds the union member's tag/class name to the location; OpenAI does not.
+_MISSING = object()
+
+
+def _param_path(loc: tuple[Any, ...], body: Any, *, keep_last: bool) -> str | None:
+    """('body', 'tools', 0, 'function', 'function', 'name') -> 'tools[0].function.name'.
+
+    Pydantic puts union labels and discriminator tags into `loc`; OpenAI's `param` names
+    only real keys. Walking the request body tells the two apart: a step that is not a
+    key (or index) of the body at that point is a label, except a missing key at the end.
+    """
+    steps = list(loc[1:]) if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    if loc and loc[0] != "body":
+        return ".".join(str(s) for s in steps) or None
     path = ""
-    for part in parts:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif isinstance(part, str) and (
-            "[" in part or part[:1].isupper() or part.startswith("function-")
-        ):
-            continue
-        else:
-            path += f".{part}" if path else str(part)
+    node: Any = body
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        if isinstance(step, int) and isinstance(node, list) and step < len(node):
+            path += f"[{step}]"
+            node = node[step]
+        elif isinstance(step, str) and isinstance(node, dict) and step in node:
+            path += f".{step}" if path else step
+            node = node[step]
+        elif last and keep_last:
+            path += f".{step}" if path else str(step)
+            node = _MISSING
     return path or None
 
 
@@ -91,12 +103,21 @@ def _describe(value: Any) -> str:
     return _JSON_TYPE_NAMES.get(type(value).__name__, type(value).__name__)
 
 
-def validation_error_to_api_error(errors: list[dict[str, Any]]) -> APIError:
-    """Turn the first pydantic error into the message OpenAI would write for it."""
-    err = errors[0]
+def _most_relevant(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    # For a union, pydantic reports one error per member; a "wrong type" error is usually
+    # the member the client did not mean, so prefer any other kind.
+    for err in errors:
+        if not str(err.get("type", "")).endswith("_type"):
+            return err
+    return errors[0]
+
+
+def validation_error_to_api_error(errors: list[dict[str, Any]], body: Any = None) -> APIError:
+    """Turn a pydantic error into the message OpenAI would write for it."""
+    err = _most_relevant(errors)
     etype: str = err.get("type", "")
     loc = tuple(err.get("loc", ()))
-    param = _param_path(loc)
+    param = _param_path(loc, body, keep_last=etype == "missing")
     ctx = err.get("ctx") or {}
     value = err.get("input")
     if etype == "json_invalid":
@@ -200,7 +221,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error_to_api_error(list(exc.errors())))
+        return error_response(validation_error_to_api_error(list(exc.errors()), exc.body))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

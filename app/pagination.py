@@ -35,14 +35,15 @@ def list_params(
     after: str | None = Query(None),
     before: str | None = Query(None),
 ) -> ListParams:
-    return ListParams(limit=limit, order=order, after=after, before=before)
+    # An empty cursor (a previous empty page's last_id) means "no cursor".
+    return ListParams(limit=limit, order=order, after=after or None, before=before or None)
 
 
 class ListResponse(BaseModel, Generic[T]):
     object: Literal["list"] = "list"
     data: list[T]
-    first_id: str | None
-    last_id: str | None
+    first_id: str
+    last_id: str
     has_more: bool
 
 
@@ -56,8 +57,9 @@ class Page(Generic[Row]):
         return {
             "object": "list",
             "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
+            # The spec types these as strings (never null), so an empty page gets "".
+            "first_id": data[0]["id"] if data else "",
+            "last_id": data[-1]["id"] if data else "",
             "has_more": self.has_more,
         }
 

@@ -27,6 +27,7 @@ async def create_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
         metadata_=body.metadata or {},
     )
     session.add(thread)
+    await session.flush()  # no ORM relationship orders the inserts, so the thread goes first
     for message in body.messages or []:
         session.add(new_message(thread.id, message))
     await session.commit()

@@ -1,0 +1,211 @@
+"""Token-based chunking, matching OpenAI's `static` chunking strategy.
+
+Token counts use tiktoken's `o200k_base` (the GPT-4o family encoding). tiktoken
+normally downloads its BPE files on first use; this machine and our deployments may
+have no route to that host, so we first load the copy that litellm (a dependency)
+ships inside its wheel, verifying the same SHA-256 that tiktoken itself checks, and
+only fall back to tiktoken's own loader (cache dir / download) if that copy is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+ENCODING_NAME = "o200k_base"
+
+DEFAULT_MAX_CHUNK_SIZE_TOKENS = 800
+DEFAULT_CHUNK_OVERLAP_TOKENS = 400
+MIN_CHUNK_SIZE_TOKENS = 100
+MAX_CHUNK_SIZE_TOKENS = 4096
+
+# Identity of the o200k_base definition in tiktoken_ext.openai_public (tiktoken 0.12).
+# Duplicated because tiktoken only exposes it through a constructor that downloads.
+_O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+_O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+_O200K_SPECIAL_TOKENS = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+_O200K_PAT_STR = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+_encoding: tiktoken.Encoding | None = None
+_encoding_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    token_count: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkingConfig:
+    max_chunk_size_tokens: int = DEFAULT_MAX_CHUNK_SIZE_TOKENS
+    chunk_overlap_tokens: int = DEFAULT_CHUNK_OVERLAP_TOKENS
+
+
+def _shipped_bpe_file() -> Path | None:
+    """litellm's wheel carries tiktoken cache files named sha1(url), as tiktoken does."""
+    spec = importlib.util.find_spec("litellm")  # locates without importing (slow import)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    name = hashlib.sha1(_O200K_URL.encode()).hexdigest()
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "litellm_core_utils" / "tokenizers" / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_shipped_encoding() -> tiktoken.Encoding | None:
+    path = _shipped_bpe_file()
+    if path is None:
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != _O200K_SHA256:
+        return None
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding(
+        name=ENCODING_NAME,
+        pat_str=_O200K_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens=_O200K_SPECIAL_TOKENS,
+    )
+
+
+def get_encoding() -> tiktoken.Encoding:
+    """The process-wide tokenizer, loaded once (loading costs ~0.5 s)."""
+    global _encoding
+    if _encoding is None:
+        with _encoding_lock:
+            if _encoding is None:
+                _encoding = _load_shipped_encoding() or tiktoken.get_encoding(ENCODING_NAME)
+    return _encoding
+
+
+def count_tokens(text: str) -> int:
+    return len(get_encoding().encode(text, disallowed_special=()))
+
+
+def validate_chunking(max_chunk_size_tokens: int, chunk_overlap_tokens: int) -> None:
+    """Raise ValueError with an OpenAI-style message if the static strategy is out of bounds."""
+    prefix = "Invalid 'chunking_strategy.static"
+    for name, value in (
+        ("max_chunk_size_tokens", max_chunk_size_tokens),
+        ("chunk_overlap_tokens", chunk_overlap_tokens),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(
+                f"{prefix}.{name}': expected an integer, but got {type(value).__name__} instead."
+            )
+    if max_chunk_size_tokens < MIN_CHUNK_SIZE_TOKENS:
+        raise ValueError(
+            f"{prefix}.max_chunk_size_tokens': integer below minimum value. Expected a value "
+            f">= {MIN_CHUNK_SIZE_TOKENS}, but got {max_chunk_size_tokens} instead."
+        )
+    if max_chunk_size_tokens > MAX_CHUNK_SIZE_TOKENS:
+        raise ValueError(
+            f"{prefix}.max_chunk_size_tokens': integer above maximum value. Expected a value "
+            f"<= {MAX_CHUNK_SIZE_TOKENS}, but got {max_chunk_size_tokens} instead."
+        )
+    if chunk_overlap_tokens < 0:
+        raise ValueError(
+            f"{prefix}.chunk_overlap_tokens': integer below minimum value. Expected a value "
+            f">= 0, but got {chunk_overlap_tokens} instead."
+        )
+    if chunk_overlap_tokens > max_chunk_size_tokens // 2:
+        raise ValueError(
+            f"{prefix}.chunk_overlap_tokens': chunk_overlap_tokens must not exceed half of "
+            f"max_chunk_size_tokens ({max_chunk_size_tokens // 2}), but got "
+            f"{chunk_overlap_tokens} instead."
+        )
+
+
+def resolve_chunking_strategy(strategy: Mapping[str, Any] | None) -> ChunkingConfig:
+    """Turn an API `chunking_strategy` object (`auto` / `static` / absent) into a config."""
+    if strategy is None or strategy.get("type") == "auto":
+        return ChunkingConfig()
+    if strategy.get("type") != "static":
+        raise ValueError(
+            f"Invalid 'chunking_strategy.type': expected one of 'auto' or 'static', "
+            f"but got {strategy.get('type')!r} instead."
+        )
+    static = strategy.get("static")
+    if not isinstance(static, Mapping):
+        raise ValueError("Missing required parameter: 'chunking_strategy.static'.")
+    missing = [
+        k for k in ("max_chunk_size_tokens", "chunk_overlap_tokens") if static.get(k) is None
+    ]
+    if missing:
+        raise ValueError(f"Missing required parameter: 'chunking_strategy.static.{missing[0]}'.")
+    config = ChunkingConfig(static["max_chunk_size_tokens"], static["chunk_overlap_tokens"])
+    validate_chunking(config.max_chunk_size_tokens, config.chunk_overlap_tokens)
+    return config
+
+
+def chunk_text(
+    text: str,
+    max_chunk_size_tokens: int = DEFAULT_MAX_CHUNK_SIZE_TOKENS,
+    chunk_overlap_tokens: int = DEFAULT_CHUNK_OVERLAP_TOKENS,
+) -> list[Chunk]:
+    """Split text into windows of at most `max_chunk_size_tokens` tokens, consecutive
+    windows sharing `chunk_overlap_tokens` tokens.
+
+    Window edges are nudged back to token boundaries that fall between whole UTF-8
+    characters, since a byte-level BPE token can hold part of a character and slicing
+    there would leave U+FFFD garbage at both chunk edges.
+    """
+    validate_chunking(max_chunk_size_tokens, chunk_overlap_tokens)
+    if not text.strip():
+        return []
+    encoding = get_encoding()
+    # Documents may legitimately contain "<|endoftext|>": treat it as plain text.
+    tokens = encoding.encode(text, disallowed_special=())
+    token_bytes = encoding.decode_tokens_bytes(tokens)
+    # offsets[i] = byte offset where token i starts; offsets[n] = total length.
+    offsets = [0]
+    for piece in token_bytes:
+        offsets.append(offsets[-1] + len(piece))
+    data = b"".join(token_bytes)
+    n = len(tokens)
+
+    def clean(i: int) -> bool:
+        return i in (0, n) or (data[offsets[i]] & 0xC0) != 0x80
+
+    chunks: list[Chunk] = []
+    start = 0
+    while start < n:
+        end = min(start + max_chunk_size_tokens, n)
+        while end > start + 1 and not clean(end):
+            end -= 1
+        piece = data[offsets[start] : offsets[end]].decode("utf-8", errors="replace")
+        if piece.strip():
+            chunks.append(Chunk(text=piece, token_count=end - start, index=len(chunks)))
+        if end >= n:
+            break
+        next_start = max(end - chunk_overlap_tokens, start + 1)
+        while next_start < end and not clean(next_start):
+            next_start += 1
+        start = next_start
+    return chunks

@@ -1,0 +1,111 @@
+"""OpenAI file_search attribute filters -> Qdrant filters.
+
+ComparisonFilter: {"type": eq|ne|gt|gte|lt|lte|in|nin, "key": str, "value": ...}
+CompoundFilter:   {"type": and|or, "filters": [ComparisonFilter | CompoundFilter, ...]}
+Attributes live in the payload under `attributes.<key>`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from qdrant_client import models
+
+ATTRIBUTES_FIELD = "attributes"
+MAX_FILTER_DEPTH = 16
+
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+AttributeValue = str | int | float | bool
+
+
+def attribute_path(key: str) -> str:
+    """Payload path for an attribute; keys with dots etc. are quoted for Qdrant."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("Invalid filter: 'key' must be a non-empty string.")
+    if _PLAIN_KEY_RE.fullmatch(key):
+        return f"{ATTRIBUTES_FIELD}.{key}"
+    if '"' in key:
+        raise ValueError(f"Invalid filter key {key!r}: double quotes are not supported.")
+    return f'{ATTRIBUTES_FIELD}."{key}"'
+
+
+def build_filter(spec: Mapping[str, Any]) -> models.Filter:
+    """Translate an OpenAI filter object; raises ValueError on malformed input."""
+    return _build(spec, depth=0)
+
+
+def _build(spec: Any, depth: int) -> models.Filter:
+    if depth > MAX_FILTER_DEPTH:
+        raise ValueError(f"Invalid filter: nesting deeper than {MAX_FILTER_DEPTH} levels.")
+    if not isinstance(spec, Mapping):
+        raise ValueError("Invalid filter: expected an object.")
+    kind = spec.get("type")
+    if kind in ("and", "or"):
+        children = spec.get("filters")
+        if not isinstance(children, Sequence) or isinstance(children, str) or not children:
+            raise ValueError(f"Invalid '{kind}' filter: 'filters' must be a non-empty array.")
+        built: list[models.Condition] = [_build(child, depth + 1) for child in children]
+        return models.Filter(must=built) if kind == "and" else models.Filter(should=built)
+    if kind not in ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin"):
+        raise ValueError(
+            f"Invalid filter type {kind!r}: expected one of eq, ne, gt, gte, lt, lte, in, nin, "
+            "and, or."
+        )
+    if "value" not in spec:
+        raise ValueError(f"Invalid '{kind}' filter: missing 'value'.")
+    path = attribute_path(spec.get("key"))  # type: ignore[arg-type]
+    value = spec["value"]
+    if kind == "eq":
+        return models.Filter(must=[_equals(path, value)])
+    if kind == "ne":
+        return models.Filter(must_not=[_equals(path, value)])
+    if kind in ("in", "nin"):
+        any_of = _one_of(path, value, kind)
+        return models.Filter(must=[any_of]) if kind == "in" else models.Filter(must_not=[any_of])
+    return models.Filter(must=[_range(path, kind, value)])
+
+
+def _check_scalar(value: Any, kind: str) -> AttributeValue:
+    if not isinstance(value, (str, int, float, bool)):
+        raise ValueError(
+            f"Invalid '{kind}' filter: 'value' must be a string, number or boolean."
+        )
+    return value
+
+
+def _equals(path: str, value: Any) -> models.Condition:
+    value = _check_scalar(value, "eq/ne")
+    if isinstance(value, bool | str):
+        return models.FieldCondition(key=path, match=models.MatchValue(value=value))
+    # A range matches 3 and 3.0 alike; MatchValue would only match integer payloads.
+    return models.FieldCondition(key=path, range=models.Range(gte=value, lte=value))
+
+
+def _one_of(path: str, values: Any, kind: str) -> models.Condition:
+    if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+        raise ValueError(f"Invalid '{kind}' filter: 'value' must be a non-empty array.")
+    for v in values:
+        _check_scalar(v, kind)
+    if all(isinstance(v, str) for v in values):
+        return models.FieldCondition(key=path, match=models.MatchAny(any=list(values)))
+    return models.Filter(should=[_equals(path, v) for v in values])
+
+
+def _range(path: str, kind: str, value: Any) -> models.Condition:
+    bound = {kind: value}
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return models.FieldCondition(key=path, range=models.Range(**bound))
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:  # ISO-8601 strings compare as datetimes (Qdrant has no lexicographic range)
+            return models.FieldCondition(key=path, range=models.DatetimeRange(**bound))
+    raise ValueError(
+        f"Invalid '{kind}' filter: 'value' must be a number or an ISO-8601 datetime string."
+    )

@@ -1,0 +1,443 @@
+"""Chunk storage and hybrid search over one shared Qdrant collection.
+
+Every vector store's chunks live in a single collection, separated by the payload
+field `vector_store_id` (Qdrant's recommended multitenancy layout); `file_id` and
+`attributes.<key>` are payload too, so deletes and attribute filters are filter ops.
+
+Each point has a sparse `lexical` vector (BM25 tf weights, IDF applied by Qdrant) and,
+when an embedding dimension is configured, a dense `dense` vector (cosine).
+
+Scores are normalised to 0..1 so `score_threshold` means something:
+- lexical: raw BM25 / sum of the query terms' IDF, capped at 1. A chunk that holds every
+  query term about once (at average length) scores ~1; missing rare terms costs more
+  than missing common ones. Qdrant does not expose IDF, so it is recovered per query
+  term with a 1-result probe in the same batch request (score / stored weight).
+- dense: cosine similarity clamped to 0..1.
+- hybrid: order comes from Qdrant's RRF fusion; a hit's score is the best of its
+  normalised lexical and dense scores (RRF values only encode ranks, not relevance).
+
+Local (embedded) mode supports everything used here except payload indexes, which it
+ignores (we skip creating them there). It holds a file lock per path, so clients for
+local paths are shared per process through a reference-counted registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import AsyncQdrantClient, models
+
+from app.retrieval import lexical
+from app.retrieval.chunking import Chunk
+from app.retrieval.filters import ATTRIBUTES_FIELD, AttributeValue, build_filter
+
+DEFAULT_COLLECTION = "opengrove_chunks"
+LEXICAL_VECTOR = "lexical"
+DENSE_VECTOR = "dense"
+MAX_NUM_RESULTS = 50
+_UPSERT_BATCH = 256
+_POINT_NAMESPACE = uuid.UUID("6f1d7c5e-3b7a-4c1e-9a53-0f3e2d1c4b5a")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    vector_store_id: str
+    file_id: str
+    filename: str
+    score: float
+    text: str
+    chunk_index: int
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+
+
+class _LocalClients:
+    """One AsyncQdrantClient per local path per process (local mode locks its folder)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, tuple[AsyncQdrantClient, int]] = {}
+
+    def acquire(self, path: Path) -> AsyncQdrantClient:
+        key = str(path.resolve())
+        with self._lock:
+            client, refs = self._clients.get(key) or (None, 0)
+            if client is None:
+                Path(key).mkdir(parents=True, exist_ok=True)
+                client = AsyncQdrantClient(path=key)
+            self._clients[key] = (client, refs + 1)
+            return client
+
+    def release(self, client: AsyncQdrantClient) -> bool:
+        """Drop a reference; True when the caller held the last one and should close."""
+        with self._lock:
+            for key, (held, refs) in self._clients.items():
+                if held is client:
+                    if refs > 1:
+                        self._clients[key] = (held, refs - 1)
+                        return False
+                    del self._clients[key]
+                    return True
+        return True
+
+
+_local_clients = _LocalClients()
+
+
+class VectorIndex:
+    """Async, coroutine-safe facade; create one per process and share it."""
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        path: str | Path | None = None,
+        api_key: str | None = None,
+        collection_name: str = DEFAULT_COLLECTION,
+        dense_dim: int | None = None,
+    ) -> None:
+        if (url is None) == (path is None):
+            raise ValueError("VectorIndex needs exactly one of url= (server) or path= (local).")
+        if dense_dim is not None and dense_dim <= 0:
+            raise ValueError("dense_dim must be positive.")
+        self.collection_name = collection_name
+        self.dense_dim = dense_dim
+        self.is_local = path is not None
+        if path is not None:
+            self._client = _local_clients.acquire(Path(path))
+        else:
+            self._client = AsyncQdrantClient(url=url, api_key=api_key)
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    @property
+    def client(self) -> AsyncQdrantClient:
+        return self._client
+
+    async def close(self) -> None:
+        if not self.is_local or _local_clients.release(self._client):
+            await self._client.close()
+
+    # -- collection ---------------------------------------------------------------------
+
+    async def ensure_collection(self) -> None:
+        """Create the collection (and payload indexes) if missing; idempotent."""
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if self._ready:
+                return
+            if await self._client.collection_exists(self.collection_name):
+                await self._check_existing()
+            else:
+                await self._create()
+            self._ready = True
+
+    async def _create(self) -> None:
+        dense = (
+            {DENSE_VECTOR: models.VectorParams(size=self.dense_dim, distance=models.Distance.COSINE)}
+            if self.dense_dim
+            else {}
+        )
+        try:
+            await self._client.create_collection(
+                self.collection_name,
+                vectors_config=dense,
+                sparse_vectors_config={
+                    LEXICAL_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
+            )
+        except Exception:
+            # Another process may have created it between exists() and create().
+            if not await self._client.collection_exists(self.collection_name):
+                raise
+            await self._check_existing()
+            return
+        if self.is_local:  # local mode ignores payload indexes and warns about them
+            return
+        keyword = models.PayloadSchemaType.KEYWORD
+        await self._client.create_payload_index(
+            self.collection_name,
+            "vector_store_id",
+            field_schema=models.KeywordIndexParams(
+                type=models.KeywordIndexType.KEYWORD, is_tenant=True
+            ),
+        )
+        await self._client.create_payload_index(self.collection_name, "file_id", keyword)
+
+    async def _check_existing(self) -> None:
+        params = (await self._client.get_collection(self.collection_name)).config.params
+        if LEXICAL_VECTOR not in (params.sparse_vectors or {}):
+            raise RuntimeError(
+                f"Qdrant collection {self.collection_name!r} has no {LEXICAL_VECTOR!r} sparse "
+                "vector; it was not created by opengrove."
+            )
+        if self.dense_dim is None:
+            return
+        vectors = params.vectors if isinstance(params.vectors, dict) else {}
+        existing = vectors.get(DENSE_VECTOR)
+        if existing is None or existing.size != self.dense_dim:
+            found = "no dense vector" if existing is None else f"dimension {existing.size}"
+            raise RuntimeError(
+                f"Qdrant collection {self.collection_name!r} has {found}, but the embedding "
+                f"model produces {self.dense_dim}; use another collection name or re-index."
+            )
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def upsert_chunks(
+        self,
+        vector_store_id: str,
+        file_id: str,
+        filename: str,
+        chunks: Sequence[Chunk],
+        attributes: Mapping[str, AttributeValue] | None = None,
+        dense_vectors: Sequence[Sequence[float]] | None = None,
+    ) -> int:
+        """Replace the file's chunks in the store; returns the number of points written."""
+        if dense_vectors is not None:
+            if self.dense_dim is None:
+                raise ValueError("dense_vectors given but the index has no dense_dim configured.")
+            if len(dense_vectors) != len(chunks):
+                raise ValueError(
+                    f"Got {len(dense_vectors)} dense vectors for {len(chunks)} chunks."
+                )
+            if any(len(v) != self.dense_dim for v in dense_vectors):
+                raise ValueError(f"Every dense vector must have dimension {self.dense_dim}.")
+        await self.ensure_collection()
+        # Re-indexing may produce fewer chunks than before: drop the old ones first.
+        await self.delete_file(vector_store_id, file_id)
+        attrs = dict(attributes or {})
+        points: list[models.PointStruct] = []
+        for i, chunk in enumerate(chunks):
+            vector: dict[str, Any] = {}
+            sparse = lexical.document_vector(chunk.text)
+            if sparse is not None:
+                vector[LEXICAL_VECTOR] = sparse
+            if dense_vectors is not None:
+                vector[DENSE_VECTOR] = list(dense_vectors[i])
+            points.append(
+                models.PointStruct(
+                    id=str(uuid.uuid5(_POINT_NAMESPACE, f"{vector_store_id}/{file_id}/{i}")),
+                    vector=vector,
+                    payload={
+                        "vector_store_id": vector_store_id,
+                        "file_id": file_id,
+                        "filename": filename,
+                        "chunk_index": chunk.index,
+                        "token_count": chunk.token_count,
+                        "text": chunk.text,
+                        ATTRIBUTES_FIELD: attrs,
+                    },
+                )
+            )
+        for start in range(0, len(points), _UPSERT_BATCH):
+            await self._client.upsert(
+                self.collection_name, points[start : start + _UPSERT_BATCH], wait=True
+            )
+        return len(points)
+
+    async def update_attributes(
+        self, vector_store_id: str, file_id: str, attributes: Mapping[str, AttributeValue]
+    ) -> None:
+        """Replace the attributes on every chunk of a file in one store."""
+        await self.ensure_collection()
+        await self._client.set_payload(
+            self.collection_name,
+            payload={ATTRIBUTES_FIELD: dict(attributes)},
+            points=models.FilterSelector(filter=self._scope(vector_store_id, file_id)),
+            wait=True,
+        )
+
+    async def delete_file(self, vector_store_id: str | None, file_id: str) -> None:
+        """Remove a file's chunks from one store, or from every store when None."""
+        await self.ensure_collection()
+        await self._client.delete(
+            self.collection_name,
+            points_selector=models.FilterSelector(filter=self._scope(vector_store_id, file_id)),
+            wait=True,
+        )
+
+    async def delete_store(self, vector_store_id: str) -> None:
+        await self.ensure_collection()
+        await self._client.delete(
+            self.collection_name,
+            points_selector=models.FilterSelector(filter=self._scope(vector_store_id)),
+            wait=True,
+        )
+
+    async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int:
+        await self.ensure_collection()
+        result = await self._client.count(
+            self.collection_name, count_filter=self._scope(vector_store_id, file_id), exact=True
+        )
+        return result.count
+
+    @staticmethod
+    def _scope(vector_store_id: str | None, file_id: str | None = None) -> models.Filter:
+        must: list[models.Condition] = []
+        if vector_store_id is not None:
+            must.append(_match("vector_store_id", vector_store_id))
+        if file_id is not None:
+            must.append(_match("file_id", file_id))
+        return models.Filter(must=must)
+
+    # -- search -------------------------------------------------------------------------
+
+    async def search(
+        self,
+        vector_store_ids: Sequence[str],
+        query: str,
+        dense_query: Sequence[float] | None = None,
+        max_num_results: int = 10,
+        score_threshold: float = 0.0,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """Best chunks for `query` across the given stores, best first."""
+        if not 1 <= max_num_results <= MAX_NUM_RESULTS:
+            raise ValueError(
+                f"max_num_results must be between 1 and {MAX_NUM_RESULTS}, "
+                f"got {max_num_results}."
+            )
+        if not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}.")
+        if dense_query is not None:
+            if self.dense_dim is None:
+                raise ValueError("dense_query given but the index has no dense_dim configured.")
+            if len(dense_query) != self.dense_dim:
+                raise ValueError(f"dense_query must have dimension {self.dense_dim}.")
+        scope = models.Filter(
+            must=[
+                models.FieldCondition(
+                    key="vector_store_id", match=models.MatchAny(any=list(vector_store_ids))
+                ),
+                *([build_filter(filters)] if filters else []),
+            ]
+        )
+        if not vector_store_ids:
+            return []
+        terms = lexical.query_terms(query)
+        if not terms and dense_query is None:
+            return []
+        await self.ensure_collection()
+
+        hybrid = dense_query is not None and bool(terms)
+        limit = max(3 * max_num_results, 30) if hybrid else max_num_results
+        requests = [self._idf_probe(t) for t in terms]
+        if terms:
+            requests.append(self._sparse_request(terms, scope, limit))
+        if dense_query is not None:
+            requests.append(
+                models.QueryRequest(
+                    query=models.NearestQuery(nearest=list(dense_query)),
+                    using=DENSE_VECTOR,
+                    filter=scope,
+                    limit=limit,
+                    with_payload=True,
+                )
+            )
+        if hybrid:
+            requests.append(
+                models.QueryRequest(
+                    prefetch=[
+                        models.Prefetch(
+                            query=r.query, using=r.using, filter=scope, limit=limit
+                        )
+                        for r in requests[-2:]
+                    ],
+                    query=models.FusionQuery(fusion=models.Fusion.RRF),
+                    filter=scope,
+                    limit=limit,
+                    with_payload=True,
+                )
+            )
+        responses = await self._client.query_batch_points(self.collection_name, requests)
+
+        scores: dict[str | int, float] = {}
+        idf_sum = _idf_sum(terms, responses[: len(terms)])
+        rest = responses[len(terms) :]
+        if terms:
+            for p in rest.pop(0).points:
+                scores[p.id] = min(1.0, p.score / idf_sum) if idf_sum > 0 else 0.0
+        if dense_query is not None:
+            for p in rest.pop(0).points:
+                scores[p.id] = max(scores.get(p.id, 0.0), min(1.0, max(0.0, p.score)))
+        # Ranking: fused order for hybrid, else the single source's own order.
+        ranked = rest[0].points if hybrid else responses[-1].points
+
+        hits: list[SearchHit] = []
+        for point in ranked:
+            score = scores.get(point.id, 0.0)
+            if score < score_threshold or score <= 0.0:
+                continue
+            hits.append(_hit(point, score))
+            if len(hits) == max_num_results:
+                break
+        return hits
+
+    @staticmethod
+    def _idf_probe(term: int) -> models.QueryRequest:
+        # Unfiltered on purpose: IDF is collection-wide, any chunk holding the term works.
+        return models.QueryRequest(
+            query=models.NearestQuery(nearest=lexical.query_vector([term])),
+            using=LEXICAL_VECTOR,
+            limit=1,
+            with_vector=[LEXICAL_VECTOR],
+            with_payload=False,
+        )
+
+    @staticmethod
+    def _sparse_request(terms: list[int], scope: models.Filter, limit: int) -> models.QueryRequest:
+        return models.QueryRequest(
+            query=models.NearestQuery(nearest=lexical.query_vector(terms)),
+            using=LEXICAL_VECTOR,
+            filter=scope,
+            limit=limit,
+            with_payload=True,
+        )
+
+
+def _match(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _idf_sum(terms: list[int], probes: Sequence[models.QueryResponse]) -> float:
+    """Sum of Qdrant's IDF over query terms present in the collection.
+
+    A probe for term t returns a chunk with score idf(t) * w, w being the chunk's stored
+    weight for t, so idf(t) = score / w. Terms found nowhere cannot match anything and
+    are left out rather than dragging every score down.
+    """
+    total = 0.0
+    for term, probe in zip(terms, probes, strict=True):
+        if not probe.points:
+            continue
+        point = probe.points[0]
+        vector = point.vector.get(LEXICAL_VECTOR) if isinstance(point.vector, dict) else None
+        if not isinstance(vector, models.SparseVector):
+            continue
+        try:
+            weight = vector.values[vector.indices.index(term)]
+        except ValueError:
+            continue
+        if weight > 0:
+            total += point.score / weight
+    return total
+
+
+def _hit(point: models.ScoredPoint, score: float) -> SearchHit:
+    payload = point.payload or {}
+    return SearchHit(
+        vector_store_id=str(payload.get("vector_store_id", "")),
+        file_id=str(payload.get("file_id", "")),
+        filename=str(payload.get("filename", "")),
+        score=round(score, 6),
+        text=str(payload.get("text", "")),
+        chunk_index=int(payload.get("chunk_index", 0)),
+        attributes=dict(payload.get(ATTRIBUTES_FIELD) or {}),
+    )
