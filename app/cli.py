@@ -50,8 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _apply_flags(args: argparse.Namespace) -> None:
     # Flags become environment variables so every process (and reload) sees the same settings.
-    for flag, env in (("host", "OPENGROVE_HOST"), ("port", "OPENGROVE_PORT"),
-                      ("data_dir", "OPENGROVE_DATA_DIR")):
+    for flag, env in (
+        ("host", "OPENGROVE_HOST"),
+        ("port", "OPENGROVE_PORT"),
+        ("data_dir", "OPENGROVE_DATA_DIR"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             os.environ[env] = str(value)

@@ -173,9 +173,10 @@ def validation_error_to_api_error(errors: list[dict[str, Any]], body: Any = None
         bound = ctx.get("max_length") if etype == "too_long" else ctx.get("min_length")
         word = "long" if etype == "too_long" else "short"
         which = "maximum" if etype == "too_long" else "minimum"
+        actual = ctx.get("actual_length", len(value) if hasattr(value, "__len__") else "?")
         return InvalidRequest(
             f"Invalid '{param}': array too {word}. Expected an array with {which} length {bound}, "
-            f"but got an array with length {ctx.get('actual_length', len(value) if hasattr(value, '__len__') else '?')} instead.",
+            f"but got an array with length {actual} instead.",
             param=param,
             code=f"array_{'above_max' if etype == 'too_long' else 'below_min'}_length",
         )
@@ -190,7 +191,8 @@ def validation_error_to_api_error(errors: list[dict[str, Any]], body: Any = None
         side = "below_min" if etype.startswith("greater") else "above_max"
         word = "below minimum" if etype.startswith("greater") else "above maximum"
         return InvalidRequest(
-            f"Invalid '{param}': decimal {word} value. Expected a value {op} {bound}, but got {value} instead.",
+            f"Invalid '{param}': decimal {word} value. "
+            f"Expected a value {op} {bound}, but got {value} instead.",
             param=param,
             code=f"decimal_{side}_value",
         )

@@ -1,4 +1,4 @@
-"""Cursor pagination exactly as OpenAI does it: limit/order/after/before → first_id/last_id/has_more.
+"""Cursor pagination as OpenAI does it: limit/order/after/before → first_id/last_id/has_more.
 
 Rows are ordered by (seq, id): `seq` is a per-row nanosecond sort key, so pages stay
 stable when many objects share one `created_at` second.

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -40,8 +39,9 @@ def base_url(server: ServerProcess) -> str:
 @pytest.fixture(scope="session")
 def client(base_url: str) -> Iterator[openai.OpenAI]:
     with validating_http_client() as http_client:
-        yield openai.OpenAI(base_url=f"{base_url}/v1", api_key="test", http_client=http_client,
-                            max_retries=0)
+        yield openai.OpenAI(
+            base_url=f"{base_url}/v1", api_key="test", http_client=http_client, max_retries=0
+        )
 
 
 @pytest.fixture(scope="session")

@@ -41,10 +41,16 @@ BAD_ASSISTANT_BODIES: list[tuple[dict[str, Any], str | None, str]] = [
     ({"metadata": {"k": 1}}, "metadata.k", "expected a string"),
     ({"tools": [{"type": "code_interpreter"}] * 129}, "tools", "maximum length 128"),
     ({"tools": [{"type": "web_browser"}]}, "tools[0]", "Invalid value"),
-    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
-     "tools[0].function.name", "Invalid"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 12}}}]},
-     "tools[0].function.parameters", "Invalid schema for function parameters"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "bad name!"}}]},
+        "tools[0].function.name",
+        "Invalid",
+    ),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 12}}}]},
+        "tools[0].function.parameters",
+        "Invalid schema for function parameters",
+    ),
     ({"response_format": {"type": "xml"}}, "response_format", "Invalid"),
     ({"bogus_field": 1}, "bogus_field", "Unrecognized request argument supplied: bogus_field"),
 ]
@@ -52,7 +58,10 @@ BAD_ASSISTANT_BODIES: list[tuple[dict[str, Any], str | None, str]] = [
 
 @pytest.mark.parametrize(("patch", "param", "message"), BAD_ASSISTANT_BODIES)
 def test_bad_assistant_input(
-    http: httpx.Client, assistant: dict[str, Any], patch: dict[str, Any], param: str | None,
+    http: httpx.Client,
+    assistant: dict[str, Any],
+    patch: dict[str, Any],
+    param: str | None,
     message: str,
 ) -> None:
     created = http.post("/assistants", json={"model": "gpt-4o", **patch})
@@ -79,7 +88,9 @@ def test_malformed_json_and_wrong_body_type(http: httpx.Client, assistant: dict[
     )
     assert "could not parse the JSON body" in error_of(response, 400)["message"]
     bad_modify = http.post(
-        f"/assistants/{assistant['id']}", content=b"{nope", headers={"content-type": "application/json"}
+        f"/assistants/{assistant['id']}",
+        content=b"{nope",
+        headers={"content-type": "application/json"},
     )
     error_of(bad_modify, 400)
     error_of(http.post("/assistants", json=["model"]), 400)
@@ -99,21 +110,31 @@ def test_malformed_json_and_wrong_body_type(http: httpx.Client, assistant: dict[
     ],
 )
 def test_unknown_ids(http: httpx.Client, method: str, path: str, message: str) -> None:
-    body = {"role": "user", "content": "hi"} if path.endswith("messages") and method == "POST" else {}
+    body = (
+        {"role": "user", "content": "hi"} if path.endswith("messages") and method == "POST" else {}
+    )
     response = http.request(method, path, json=body if method == "POST" else None)
     error = error_of(response, 404)
     assert error["message"] == message and error["type"] == "invalid_request_error"
 
 
 def test_unknown_routes_and_methods(http: httpx.Client) -> None:
-    assert error_of(http.get("/no-such-thing"), 404)["message"] == "Invalid URL (GET /v1/no-such-thing)"
+    assert (
+        error_of(http.get("/no-such-thing"), 404)["message"]
+        == "Invalid URL (GET /v1/no-such-thing)"
+    )
     assert "Invalid URL" in error_of(http.put("/assistants", json={}), 405)["message"]
 
 
 @pytest.mark.parametrize(
     ("params", "param"),
-    [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"order": "sideways"}, "order"),
-     ({"limit": "many"}, "limit"), ({"after": "asst_nope"}, "after")],
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"order": "sideways"}, "order"),
+        ({"limit": "many"}, "limit"),
+        ({"after": "asst_nope"}, "after"),
+    ],
 )
 def test_bad_list_params(http: httpx.Client, params: dict[str, Any], param: str) -> None:
     assert error_of(http.get("/assistants", params=params), 400)["param"] == param
@@ -127,7 +148,10 @@ def test_bad_list_params(http: httpx.Client, params: dict[str, Any], param: str)
         ({"role": "user", "content": []}, "content"),
         ({"role": "user"}, "content"),
         ({"role": "user", "content": [{"type": "audio", "audio": "x"}]}, "content[0]"),
-        ({"role": "user", "content": "hi", "attachments": [{"tools": []}]}, "attachments[0].file_id"),
+        (
+            {"role": "user", "content": "hi", "attachments": [{"tools": []}]},
+            "attachments[0].file_id",
+        ),
         ({"role": "user", "content": "hi", "metadata": {"x": 1}}, "metadata.x"),
     ],
 )
@@ -139,13 +163,17 @@ def test_bad_messages_leave_thread_unchanged(
     error = error_of(http.post(f"/threads/{thread['id']}/messages", json=body), 400)
     assert error["param"] == param, error
     # A thread created with one bad message is not created at all.
-    error_of(http.post("/threads", json={"messages": [{"role": "user", "content": "ok"}, body]}), 400)
+    error_of(
+        http.post("/threads", json={"messages": [{"role": "user", "content": "ok"}, body]}), 400
+    )
     assert http.get(f"/threads/{thread['id']}/messages").json() == before
 
 
 def test_thread_tool_resources_validated(http: httpx.Client) -> None:
     error = error_of(
-        http.post("/threads", json={"tool_resources": {"file_search": {"vector_store_ids": ["a", "b"]}}}),
+        http.post(
+            "/threads", json={"tool_resources": {"file_search": {"vector_store_ids": ["a", "b"]}}}
+        ),
         400,
     )
     assert error["param"] == "tool_resources.file_search.vector_store_ids"

@@ -46,7 +46,17 @@ def test_cli_help_lists_environment_variables() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"], capture_output=True,
-                         text=True, check=True).stdout
-    for name in ("DATABASE_URL", "OPENGROVE_DATA_DIR", "QDRANT_URL", "OPENGROVE_MODELS", "--data-dir"):
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in (
+        "DATABASE_URL",
+        "OPENGROVE_DATA_DIR",
+        "QDRANT_URL",
+        "OPENGROVE_MODELS",
+        "--data-dir",
+    ):
         assert name in out

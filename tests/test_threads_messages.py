@@ -21,8 +21,10 @@ def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
             },
             {"role": "assistant", "content": "Hi there"},
         ],
-        tool_resources={"code_interpreter": {"file_ids": ["file-1"]},
-                        "file_search": {"vector_store_ids": ["vs_abc"]}},
+        tool_resources={
+            "code_interpreter": {"file_ids": ["file-1"]},
+            "file_search": {"vector_store_ids": ["vs_abc"]},
+        },
         metadata={"user": "u1"},
     )
     assert thread.id.startswith("thread_")
@@ -72,7 +74,9 @@ def test_message_crud(client: openai.OpenAI) -> None:
     assert message.completed_at is not None and message.incomplete_at is None
     fetched = client.beta.threads.messages.retrieve(message.id, thread_id=thread.id)
     assert fetched.model_dump() == message.model_dump()
-    updated = client.beta.threads.messages.update(message.id, thread_id=thread.id, metadata={"k": "w"})
+    updated = client.beta.threads.messages.update(
+        message.id, thread_id=thread.id, metadata={"k": "w"}
+    )
     assert updated.metadata == {"k": "w"}
     assert updated.content[0].text.value == "How do I compute 2+2?"
     deleted = client.beta.threads.messages.delete(message.id, thread_id=thread.id)

@@ -1,0 +1,40 @@
+"""Users' apps run other openai SDK majors than the server's own environment (litellm pins
+openai<3): run the same flows with the last 1.x and the newest 3.x from throwaway venvs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FLOWS = Path(__file__).with_name("sdk_compat") / "flows.py"
+CACHE = Path(os.environ.get("OPENGROVE_SDK_COMPAT_DIR", Path(__file__).parents[1] / ".sdk-compat"))
+
+SDK_VERSIONS = ["1.109.1", "3.54.0"]
+
+
+def sdk_python(version: str) -> Path:
+    venv = CACHE / f"openai-{version}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        uv = [sys.executable, "-m", "uv"]
+        subprocess.run([*uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+        subprocess.run(
+            [*uv, "pip", "install", "--quiet", "--python", str(python), f"openai=={version}"],
+            check=True,
+        )
+    return python
+
+
+@pytest.mark.parametrize("version", SDK_VERSIONS)
+def test_flows_with_sdk_version(version: str, base_url: str) -> None:
+    python = sdk_python(version)
+    result = subprocess.run(
+        [str(python), str(FLOWS), f"{base_url}/v1"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"(openai {version})" in result.stdout
+    assert f"{len(result.stdout.splitlines()) - 1} passed, 0 failed" in result.stdout
