@@ -22,7 +22,7 @@ _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
 AttributeValue = str | int | float | bool
 
 
-def attribute_path(key: str) -> str:
+def attribute_path(key: Any) -> str:
     """Payload path for an attribute; keys with dots etc. are quoted for Qdrant."""
     if not isinstance(key, str) or not key:
         raise ValueError("Invalid filter: 'key' must be a non-empty string.")
@@ -57,12 +57,12 @@ def _build(spec: Any, depth: int) -> models.Filter:
         )
     if "value" not in spec:
         raise ValueError(f"Invalid '{kind}' filter: missing 'value'.")
-    path = attribute_path(spec.get("key"))  # type: ignore[arg-type]
+    path = attribute_path(spec.get("key"))
     value = spec["value"]
     if kind == "eq":
-        return models.Filter(must=[_equals(path, value)])
+        return models.Filter(must=[_equals(path, value, kind)])
     if kind == "ne":
-        return models.Filter(must_not=[_equals(path, value)])
+        return models.Filter(must_not=[_equals(path, value, kind)])
     if kind in ("in", "nin"):
         any_of = _one_of(path, value, kind)
         return models.Filter(must=[any_of]) if kind == "in" else models.Filter(must_not=[any_of])
@@ -71,14 +71,12 @@ def _build(spec: Any, depth: int) -> models.Filter:
 
 def _check_scalar(value: Any, kind: str) -> AttributeValue:
     if not isinstance(value, (str, int, float, bool)):
-        raise ValueError(
-            f"Invalid '{kind}' filter: 'value' must be a string, number or boolean."
-        )
+        raise ValueError(f"Invalid '{kind}' filter: 'value' must be a string, number or boolean.")
     return value
 
 
-def _equals(path: str, value: Any) -> models.Condition:
-    value = _check_scalar(value, "eq/ne")
+def _equals(path: str, value: Any, kind: str) -> models.Condition:
+    value = _check_scalar(value, kind)
     if isinstance(value, bool | str):
         return models.FieldCondition(key=path, match=models.MatchValue(value=value))
     # A range matches 3 and 3.0 alike; MatchValue would only match integer payloads.
@@ -88,11 +86,9 @@ def _equals(path: str, value: Any) -> models.Condition:
 def _one_of(path: str, values: Any, kind: str) -> models.Condition:
     if not isinstance(values, Sequence) or isinstance(values, str) or not values:
         raise ValueError(f"Invalid '{kind}' filter: 'value' must be a non-empty array.")
-    for v in values:
-        _check_scalar(v, kind)
     if all(isinstance(v, str) for v in values):
         return models.FieldCondition(key=path, match=models.MatchAny(any=list(values)))
-    return models.Filter(should=[_equals(path, v) for v in values])
+    return models.Filter(should=[_equals(path, v, kind) for v in values])
 
 
 def _range(path: str, kind: str, value: Any) -> models.Condition:

@@ -16,9 +16,13 @@ Scores are normalised to 0..1 so `score_threshold` means something:
 - hybrid: order comes from Qdrant's RRF fusion; a hit's score is the best of its
   normalised lexical and dense scores (RRF values only encode ranks, not relevance).
 
-Local (embedded) mode supports everything used here except payload indexes, which it
-ignores (we skip creating them there). It holds a file lock per path, so clients for
-local paths are shared per process through a reference-counted registry.
+Local (embedded) mode supports everything used here (IDF modifier, prefetch + RRF
+fusion, nested payload filters) except payload indexes, which it ignores, so we skip
+them there. Two local-mode workarounds below: IDF read from the engine instead of
+probed (speed), and sparse vectors blanked before deletes (stale IDF counts bug).
+Local mode holds a file lock per path, so clients for local paths are shared per
+process through a reference-counted registry. Its operations run synchronously on the
+event loop (numpy scans over all points): fine for small deployments only.
 """
 
 from __future__ import annotations
@@ -114,12 +118,16 @@ class VectorIndex:
             self._client = AsyncQdrantClient(url=url, api_key=api_key)
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._closed = False
 
     @property
     def client(self) -> AsyncQdrantClient:
         return self._client
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if not self.is_local or _local_clients.release(self._client):
             await self._client.close()
 
@@ -140,7 +148,11 @@ class VectorIndex:
 
     async def _create(self) -> None:
         dense = (
-            {DENSE_VECTOR: models.VectorParams(size=self.dense_dim, distance=models.Distance.COSINE)}
+            {
+                DENSE_VECTOR: models.VectorParams(
+                    size=self.dense_dim, distance=models.Distance.COSINE
+                )
+            }
             if self.dense_dim
             else {}
         )
@@ -256,20 +268,48 @@ class VectorIndex:
 
     async def delete_file(self, vector_store_id: str | None, file_id: str) -> None:
         """Remove a file's chunks from one store, or from every store when None."""
+        await self._delete(self._scope(vector_store_id, file_id))
+
+    async def delete_store(self, vector_store_id: str) -> None:
+        await self._delete(self._scope(vector_store_id))
+
+    async def _delete(self, selection: models.Filter) -> None:
         await self.ensure_collection()
+        if self.is_local:
+            await self._blank_sparse_vectors(selection)
         await self._client.delete(
             self.collection_name,
-            points_selector=models.FilterSelector(filter=self._scope(vector_store_id, file_id)),
+            points_selector=models.FilterSelector(filter=selection),
             wait=True,
         )
 
-    async def delete_store(self, vector_store_id: str) -> None:
-        await self.ensure_collection()
-        await self._client.delete(
-            self.collection_name,
-            points_selector=models.FilterSelector(filter=self._scope(vector_store_id)),
-            wait=True,
-        )
+    async def _blank_sparse_vectors(self, selection: models.Filter) -> None:
+        """Work around qdrant-client local mode (<= 1.16, issue #1426) keeping deleted
+        points' terms in its IDF document counts, which drives IDF, and so scores,
+        negative. Replacing a vector does update the counts, so swap in an empty
+        sparse vector before deleting; harmless once the upstream fix lands."""
+        offset: models.ExtendedPointId | None = None
+        while True:
+            records, offset = await self._client.scroll(
+                self.collection_name,
+                scroll_filter=selection,
+                limit=_UPSERT_BATCH,
+                offset=offset,
+                with_payload=False,
+                with_vectors=False,
+            )
+            if records:
+                empty = models.SparseVector(indices=[], values=[])
+                await self._client.update_vectors(
+                    self.collection_name,
+                    points=[
+                        models.PointVectors(id=r.id, vector={LEXICAL_VECTOR: empty})
+                        for r in records
+                    ],
+                    wait=True,
+                )
+            if offset is None:
+                return
 
     async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int:
         await self.ensure_collection()
@@ -301,8 +341,7 @@ class VectorIndex:
         """Best chunks for `query` across the given stores, best first."""
         if not 1 <= max_num_results <= MAX_NUM_RESULTS:
             raise ValueError(
-                f"max_num_results must be between 1 and {MAX_NUM_RESULTS}, "
-                f"got {max_num_results}."
+                f"max_num_results must be between 1 and {MAX_NUM_RESULTS}, got {max_num_results}."
             )
         if not 0.0 <= score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}.")
@@ -311,6 +350,8 @@ class VectorIndex:
                 raise ValueError("dense_query given but the index has no dense_dim configured.")
             if len(dense_query) != self.dense_dim:
                 raise ValueError(f"dense_query must have dimension {self.dense_dim}.")
+        if not vector_store_ids:
+            return []
         scope = models.Filter(
             must=[
                 models.FieldCondition(
@@ -319,36 +360,26 @@ class VectorIndex:
                 *([build_filter(filters)] if filters else []),
             ]
         )
-        if not vector_store_ids:
-            return []
         terms = lexical.query_terms(query)
         if not terms and dense_query is None:
             return []
         await self.ensure_collection()
 
         hybrid = dense_query is not None and bool(terms)
+        # Fusion needs candidates beyond the final cut, and so does score_threshold.
         limit = max(3 * max_num_results, 30) if hybrid else max_num_results
-        requests = [self._idf_probe(t) for t in terms]
+        sources: list[models.QueryRequest] = []
         if terms:
-            requests.append(self._sparse_request(terms, scope, limit))
+            sources.append(self._source(lexical.query_vector(terms), LEXICAL_VECTOR, scope, limit))
         if dense_query is not None:
-            requests.append(
-                models.QueryRequest(
-                    query=models.NearestQuery(nearest=list(dense_query)),
-                    using=DENSE_VECTOR,
-                    filter=scope,
-                    limit=limit,
-                    with_payload=True,
-                )
-            )
+            sources.append(self._source(list(dense_query), DENSE_VECTOR, scope, limit))
+        fused: list[models.QueryRequest] = []
         if hybrid:
-            requests.append(
+            fused.append(
                 models.QueryRequest(
                     prefetch=[
-                        models.Prefetch(
-                            query=r.query, using=r.using, filter=scope, limit=limit
-                        )
-                        for r in requests[-2:]
+                        models.Prefetch(query=s.query, using=s.using, filter=scope, limit=limit)
+                        for s in sources
                     ],
                     query=models.FusionQuery(fusion=models.Fusion.RRF),
                     filter=scope,
@@ -356,29 +387,70 @@ class VectorIndex:
                     with_payload=True,
                 )
             )
-        responses = await self._client.query_batch_points(self.collection_name, requests)
+        # One round trip: IDF probes, each source on its own (for scores), then the fusion.
+        local_idf = self._local_idf_sum(terms) if terms else None
+        probes = [self._idf_probe(t) for t in terms] if local_idf is None else []
+        responses = await self._client.query_batch_points(
+            self.collection_name, [*probes, *sources, *fused]
+        )
+        probe_results = responses[: len(probes)]
+        source_results = responses[len(probes) : len(probes) + len(sources)]
 
         scores: dict[str | int, float] = {}
-        idf_sum = _idf_sum(terms, responses[: len(terms)])
-        rest = responses[len(terms) :]
         if terms:
-            for p in rest.pop(0).points:
+            idf_sum = local_idf if local_idf is not None else _idf_sum(terms, probe_results)
+            for p in source_results[0].points:
                 scores[p.id] = min(1.0, p.score / idf_sum) if idf_sum > 0 else 0.0
         if dense_query is not None:
-            for p in rest.pop(0).points:
+            for p in source_results[-1].points:
                 scores[p.id] = max(scores.get(p.id, 0.0), min(1.0, max(0.0, p.score)))
-        # Ranking: fused order for hybrid, else the single source's own order.
-        ranked = rest[0].points if hybrid else responses[-1].points
+        ranked = responses[-1].points  # the fusion when hybrid, else the only source
 
         hits: list[SearchHit] = []
         for point in ranked:
             score = scores.get(point.id, 0.0)
-            if score < score_threshold or score <= 0.0:
+            if score <= 0.0 or score < score_threshold:
                 continue
             hits.append(_hit(point, score))
             if len(hits) == max_num_results:
                 break
         return hits
+
+    @staticmethod
+    def _source(
+        vector: models.SparseVector | list[float], using: str, scope: models.Filter, limit: int
+    ) -> models.QueryRequest:
+        return models.QueryRequest(
+            query=models.NearestQuery(nearest=vector),
+            using=using,
+            filter=scope,
+            limit=limit,
+            with_payload=True,
+        )
+
+    def _local_idf_sum(self, terms: list[int]) -> float | None:
+        """Local mode only: read IDF from the embedded engine instead of probing.
+
+        Local mode scores a query by scanning every point in Python, so one probe per
+        term would multiply search latency by the number of query terms. This reaches
+        into qdrant-client internals (pinned version); on any mismatch we fall back to
+        probes, and a test checks both paths agree.
+        """
+        if not self.is_local:
+            return None
+        try:
+            collection = self._client._client.collections[self.collection_name]  # type: ignore[attr-defined]
+            doc_freq = collection.sparse_vectors_idf.get(LEXICAL_VECTOR, {})
+            weighted = collection._rescore_idf(lexical.query_vector(terms), LEXICAL_VECTOR)
+            return float(
+                sum(
+                    idf
+                    for term, idf in zip(weighted.indices, weighted.values, strict=True)
+                    if doc_freq.get(term, 0) > 0
+                )
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
 
     @staticmethod
     def _idf_probe(term: int) -> models.QueryRequest:
@@ -389,16 +461,6 @@ class VectorIndex:
             limit=1,
             with_vector=[LEXICAL_VECTOR],
             with_payload=False,
-        )
-
-    @staticmethod
-    def _sparse_request(terms: list[int], scope: models.Filter, limit: int) -> models.QueryRequest:
-        return models.QueryRequest(
-            query=models.NearestQuery(nearest=lexical.query_vector(terms)),
-            using=LEXICAL_VECTOR,
-            filter=scope,
-            limit=limit,
-            with_payload=True,
         )
 
 

@@ -43,10 +43,24 @@ def tokenize(text: str) -> list[str]:
             continue
         if word in STOPWORDS:
             continue
-        terms.append(word)
+        terms.append(_strip_plural(word))
         if "_" in word:
             terms.extend(p for p in word.split("_") if p and p not in STOPWORDS)
     return terms
+
+
+def _strip_plural(word: str) -> str:
+    """Harman's "S" stemmer: folds English plurals (elephants -> elephant) and nothing
+    else, so recall improves without the surprises of a full stemmer."""
+    if len(word) <= 3 or not word.isascii() or not word.isalpha() or not word.endswith("s"):
+        return word
+    if word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if word.endswith(("us", "ss")):
+        return word
+    return word[:-1]
 
 
 def _cjk_terms(word: str) -> list[str]:

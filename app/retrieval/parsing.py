@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # Extensions OpenAI documents for file_search, minus ".doc": legacy binary Word needs a
 # converter (antiword/LibreOffice) that no installed package provides.
@@ -100,7 +103,11 @@ def extract_text(path: Path, filename: str, mime_type: str | None = None) -> str
     except ParsingError:
         raise
     except Exception as exc:  # parser libraries raise a zoo of types on corrupt input
-        raise InvalidFileError(f"Could not parse {filename!r} as {ext}: {exc}") from exc
+        # Library messages can embed server paths: keep them out of client-facing text.
+        logger.debug("parsing %s failed", filename, exc_info=True)
+        raise InvalidFileError(
+            f"Could not parse {filename!r}: the file is corrupt or not a valid {ext} file."
+        ) from exc
     text = _normalise(text)
     if not text:
         raise InvalidFileError(f"File {filename!r} contains no extractable text.")
@@ -187,7 +194,7 @@ def _parse_docx(path: Path) -> str:
     try:
         document = docx.Document(str(path))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError) as exc:
-        raise InvalidFileError(f"Corrupt or non-DOCX file: {exc}.") from exc
+        raise InvalidFileError("File is corrupt or not a DOCX (Office Open XML) document.") from exc
     return "\n".join(_docx_blocks(document.iter_inner_content()))
 
 
@@ -220,7 +227,7 @@ def _parse_pptx(path: Path) -> str:
     try:
         presentation = Presentation(str(path))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError) as exc:
-        raise InvalidFileError(f"Corrupt or non-PPTX file: {exc}.") from exc
+        raise InvalidFileError("File is corrupt or not a PPTX (Office Open XML) document.") from exc
     parts: list[str] = []
     for number, slide in enumerate(presentation.slides, start=1):
         lines = [t for shape in slide.shapes for t in _pptx_shape(shape)]

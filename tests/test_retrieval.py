@@ -1,0 +1,655 @@
+"""Retrieval layer: parsing, chunking, a real embedded (local-mode) Qdrant, embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import AsyncIterator, Callable
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.retrieval import lexical
+from app.retrieval.chunking import (
+    Chunk,
+    ChunkingConfig,
+    _load_shipped_encoding,
+    chunk_text,
+    get_encoding,
+    resolve_chunking_strategy,
+    validate_chunking,
+)
+from app.retrieval.embeddings import Embedder, EmbeddingError
+from app.retrieval.filters import build_filter
+from app.retrieval.index import VectorIndex, _idf_sum
+from app.retrieval.parsing import (
+    OPENAI_FILE_SEARCH_EXTENSIONS,
+    InvalidFileError,
+    UnsupportedFileError,
+    extract_text,
+    is_supported,
+)
+
+DIM = 64
+
+
+# -- document builders ----------------------------------------------------------------
+
+
+def _pdf(lines: list[str]) -> bytes:
+    """A minimal valid one-page PDF drawing `lines` in Helvetica, built by hand."""
+    escaped = [line.replace("(", "\\(").replace(")", "\\)") for line in lines]
+    ops = [f"({line}) Tj 0 -16 Td" for line in escaped]
+    content = f"BT /F1 12 Tf 72 720 Td {' '.join(ops)} ET" if lines else ""
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        "/Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>",
+        f"<< /Length {len(content)} >>\nstream\n{content}\nendstream",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\n".encode()
+    out += f"startxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def _docx(path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Quarterly report", level=1)
+    document.add_paragraph("The docx body mentions a periwinkle zeppelin.")
+    table = document.add_table(rows=2, cols=2)
+    table.cell(0, 0).text = "Region"
+    table.cell(0, 1).text = "Mascot"
+    table.cell(1, 0).text = "North"
+    table.cell(1, 1).text = "tangerine walrus"
+    document.save(str(path))
+
+
+def _pptx(path: Path) -> None:
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    presentation = Presentation()
+    slide = presentation.slides.add_slide(presentation.slide_layouts[5])
+    slide.shapes.title.text = "Roadmap"
+    rows = slide.shapes.add_table(2, 2, Inches(1), Inches(2), Inches(6), Inches(1)).table
+    rows.cell(0, 0).text = "Phase"
+    rows.cell(1, 0).text = "obsidian lighthouse"
+    slide.notes_slide.notes_text_frame.text = "Speaker notes about a velvet hurricane."
+    presentation.save(str(path))
+
+
+DOCUMENTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "report.pdf": (
+        lambda p: p.write_bytes(_pdf(["Annual summary", "The marzipan glacier moved north."])),
+        "marzipan glacier",
+    ),
+    "memo.docx": (_docx, "tangerine walrus"),
+    "deck.pptx": (_pptx, "obsidian lighthouse"),
+    "page.html": (
+        lambda p: p.write_text(
+            "<html><head><title>T</title><style>.x{color:red} cobalt</style>"
+            "<script>var decoy = 'cobalt kangaroo';</script></head>"
+            "<body><h1>Hello</h1><p>A <b>saffron</b> kangaroo appears.</p></body></html>",
+            encoding="utf-8",
+        ),
+        "saffron kangaroo",
+    ),
+    "data.json": (
+        # \u00e9 escapes must come out as real characters the lexical index can match.
+        lambda p: p.write_text('{"animal": "caf\\u00e9 platypus", "n": [1, 2]}', "utf-8"),
+        "café platypus",
+    ),
+    "notes.md": (
+        lambda p: p.write_text("# Notes\n\n- the *crimson* armadillo sleeps\n", "utf-8"),
+        "crimson armadillo",
+    ),
+    "tool.py": (
+        lambda p: p.write_text("def vermilion_badger():\n    return 'ok'\n", "utf-8"),
+        "vermilion_badger",
+    ),
+    "utf16.txt": (
+        lambda p: p.write_text("An emerald pelican in UTF-16.", encoding="utf-16"),
+        "emerald pelican",
+    ),
+}
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("filename", sorted(DOCUMENTS))
+def test_extract_text_each_type(tmp_path: Path, filename: str) -> None:
+    build, phrase = DOCUMENTS[filename]
+    path = tmp_path / filename
+    build(path)
+    text = extract_text(path, filename, None)
+    normalised = " ".join(text.replace("*", "").split())
+    assert phrase in normalised, text
+
+
+def test_html_drops_scripts_and_styles(tmp_path: Path) -> None:
+    build, _ = DOCUMENTS["page.html"]
+    build(tmp_path / "page.html")
+    text = extract_text(tmp_path / "page.html", "page.html", "text/html")
+    assert "decoy" not in text and "color:red" not in text and "cobalt" not in text
+
+
+def test_docx_table_and_pptx_notes(tmp_path: Path) -> None:
+    _docx(tmp_path / "a.docx")
+    assert "North | tangerine walrus" in extract_text(tmp_path / "a.docx", "a.docx", None)
+    _pptx(tmp_path / "b.pptx")
+    deck = extract_text(tmp_path / "b.pptx", "b.pptx", None)
+    assert deck.startswith("Slide 1:") and "velvet hurricane" in deck
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "reason"),  # reason None: any message
+    [
+        ("broken.pdf", b"%PDF-1.4\nthis is not a pdf at all", None),
+        ("blank.pdf", _pdf([]), "no extractable text"),
+        ("broken.docx", b"PK\x03\x04 not really a zip", "corrupt or not a DOCX"),
+        ("broken.pptx", b"definitely not a presentation", "corrupt or not a PPTX"),
+        ("broken.json", b'{"a": ', "Invalid JSON"),
+        ("empty.txt", b"", "no extractable text"),
+        ("blank.md", b"  \n\n\t ", "no extractable text"),
+        ("binary.txt", b"\x00\x01\x02\x03binary", "binary"),
+        ("latin1.txt", "caf\xe9".encode("latin-1"), "UTF-8"),
+        ("empty.html", b"<html><script>only()</script></html>", "no extractable text"),
+    ],
+)
+def test_invalid_files(tmp_path: Path, filename: str, content: bytes, reason: str | None) -> None:
+    path = tmp_path / filename
+    path.write_bytes(content)
+    with pytest.raises(InvalidFileError, match=reason):
+        extract_text(path, filename, None)
+
+
+def test_truncated_and_tampered_office_files(tmp_path: Path) -> None:
+    import zipfile
+
+    _docx(tmp_path / "ok.docx")
+    data = (tmp_path / "ok.docx").read_bytes()
+    (tmp_path / "cut.docx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidFileError):
+        extract_text(tmp_path / "cut.docx", "cut.docx", None)
+    # A well-formed zip whose main part is not XML: the generic fallback must catch it
+    # and not leak library messages with server paths.
+    with (
+        zipfile.ZipFile(tmp_path / "ok.docx") as src,
+        zipfile.ZipFile(tmp_path / "bad.docx", "w") as dst,
+    ):
+        for item in src.infolist():
+            body = b"<w:document" if item.filename == "word/document.xml" else src.read(item)
+            dst.writestr(item, body)
+    with pytest.raises(InvalidFileError, match="corrupt") as info:
+        extract_text(tmp_path / "bad.docx", "bad.docx", None)
+    assert str(tmp_path) not in str(info.value)
+
+
+def test_unsupported_and_supported_types(tmp_path: Path) -> None:
+    path = tmp_path / "x.exe"
+    path.write_bytes(b"MZ")
+    with pytest.raises(UnsupportedFileError, match=r"\.exe"):
+        extract_text(path, "x.exe", "application/octet-stream")
+    assert not is_supported("sheet.xlsx") and not is_supported("old.doc")
+    assert all(is_supported(f"f{ext}") for ext in OPENAI_FILE_SEARCH_EXTENSIONS)
+    assert is_supported("MAIN.RS") and is_supported("Component.tsx")
+    # No extension: fall back to the declared MIME type.
+    assert is_supported("README", "text/markdown") and not is_supported("README")
+    (tmp_path / "README").write_text("mime fallback works", "utf-8")
+    assert extract_text(tmp_path / "README", "README", "text/plain") == "mime fallback works"
+
+
+# -- chunking ---------------------------------------------------------------------------
+
+
+def test_encoding_loads_offline_and_is_o200k() -> None:
+    # litellm's wheel ships the BPE file; no download is needed (or possible here).
+    shipped = _load_shipped_encoding()
+    assert shipped is not None and shipped.encode("hello world") == [24912, 2375]
+    encoding = get_encoding()
+    assert encoding.name == "o200k_base"
+    assert encoding.encode("hello world") == [24912, 2375]  # reference o200k ids
+    assert get_encoding() is encoding
+
+
+@pytest.mark.parametrize(
+    ("size", "overlap", "message"),
+    [
+        (99, 0, "Expected a value >= 100, but got 99"),
+        (4097, 0, "Expected a value <= 4096, but got 4097"),
+        (800, 401, "must not exceed half of max_chunk_size_tokens"),
+        (800, -1, "Expected a value >= 0"),
+    ],
+)
+def test_chunking_bounds(size: int, overlap: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_chunking(size, overlap)
+    with pytest.raises(ValueError, match=message):
+        chunk_text("some text", size, overlap)
+
+
+def test_chunking_bounds_accepted_edges() -> None:
+    validate_chunking(100, 50)
+    validate_chunking(4096, 2048)
+    validate_chunking(100, 0)
+
+
+def test_resolve_chunking_strategy() -> None:
+    assert resolve_chunking_strategy(None) == ChunkingConfig(800, 400)
+    assert resolve_chunking_strategy({"type": "auto"}) == ChunkingConfig(800, 400)
+    static = {"type": "static", "static": {"max_chunk_size_tokens": 200, "chunk_overlap_tokens": 0}}
+    assert resolve_chunking_strategy(static) == ChunkingConfig(200, 0)
+    with pytest.raises(ValueError, match=r"static\.max_chunk_size_tokens"):
+        resolve_chunking_strategy({"type": "static", "static": {"chunk_overlap_tokens": 0}})
+    with pytest.raises(ValueError, match=r"chunking_strategy\.type"):
+        resolve_chunking_strategy({"type": "semantic"})
+
+
+def test_chunk_windows_and_overlap() -> None:
+    encoding = get_encoding()
+    text = " ".join(f"word{i}" for i in range(3000))
+    chunks = chunk_text(text, max_chunk_size_tokens=200, chunk_overlap_tokens=50)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(c.token_count <= 200 for c in chunks)
+    assert all(c.token_count == 200 for c in chunks[:-1])
+    for previous, current in pairwise(chunks):
+        tail = encoding.encode(previous.text)[-50:]
+        assert encoding.encode(current.text)[:50] == tail
+    assert chunks[0].text.startswith("word0") and chunks[-1].text.endswith("word2999")
+    # Special-token text in a document is plain text, not an error.
+    assert chunk_text("a <|endoftext|> b", 100, 0)[0].text == "a <|endoftext|> b"
+    assert chunk_text("   \n ", 100, 0) == []
+
+
+def test_chunking_never_splits_characters() -> None:
+    text = "🙂日本語の文章です。" * 400
+    chunks = chunk_text(text, max_chunk_size_tokens=100, chunk_overlap_tokens=30)
+    assert len(chunks) > 5
+    assert all("\ufffd" not in c.text and c.token_count <= 100 for c in chunks)
+    no_overlap = chunk_text(text, max_chunk_size_tokens=100, chunk_overlap_tokens=0)
+    assert "".join(c.text for c in no_overlap) == text
+
+
+# -- vector index -----------------------------------------------------------------------
+
+
+def embed(text: str) -> list[float]:
+    """Deterministic hashed bag-of-words embedding, unit length."""
+    vector = [0.0] * DIM
+    for term in lexical.tokenize(text):
+        slot = int.from_bytes(hashlib.sha256(term.encode()).digest()[:4], "big") % DIM
+        vector[slot] += 1.0
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+@pytest.fixture
+async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
+    idx = VectorIndex(path=tmp_path / "qdrant", dense_dim=DIM)
+    await idx.ensure_collection()
+    yield idx
+    await idx.close()
+
+
+async def _add(
+    index: VectorIndex,
+    store: str,
+    file_id: str,
+    text: str,
+    attributes: dict[str, Any] | None = None,
+    dense: bool = True,
+    filename: str | None = None,
+) -> int:
+    chunks = chunk_text(text, 100, 0)
+    vectors = [embed(c.text) for c in chunks] if dense else None
+    return await index.upsert_chunks(
+        store, file_id, filename or f"{file_id}.txt", chunks, attributes, vectors
+    )
+
+
+async def test_parsed_documents_are_searchable(index: VectorIndex, tmp_path: Path) -> None:
+    for number, (filename, (build, _)) in enumerate(sorted(DOCUMENTS.items())):
+        path = tmp_path / filename
+        build(path)
+        text = extract_text(path, filename, None)
+        chunks = chunk_text(text, 100, 20)
+        await index.upsert_chunks("vs_docs", f"file_{number}", filename, chunks, {"n": number})
+    for filename, (_, phrase) in DOCUMENTS.items():
+        hits = await index.search(["vs_docs"], phrase, max_num_results=3)
+        assert hits, filename
+        assert hits[0].filename == filename
+        assert hits[0].score == 1.0  # every query term present
+        assert 0.0 < hits[0].score <= 1.0 and all(0.0 < h.score <= 1.0 for h in hits)
+    # Decoys inside <script> were not indexed.
+    assert await index.search(["vs_docs"], "cobalt", max_num_results=3) == []
+
+
+async def test_tenancy_and_hit_fields(index: VectorIndex) -> None:
+    await _add(index, "vs_a", "f1", "Lemurs eat tamarind fruit.", {"lang": "en"})
+    await _add(index, "vs_b", "f2", "Lemurs of Madagascar.", {"lang": "fr"})
+    hits = await index.search(["vs_a"], "lemurs")
+    assert [(h.vector_store_id, h.file_id, h.filename) for h in hits] == [("vs_a", "f1", "f1.txt")]
+    assert hits[0].attributes == {"lang": "en"} and hits[0].chunk_index == 0
+    assert hits[0].text == "Lemurs eat tamarind fruit."
+    both = await index.search(["vs_a", "vs_b"], "lemurs")
+    assert {h.file_id for h in both} == {"f1", "f2"}
+    assert await index.search([], "lemurs") == []
+    assert await index.search(["vs_a"], "   ...  ") == []
+
+
+async def test_attribute_filters(index: VectorIndex) -> None:
+    docs = [
+        ("r1", {"author": "ada", "year": 2021, "draft": False, "region.code": "eu"}),
+        ("r2", {"author": "bob", "year": 2023, "draft": True, "region.code": "us"}),
+        ("r3", {"author": "cy", "year": 2024.5, "draft": False, "region.code": "eu"}),
+        ("r4", {"author": "ada", "year": 2019, "draft": True}),
+    ]
+    for file_id, attrs in docs:
+        await _add(index, "vs_f", file_id, f"Budget forecast document {file_id}.", attrs)
+
+    async def ids(flt: dict[str, Any] | None) -> set[str]:
+        hits = await index.search(["vs_f"], "budget forecast", filters=flt)
+        return {h.file_id for h in hits}
+
+    assert await ids(None) == {"r1", "r2", "r3", "r4"}
+    assert await ids({"type": "eq", "key": "author", "value": "ada"}) == {"r1", "r4"}
+    assert await ids({"type": "ne", "key": "author", "value": "ada"}) == {"r2", "r3"}
+    assert await ids({"type": "eq", "key": "draft", "value": True}) == {"r2", "r4"}
+    assert await ids({"type": "eq", "key": "year", "value": 2023}) == {"r2"}
+    assert await ids({"type": "gt", "key": "year", "value": 2021}) == {"r2", "r3"}
+    assert await ids({"type": "gte", "key": "year", "value": 2021}) == {"r1", "r2", "r3"}
+    assert await ids({"type": "lt", "key": "year", "value": 2021}) == {"r4"}
+    assert await ids({"type": "in", "key": "author", "value": ["bob", "cy"]}) == {"r2", "r3"}
+    assert await ids({"type": "nin", "key": "author", "value": ["bob", "cy"]}) == {"r1", "r4"}
+    assert await ids({"type": "in", "key": "year", "value": [2019, 2024.5]}) == {"r3", "r4"}
+    assert await ids({"type": "eq", "key": "region.code", "value": "eu"}) == {"r1", "r3"}
+    compound = {
+        "type": "or",
+        "filters": [
+            {
+                "type": "and",
+                "filters": [
+                    {"type": "eq", "key": "author", "value": "ada"},
+                    {"type": "gte", "key": "year", "value": 2020},
+                ],
+            },
+            {"type": "eq", "key": "draft", "value": True},
+        ],
+    }
+    assert await ids(compound) == {"r1", "r2", "r4"}
+    before_2022 = {"type": "lt", "key": "year", "value": 2022}
+    assert await ids({"type": "and", "filters": [compound, before_2022]}) == {"r1", "r4"}
+
+
+async def test_datetime_range_filter(index: VectorIndex) -> None:
+    await _add(index, "vs_d", "old", "Meeting minutes.", {"date": "2023-01-05T00:00:00Z"})
+    await _add(index, "vs_d", "new", "Meeting minutes.", {"date": "2024-06-01T00:00:00Z"})
+    flt = {"type": "gt", "key": "date", "value": "2024-01-01T00:00:00Z"}
+    assert [h.file_id for h in await index.search(["vs_d"], "minutes", filters=flt)] == ["new"]
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [
+        {"type": "regex", "key": "a", "value": "x"},
+        {"type": "eq", "key": "a"},
+        {"type": "eq", "key": "", "value": "x"},
+        {"type": "gt", "key": "a", "value": "not a number"},
+        {"type": "in", "key": "a", "value": "scalar"},
+        {"type": "in", "key": "a", "value": []},
+        {"type": "and", "filters": []},
+        {"type": "eq", "key": "a", "value": {"nested": 1}},
+    ],
+)
+def test_invalid_filters(flt: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        build_filter(flt)
+
+
+async def test_score_threshold(index: VectorIndex) -> None:
+    await _add(index, "vs_s", "full", "Quantum pineapple harvest report.", dense=False)
+    await _add(index, "vs_s", "partial", "Quantum physics lecture notes.", dense=False)
+    for i in range(5):  # make "quantum" common so it weighs less than the rare terms
+        await _add(index, "vs_other", f"q{i}", f"Quantum entry number {i}.", dense=False)
+    hits = await index.search(["vs_s"], "quantum pineapple harvest")
+    assert [h.file_id for h in hits] == ["full", "partial"]
+    full, partial = hits
+    assert full.score == 1.0 and 0.0 < partial.score < 0.5
+    strict = await index.search(["vs_s"], "quantum pineapple harvest", score_threshold=0.5)
+    assert [h.file_id for h in strict] == ["full"]
+    assert await index.search(["vs_s"], "quantum pineapple harvest", score_threshold=1.0) == [full]
+    # Terms absent from the collection do not drag scores down.
+    assert (await index.search(["vs_s"], "pineapple xyzzyplugh"))[0].score == 1.0
+    with pytest.raises(ValueError):
+        await index.search(["vs_s"], "quantum", score_threshold=1.5)
+    with pytest.raises(ValueError):
+        await index.search(["vs_s"], "quantum", max_num_results=0)
+
+
+async def test_max_num_results(index: VectorIndex) -> None:
+    for i in range(12):
+        await _add(index, "vs_m", f"m{i}", f"Shared keyword mango {i}.")
+    assert len(await index.search(["vs_m"], "mango", max_num_results=5)) == 5
+    assert len(await index.search(["vs_m"], "mango", dense_query=embed("mango"))) == 10
+
+
+async def test_local_idf_matches_probes(index: VectorIndex) -> None:
+    """The local-mode IDF shortcut (qdrant-client internals) agrees with real probes."""
+    await _add(index, "vs_i", "a", "alpha beta gamma alpha")
+    await _add(index, "vs_i", "b", "alpha delta")
+    await _add(index, "vs_i", "c", "epsilon")
+    terms = lexical.query_terms("alpha delta epsilon missingterm")
+    local = index._local_idf_sum(terms)
+    assert local is not None and local > 0
+    probes = [index._idf_probe(t) for t in terms]
+    responses = await index.client.query_batch_points(index.collection_name, probes)
+    assert _idf_sum(terms, responses) == pytest.approx(local, rel=1e-5)
+
+
+async def test_hybrid_rrf_in_local_mode(index: VectorIndex) -> None:
+    await _add(index, "vs_h", "lex", "Tariff schedule for imported bicycles.")
+    # Lexically unrelated to the query, but given the query's own embedding.
+    await index.upsert_chunks(
+        "vs_h", "sem", "sem.txt", [Chunk("Customs duties overview.", 4, 0)], None,
+        [embed("tariff bicycles")],
+    )  # fmt: skip
+    await _add(index, "vs_h", "noise", "Recipe for lemon cake.")
+    lexical_only = await index.search(["vs_h"], "tariff bicycles")
+    assert [h.file_id for h in lexical_only] == ["lex"]
+    hybrid = await index.search(["vs_h"], "tariff bicycles", dense_query=embed("tariff bicycles"))
+    assert {"lex", "sem"} <= {h.file_id for h in hybrid}
+    assert all(0.0 < h.score <= 1.0 for h in hybrid)
+    sem = next(h for h in hybrid if h.file_id == "sem")
+    assert sem.score == pytest.approx(1.0, abs=1e-4)  # identical embedding: cosine 1
+    # Only dense signal (no word characters in the query).
+    dense_only = await index.search(["vs_h"], "???", dense_query=embed("tariff bicycles"))
+    assert dense_only[0].file_id == "sem"
+    # Threshold applies to the fused list too: the cake recipe shares nothing.
+    strict = await index.search(
+        ["vs_h"], "tariff bicycles", dense_query=embed("tariff bicycles"), score_threshold=0.5
+    )
+    assert "noise" not in {h.file_id for h in strict}
+    with pytest.raises(ValueError, match="dimension"):
+        await index.search(["vs_h"], "tariff", dense_query=[1.0, 0.0])
+
+
+async def test_delete_and_reindex(index: VectorIndex) -> None:
+    long_text = " ".join(f"token{i} walnut" for i in range(400))
+    assert await _add(index, "vs_x", "doc", long_text) > 1
+    await _add(index, "vs_y", "doc", "walnut in another store")
+    await _add(index, "vs_x", "keep", "walnut kept here")
+    hits = await index.search(["vs_x"], "walnut", max_num_results=50)
+    assert {h.file_id for h in hits} == {"doc", "keep"}
+
+    # Re-upserting replaces all previous chunks of the file, even with fewer chunks.
+    assert await _add(index, "vs_x", "doc", "short walnut") == 1
+    assert await index.count_chunks("vs_x", "doc") == 1
+
+    await index.delete_file("vs_x", "doc")
+    assert {h.file_id for h in await index.search(["vs_x"], "walnut")} == {"keep"}
+    assert await index.count_chunks("vs_y", "doc") == 1  # other stores untouched
+
+    await _add(index, "vs_x", "doc", "walnut again")
+    await index.delete_file(None, "doc")  # from every store
+    assert await index.count_chunks("vs_x", "doc") == 0
+    assert await index.count_chunks("vs_y", "doc") == 0
+
+    await index.delete_store("vs_x")
+    assert await index.count_chunks("vs_x") == 0
+    assert await index.search(["vs_x"], "walnut") == []
+
+
+async def test_scores_stay_valid_after_deletes(tmp_path: Path) -> None:
+    """Local-mode IDF counts must forget deleted chunks (qdrant-client issue #1426)."""
+    path = tmp_path / "idf"
+    index = VectorIndex(path=path)
+    for i in range(4):
+        await _add(index, "vs", f"f{i}", "identical hazelnut text", dense=False)
+    for i in range(3):
+        await index.delete_file("vs", f"f{i}")
+    await index.delete_store("vs_never_existed")
+    hits = await index.search(["vs"], "hazelnut")
+    assert [(h.file_id, h.score) for h in hits] == [("f3", 1.0)]
+    raw = await index.client.query_points(
+        index.collection_name, query=lexical.query_vector(lexical.query_terms("hazelnut")),
+        using="lexical",
+    )  # fmt: skip
+    await index.close()
+    # Reopening rebuilds the counts from disk: the raw BM25 score must not change.
+    reopened = VectorIndex(path=path)
+    again = await reopened.client.query_points(
+        reopened.collection_name, query=lexical.query_vector(lexical.query_terms("hazelnut")),
+        using="lexical",
+    )  # fmt: skip
+    assert raw.points[0].score > 0
+    assert again.points[0].score == pytest.approx(raw.points[0].score)
+    await reopened.close()
+
+
+async def test_update_attributes(index: VectorIndex) -> None:
+    await _add(index, "vs_u", "f", "Zebra crossing guide.", {"status": "draft"})
+    await index.update_attributes("vs_u", "f", {"status": "final", "version": 2})
+    flt = {"type": "eq", "key": "status", "value": "final"}
+    hits = await index.search(["vs_u"], "zebra", filters=flt)
+    assert [h.attributes for h in hits] == [{"status": "final", "version": 2}]
+
+
+async def test_upsert_validation(index: VectorIndex) -> None:
+    chunks = chunk_text("one chunk", 100, 0)
+    with pytest.raises(ValueError, match="dense vectors"):
+        await index.upsert_chunks("vs", "f", "f.txt", chunks, None, [])
+    with pytest.raises(ValueError, match="dimension"):
+        await index.upsert_chunks("vs", "f", "f.txt", chunks, None, [[1.0]])
+
+
+async def test_shared_local_client_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "shared"
+    first = VectorIndex(path=path)
+    second = VectorIndex(path=path)  # a second client on the path would hit the file lock
+    assert first.client is second.client
+    await _add(first, "vs", "f", "Persistent narwhal.", dense=False)
+    assert [h.file_id for h in await second.search(["vs"], "narwhal")] == ["f"]
+    await first.close()
+    assert await second.count_chunks("vs") == 1  # still open for the other holder
+    await second.close()
+
+    reopened = VectorIndex(path=path)
+    assert [h.file_id for h in await reopened.search(["vs"], "narwhal")] == ["f"]
+    # The collection has no dense vector: asking for one must fail clearly.
+    with_dense = VectorIndex(path=path, dense_dim=DIM)
+    with pytest.raises(RuntimeError, match="no dense vector"):
+        await with_dense.ensure_collection()
+    await with_dense.close()
+    await reopened.close()
+
+
+def test_constructor_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        VectorIndex()
+    with pytest.raises(ValueError):
+        VectorIndex(url="http://localhost:6333", path=tmp_path)
+
+
+def test_tokenizer() -> None:
+    assert lexical.tokenize("The Elephants' extract_text() in 東京") == [
+        "elephant",
+        "extract_text",
+        "extract",
+        "text",
+        "東京",
+    ]
+
+
+# -- embeddings -------------------------------------------------------------------------
+
+
+class _FakeEmbeddingAPI:
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.calls: list[dict[str, Any]] = []
+
+    async def __call__(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        if self.failures:
+            raise self.failures.pop(0)
+        items = [{"index": i, "embedding": embed(t)} for i, t in enumerate(kwargs["input"])]
+        return {"data": list(reversed(items))}  # order must come from "index"
+
+
+async def test_embedder_batches_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import litellm
+
+    fake = _FakeEmbeddingAPI([litellm.RateLimitError("slow down", "openai", "m")])
+    monkeypatch.setattr(litellm, "aembedding", fake)
+    embedder = Embedder(
+        "openai/text-embedding-3-small",
+        api_base="http://127.0.0.1:9/v1",
+        api_key="sk-test",
+        batch_size=3,
+        initial_backoff=0.001,
+    )
+    texts = [f"text {i}" for i in range(7)] + [""]
+    vectors = await embedder.embed(texts)
+    assert vectors == [embed(t if t else " ") for t in texts]
+    assert [len(c["input"]) for c in fake.calls] == [3, 3, 3, 2]  # first call retried
+    assert fake.calls[0]["api_base"] == "http://127.0.0.1:9/v1"
+    assert fake.calls[0]["api_key"] == "sk-test"
+    assert fake.calls[0]["model"] == "openai/text-embedding-3-small"
+    assert await embedder.dimension() == DIM
+
+
+async def test_embedder_permanent_error_and_retry_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import litellm
+
+    auth = _FakeEmbeddingAPI([litellm.AuthenticationError("bad key", "openai", "m")])
+    monkeypatch.setattr(litellm, "aembedding", auth)
+    with pytest.raises(EmbeddingError, match="bad key"):
+        await Embedder("m", initial_backoff=0.001).embed(["x"])
+    assert len(auth.calls) == 1  # not retried
+
+    flaky = _FakeEmbeddingAPI([litellm.RateLimitError("busy", "openai", "m")] * 5)
+    monkeypatch.setattr(litellm, "aembedding", flaky)
+    with pytest.raises(EmbeddingError, match="after 3 attempt"):
+        await Embedder("m", max_retries=2, initial_backoff=0.001).embed(["x"])
+    assert len(flaky.calls) == 3
+
+
+def test_json_round_trip_is_readable(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text(json.dumps({"k": "ünïcode"}), "utf-8")
+    assert '"k": "ünïcode"' in extract_text(tmp_path / "x.json", "x.json", None)
