@@ -1,4 +1,4 @@
-"""The `opengrove` command: serve · migrate."""
+"""The `opengrove` command: serve · worker · migrate."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (OPENGROVE_PORT, default 8000)")
     serve.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR, default ./data)")
 
+    worker = commands.add_parser(
+        "worker",
+        help="execute runs only (no HTTP API); start as many as you need",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR)")
+
     migrate = commands.add_parser(
         "migrate",
         help="apply pending database migrations and exit",
@@ -76,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(upgrade_database(settings.resolved_database_url))
         print("migrations applied", file=sys.stderr)
         return 0
+    if args.command == "worker":
+        asyncio.run(_run_worker())
+        return 0
     if args.command == "serve":
         import uvicorn
 
@@ -89,6 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     return 2
+
+
+async def _run_worker() -> None:
+    import signal
+
+    from app.runtime import Runtime
+
+    runtime = await Runtime.start(get_settings(), run_workers=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
 
 
 if __name__ == "__main__":

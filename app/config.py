@@ -51,6 +51,47 @@ class Settings(BaseSettings):
         default=True, validation_alias=_env("OPENGROVE_MIGRATE_ON_START")
     )
 
+    model_config_file: Path | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_MODEL_CONFIG"),
+        description="YAML file of model aliases (name → litellm model, api_base, api_key_env).",
+    )
+    llm_timeout: float = Field(
+        default=60.0,
+        validation_alias=_env("OPENGROVE_LLM_TIMEOUT"),
+        description="Seconds before a model call times out.",
+    )
+    llm_attempts: int = Field(
+        default=3,
+        validation_alias=_env("OPENGROVE_LLM_ATTEMPTS"),
+        description="Attempts per model call on 429/5xx/timeouts (with exponential backoff).",
+    )
+    llm_retry_base_delay: float = Field(
+        default=0.5,
+        validation_alias=_env("OPENGROVE_LLM_RETRY_DELAY"),
+        description="First backoff delay in seconds; doubles per attempt.",
+    )
+    run_workers: bool = Field(
+        default=True,
+        validation_alias=_env("OPENGROVE_RUN_WORKERS"),
+        description="Execute runs inside the `serve` process (false: leave them to `worker`).",
+    )
+    worker_concurrency: int = Field(
+        default=128,
+        validation_alias=_env("OPENGROVE_WORKER_CONCURRENCY"),
+        description="Runs one worker process executes at once.",
+    )
+    run_lease_seconds: float = Field(
+        default=30.0,
+        validation_alias=_env("OPENGROVE_RUN_LEASE_SECONDS"),
+        description="A worker that stops renewing its lease this long loses the run.",
+    )
+    max_run_steps: int = Field(
+        default=16,
+        validation_alias=_env("OPENGROVE_MAX_RUN_STEPS"),
+        description="Model calls one run may make before it ends incomplete.",
+    )
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_models(cls, value: object) -> object:

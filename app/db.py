@@ -32,6 +32,12 @@ class OpenAIObjectMixin:
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     seq: Mapped[int] = mapped_column(BigInteger, default=next_seq)
 
+    def __init__(self, **kwargs: Any) -> None:
+        # Set now, not at flush: objects are rendered into events before they are flushed.
+        kwargs.setdefault("created_at", now())
+        kwargs.setdefault("seq", next_seq())
+        super().__init__(**kwargs)
+
 
 class Database:
     def __init__(self, url: str, pool_size: int = 10) -> None:

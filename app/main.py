@@ -14,11 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.assistants.router import router as assistants_router
 from app.config import Settings, get_settings
-from app.db import Database
 from app.errors import install_error_handlers
 from app.ids import now
-from app.migrate import upgrade_database
 from app.models_api.router import router as models_router
+from app.runs.router import router as runs_router
+from app.runtime import Runtime
 from app.threads.router import router as threads_router
 
 logger = logging.getLogger("opengrove")
@@ -55,6 +55,7 @@ class RequestIdMiddleware:
 def api_router() -> APIRouter:
     router = APIRouter()
     router.include_router(assistants_router)
+    router.include_router(runs_router)  # before threads: /threads/runs is not a thread id
     router.include_router(threads_router)
     router.include_router(models_router)
     return router
@@ -65,15 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if settings.run_migrations_on_start:
-            await upgrade_database(settings.resolved_database_url)
-        app.state.db = Database(settings.resolved_database_url, settings.db_pool_size)
-        logger.info("opengrove ready: database=%s", _redact(settings.resolved_database_url))
+        runtime = await Runtime.start(settings, run_workers=settings.run_workers)
+        app.state.runtime = runtime
+        app.state.db = runtime.db
+        app.state.hub = runtime.hub
+        app.state.model_router = runtime.router
         try:
             yield
         finally:
-            await app.state.db.dispose()
+            await runtime.stop()
 
     app = FastAPI(
         title="opengrove",
@@ -97,10 +98,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestIdMiddleware)
     return app
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -2,6 +2,7 @@
 
 from app.assistants import models as assistants_models
 from app.db import Base
+from app.runs import models as runs_models
 from app.threads import models as threads_models
 
-__all__ = ["Base", "assistants_models", "threads_models"]
+__all__ = ["Base", "assistants_models", "runs_models", "threads_models"]

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.databases import backend_name, fresh_database
+from tests.fake_upstream import FakeUpstream
 from tests.server_process import ServerProcess
 from tests.spec_check import check_response, validating_http_client
 
@@ -22,11 +24,50 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess(
-        tmp_path_factory.mktemp("server"),
-        env={"DATABASE_URL": database_url, "OPENGROVE_MODELS": "gpt-4o,fake-model"},
-    ).start()
+def fake_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def upstream(fake_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
+    """The fake LLM upstream, with an empty script and request log for this test."""
+    fake_upstream.reset()
+    yield fake_upstream
+    fake_upstream.reset()
+
+
+def server_env(database_url: str, upstream: FakeUpstream, data_dir: Path) -> dict[str, str]:
+    """Settings for a test server whose models all live on the fake upstream."""
+    model_config = data_dir / "models.yaml"
+    model_config.parent.mkdir(parents=True, exist_ok=True)
+    model_config.write_text(
+        "models:\n"
+        "  - name: fake-model\n"
+        "    model: openai/fake-model\n"
+        f"    api_base: {upstream.base_url}\n"
+        "    api_key_env: FAKE_UPSTREAM_KEY\n"
+    )
+    return {
+        "DATABASE_URL": database_url,
+        "OPENGROVE_MODELS": "gpt-4o,fake-model",
+        "OPENGROVE_MODEL_CONFIG": str(model_config),
+        "FAKE_UPSTREAM_KEY": "fake-key",
+        # Plain model names reach litellm's OpenAI provider through its own environment.
+        "OPENAI_API_BASE": upstream.base_url,
+        "OPENAI_API_KEY": "fake-key",
+        "OPENGROVE_LLM_TIMEOUT": "2",
+        "OPENGROVE_LLM_ATTEMPTS": "3",
+        "OPENGROVE_LLM_RETRY_DELAY": "0.05",
+    }
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, fake_upstream: FakeUpstream
+) -> Iterator[ServerProcess]:
+    data_dir = tmp_path_factory.mktemp("server")
+    proc = ServerProcess(data_dir, env=server_env(database_url, fake_upstream, data_dir)).start()
     yield proc
     proc.stop()
 

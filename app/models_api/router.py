@@ -26,7 +26,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 @router.get("/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    if model_id not in request.app.state.settings.models:
+    if model_id not in _model_names(request):
         raise APIError(
             404,
             f"The model '{model_id}' does not exist or you do not have access to it.",

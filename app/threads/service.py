@@ -5,9 +5,10 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import NotFound
+from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, now
 from app.pagination import ListParams, Page, paginate
+from app.runs.models import ACTIVE_STATUSES, Run
 from app.threads.models import Message, Thread
 from app.threads.schemas import (
     MessageCreate,
@@ -21,6 +22,13 @@ from app.tool_resources import resolve_tool_resources
 
 async def create_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
     """Create the thread and its initial messages in one transaction."""
+    thread = await create_thread_rows(session, body)
+    await session.commit()
+    return thread
+
+
+async def create_thread_rows(session: AsyncSession, body: ThreadCreate) -> Thread:
+    """Add the thread and its messages to the session, uncommitted."""
     thread = Thread(
         id=new_id("thread_"),
         tool_resources=await resolve_tool_resources(session, body.tool_resources),
@@ -30,7 +38,6 @@ async def create_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
     await session.flush()  # no ORM relationship orders the inserts, so the thread goes first
     for message in body.messages or []:
         session.add(new_message(thread.id, message))
-    await session.commit()
     return thread
 
 
@@ -82,6 +89,13 @@ def new_message(
 
 async def create_message(session: AsyncSession, thread_id: str, body: MessageCreate) -> Message:
     await get_thread(session, thread_id)
+    active = await session.scalar(
+        select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
+    )
+    if active is not None:
+        raise InvalidRequest(
+            f"Can't add messages to {thread_id} while a run {active} is active.", param="thread_id"
+        )
     message = new_message(thread_id, body)
     session.add(message)
     await session.commit()

@@ -1,0 +1,199 @@
+"""The LLM adapter: the only module that imports litellm.
+
+One path for every run: `stream_chat` always streams, and yields normalised events
+(text deltas, tool-call deltas, then one `Finish` with the finish_reason and usage read
+from the chunks themselves). Failures before the first chunk are retried with backoff;
+anything else surfaces as `LLMError` with an OpenAI `last_error` code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# litellm would otherwise fetch its model price map from the internet at import time.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm  # noqa: E402
+
+from app.llm.routing import ModelRoute  # noqa: E402
+
+litellm.telemetry = False
+litellm.drop_params = True  # providers that lack a parameter (e.g. parallel_tool_calls) still work
+logger = logging.getLogger("opengrove.llm")
+
+
+@dataclass
+class ChatRequest:
+    route: ModelRoute
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: Any = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class ToolCallDelta:
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Finish:
+    finish_reason: str
+    usage: Usage | None
+
+
+StreamEvent = TextDelta | ToolCallDelta | Finish
+
+
+class LLMError(Exception):
+    """A failed model call, with the `last_error.code` a run reports for it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    timeout: float = 60.0
+
+
+_RETRYABLE = (
+    litellm.RateLimitError,
+    litellm.Timeout,
+    litellm.APIConnectionError,
+    litellm.InternalServerError,
+    litellm.ServiceUnavailableError,
+    litellm.BadGatewayError,
+)
+
+
+def _classify(exc: Exception) -> LLMError:
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, litellm.RateLimitError):
+        return LLMError("rate_limit_exceeded", f"The model provider is rate limiting: {exc}")
+    if isinstance(exc, litellm.ContextWindowExceededError | litellm.ContentPolicyViolationError):
+        return LLMError("invalid_prompt", str(exc))
+    if isinstance(exc, litellm.Timeout):
+        return LLMError("server_error", f"The model provider timed out: {exc}")
+    if isinstance(exc, litellm.APIConnectionError):
+        return LLMError("server_error", f"Could not reach the model provider: {exc}")
+    return LLMError("server_error", f"The model provider returned an error: {exc}")
+
+
+def _call_kwargs(request: ChatRequest, timeout: float) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": request.route.litellm_model,
+        "messages": request.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "timeout": timeout,
+        "num_retries": 0,  # retries are ours, so they never replay a half-streamed answer
+    }
+    if request.route.api_base:
+        kwargs["api_base"] = request.route.api_base
+    if request.route.api_key:
+        kwargs["api_key"] = request.route.api_key
+    if request.tools:
+        kwargs["tools"] = request.tools
+        if request.tool_choice is not None:
+            kwargs["tool_choice"] = request.tool_choice
+        if request.parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = request.parallel_tool_calls
+    for name in ("response_format", "temperature", "top_p", "max_tokens"):
+        value = getattr(request, name)
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+async def stream_chat(
+    request: ChatRequest, policy: RetryPolicy | None = None
+) -> AsyncIterator[StreamEvent]:
+    policy = policy or RetryPolicy()
+    kwargs = _call_kwargs(request, policy.timeout)
+    for attempt in range(1, policy.attempts + 1):
+        emitted = False
+        try:
+            response = await litellm.acompletion(**kwargs)
+            finish_reason: str | None = None
+            usage: Usage | None = None
+            saw_tool_call = False
+            async for chunk in response:
+                chunk_usage = getattr(chunk, "usage", None)
+                if chunk_usage is not None and getattr(chunk_usage, "prompt_tokens", None):
+                    usage = Usage(chunk_usage.prompt_tokens or 0, chunk_usage.completion_tokens or 0)
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                delta = choice.delta
+                if delta is not None:
+                    if delta.content:
+                        emitted = True
+                        yield TextDelta(delta.content)
+                    for call in delta.tool_calls or []:
+                        emitted = saw_tool_call = True
+                        function = call.function
+                        yield ToolCallDelta(
+                            index=call.index or 0,
+                            id=call.id,
+                            name=getattr(function, "name", None) if function else None,
+                            arguments=(getattr(function, "arguments", None) or "") if function else "",
+                        )
+                if choice.finish_reason:
+                    finish_reason = choice.finish_reason
+            if finish_reason is None:
+                finish_reason = "tool_calls" if saw_tool_call else "stop"
+            yield Finish(finish_reason, usage)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            retryable = isinstance(exc, _RETRYABLE) and not emitted
+            if not retryable or attempt == policy.attempts:
+                logger.warning("model call failed (attempt %d): %s", attempt, exc)
+                raise _classify(exc) from exc
+            delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+            delay *= 0.5 + random.random() / 2
+            logger.info("model call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc)
+            await asyncio.sleep(delay)
+
+
+def count_tokens(model: str, messages: list[dict[str, Any]]) -> int:
+    try:
+        return int(litellm.token_counter(model=model, messages=messages))
+    except Exception:  # unknown tokenizer for an exotic model: a rough estimate is enough here
+        return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONType, OpenAIObjectMixin
+
+# A thread has at most one run in these states (enforced by a partial unique index).
+ACTIVE_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
+TERMINAL_STATUSES = ("completed", "failed", "cancelled", "expired", "incomplete")
+_ACTIVE_SQL = text("status IN ('queued', 'in_progress', 'requires_action', 'cancelling')")
+
+
+class Run(OpenAIObjectMixin, Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_thread_seq", "thread_id", "seq"),
+        Index("ix_runs_status_seq", "status", "seq"),
+        Index(
+            "uq_runs_one_active_per_thread",
+            "thread_id",
+            unique=True,
+            sqlite_where=_ACTIVE_SQL,
+            postgresql_where=_ACTIVE_SQL,
+        ),
+    )
+
+    thread_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("threads.id", ondelete="CASCADE"), nullable=False
+    )
+    assistant_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(24), default="queued")
+    required_action: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    incomplete_details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    model: Mapped[str] = mapped_column(String(256))
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    tools: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    temperature: Mapped[float | None] = mapped_column(Float, nullable=True)
+    top_p: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    truncation_strategy: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    tool_choice: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    parallel_tool_calls: Mapped[bool] = mapped_column(Boolean, default=True)
+    response_format: Mapped[Any] = mapped_column(JSONType, nullable=True)
+    reasoning_effort: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Executor bookkeeping, never shown to clients.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    include: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+
+
+class RunStep(OpenAIObjectMixin, Base):
+    __tablename__ = "run_steps"
+    __table_args__ = (Index("ix_run_steps_run_seq", "run_id", "seq"),)
+
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    )
+    thread_id: Mapped[str] = mapped_column(String(64))
+    assistant_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(24), default="in_progress")
+    step_details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    last_error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    expired_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cancelled_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    failed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class RunEvent(Base):
+    """The persisted stream of a run: replayed to late or remote subscribers."""
+
+    __tablename__ = "run_events"
+    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_run_events_run_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(48))
+    data: Mapped[Any] = mapped_column(JSONType)

@@ -1,0 +1,112 @@
+"""What the model sees: the run's instructions, the thread, and this run's own steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.runs.models import Run, RunStep
+from app.threads.models import Message
+
+
+def _chat_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Stored message parts → chat content (a plain string when it is text only)."""
+    if all(part["type"] == "text" for part in parts):
+        return "\n".join(part["text"]["value"] for part in parts)
+    converted: list[dict[str, Any]] = []
+    for part in parts:
+        if part["type"] == "text":
+            converted.append({"type": "text", "text": part["text"]["value"]})
+        elif part["type"] == "image_url":
+            converted.append({"type": "image_url", "image_url": part["image_url"]})
+        elif part["type"] == "image_file":
+            # File bytes are served by the files domain; until it inlines them, say what it was.
+            converted.append({"type": "text", "text": f"[image file {part['image_file']['file_id']}]"})
+    return converted
+
+
+async def build_prompt(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
+    prompt: list[dict[str, Any]] = []
+    if run.instructions:
+        prompt.append({"role": "system", "content": run.instructions})
+    # The thread as it was, without what this run itself wrote (that comes from its steps).
+    history = (
+        await session.scalars(
+            select(Message)
+            .where(Message.thread_id == run.thread_id,
+                   or_(Message.run_id.is_(None), Message.run_id != run.id))
+            .order_by(Message.seq)
+        )
+    ).all()
+    strategy = run.truncation_strategy or {}
+    if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
+        history = history[-int(strategy["last_messages"]):]
+    prompt.extend({"role": m.role, "content": _chat_content(m.content)} for m in history)
+    prompt.extend(await _run_turns(session, run))
+    return prompt
+
+
+async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
+    steps = (
+        await session.scalars(select(RunStep).where(RunStep.run_id == run.id).order_by(RunStep.seq))
+    ).all()
+    message_ids = [
+        s.step_details["message_creation"]["message_id"] for s in steps if s.type == "message_creation"
+    ]
+    messages = {
+        m.id: m
+        for m in (await session.scalars(select(Message).where(Message.id.in_(message_ids)))).all()
+    } if message_ids else {}
+    turns: list[dict[str, Any]] = []
+    for step in steps:
+        if step.type == "message_creation":
+            message = messages.get(step.step_details["message_creation"]["message_id"])
+            if message is not None:
+                turns.append({"role": "assistant", "content": _chat_content(message.content)})
+            continue
+        calls = step.step_details.get("tool_calls", [])
+        if not calls:
+            continue
+        assistant: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+            for c in calls if c.get("type") == "function"
+        ]}
+        # Text the model wrote before calling tools belongs to the same assistant turn.
+        if turns and turns[-1]["role"] == "assistant" and "tool_calls" not in turns[-1]:
+            assistant["content"] = turns.pop()["content"]
+        turns.append(assistant)
+        for call in calls:
+            output = call.get("function", {}).get("output")
+            if output is not None:
+                turns.append({"role": "tool", "tool_call_id": call["id"], "content": output})
+    return turns
+
+
+def llm_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's function tools in chat-completions form."""
+    converted = []
+    for tool in tools or []:
+        if tool.get("type") != "function":
+            continue
+        function = {k: v for k, v in tool["function"].items() if v is not None}
+        if not function.get("strict"):
+            function.pop("strict", None)
+        converted.append({"type": "function", "function": function})
+    return converted
+
+
+def llm_tool_choice(choice: Any) -> Any:
+    if choice is None or isinstance(choice, str):
+        return choice
+    if choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice["function"]["name"]}}
+    return "auto"
+
+
+def llm_response_format(response_format: Any) -> Any:
+    if not isinstance(response_format, dict) or response_format.get("type") == "text":
+        return None
+    return response_format

@@ -1,0 +1,245 @@
+"""Runs and run steps: the domain logic behind /v1/threads/{id}/runs (no HTTP here)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.assistants.service import get_assistant
+from app.errors import InvalidRequest, NotFound
+from app.ids import new_id, now
+from app.pagination import ListParams, Page, paginate
+from app.runs.events import EventHub, EventWriter
+from app.runs.models import ACTIVE_STATUSES, Run, RunStep
+from app.runs.schemas import (
+    RunCreate,
+    RunUpdate,
+    SubmitToolOutputs,
+    ThreadAndRunCreate,
+    render_run,
+    render_step,
+)
+from app.runs.state import transition
+from app.schemas import dump_optional, dump_tools
+from app.threads.schemas import ThreadCreate, ThreadObject
+from app.threads.service import create_thread_rows, get_thread, new_message
+
+RUN_EXPIRY_SECONDS = 600  # as on OpenAI: a run not finished in 10 minutes expires
+
+
+async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
+    return await session.scalar(
+        select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
+    )
+
+
+async def _build_run(
+    session: AsyncSession, thread_id: str, body: RunCreate | ThreadAndRunCreate,
+    include: list[str],
+) -> Run:
+    assistant = await get_assistant(session, body.assistant_id)
+    instructions = body.instructions if body.instructions is not None else assistant.instructions
+    extra = getattr(body, "additional_instructions", None)
+    if extra:
+        instructions = f"{instructions}\n\n{extra}" if instructions else extra
+    created = now()
+    return Run(
+        id=new_id("run_"),
+        created_at=created,
+        thread_id=thread_id,
+        assistant_id=assistant.id,
+        status="queued",
+        expires_at=created + RUN_EXPIRY_SECONDS,
+        model=body.model or assistant.model,
+        instructions=instructions or "",
+        tools=dump_tools(body.tools) if body.tools is not None else assistant.tools,
+        metadata_=body.metadata or {},
+        temperature=body.temperature if body.temperature is not None else assistant.temperature,
+        top_p=body.top_p if body.top_p is not None else assistant.top_p,
+        max_prompt_tokens=body.max_prompt_tokens,
+        max_completion_tokens=body.max_completion_tokens,
+        truncation_strategy=(
+            body.truncation_strategy.model_dump() if body.truncation_strategy
+            else {"type": "auto", "last_messages": None}
+        ),
+        tool_choice=dump_optional(body.tool_choice) if body.tool_choice is not None else "auto",
+        parallel_tool_calls=body.parallel_tool_calls,
+        response_format=(
+            dump_optional(body.response_format) if body.response_format is not None
+            else assistant.response_format
+        ),
+        reasoning_effort=body.reasoning_effort or assistant.reasoning_effort,
+        include=include,
+    )
+
+
+async def _commit_new_run(
+    session: AsyncSession, hub: EventHub, run: Run, writer: EventWriter
+) -> Run:
+    session.add(run)
+    writer.emit("thread.run.created", render_run(run))
+    writer.emit("thread.run.queued", render_run(run))
+    try:
+        await writer.commit(session, run_queued=True)
+    except IntegrityError:
+        # The partial unique index: this thread already has an active run.
+        await session.rollback()
+        active = await active_run_id(session, run.thread_id)
+        raise InvalidRequest(
+            f"Thread {run.thread_id} already has an active run {active}.", param="thread_id"
+        ) from None
+    return run
+
+
+async def create_run(
+    session: AsyncSession, hub: EventHub, thread_id: str, body: RunCreate, include: list[str]
+) -> Run:
+    await get_thread(session, thread_id)
+    active = await active_run_id(session, thread_id)
+    if active is not None:
+        raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
+    run = await _build_run(session, thread_id, body, include)
+    for message in body.additional_messages or []:
+        session.add(new_message(thread_id, message))
+    return await _commit_new_run(session, hub, run, EventWriter(hub, run.id, 0))
+
+
+async def create_thread_and_run(
+    session: AsyncSession, hub: EventHub, body: ThreadAndRunCreate, include: list[str]
+) -> Run:
+    thread_body = body.thread or ThreadCreate()
+    if body.tool_resources is not None:
+        thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
+    thread = await create_thread_rows(session, thread_body)
+    run = await _build_run(session, thread.id, body, include)
+    writer = EventWriter(hub, run.id, 0)
+    writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
+    return await _commit_new_run(session, hub, run, writer)
+
+
+async def get_run(session: AsyncSession, thread_id: str, run_id: str) -> Run:
+    run = await session.scalar(select(Run).where(Run.id == run_id, Run.thread_id == thread_id))
+    if run is None:
+        await get_thread(session, thread_id)
+        raise NotFound("run", run_id)
+    return run
+
+
+async def list_runs(session: AsyncSession, thread_id: str, params: ListParams) -> Page[Run]:
+    await get_thread(session, thread_id)
+    return await paginate(session, Run, params, Run.thread_id == thread_id)
+
+
+async def update_run(session: AsyncSession, thread_id: str, run_id: str, body: RunUpdate) -> Run:
+    run = await get_run(session, thread_id, run_id)
+    if "metadata" in body.model_fields_set:
+        run.metadata_ = body.metadata or {}
+    await session.commit()
+    return run
+
+
+async def cancel_run(session: AsyncSession, hub: EventHub, thread_id: str, run_id: str) -> Run:
+    run = await get_run(session, thread_id, run_id)
+    writer = await EventWriter.resume(hub, session, run.id)
+    # Nobody executes a queued run without a lease, nor one waiting for tool outputs:
+    # those end now. A run being executed is asked to stop and ends at its next chunk.
+    if run.status == "requires_action" or (run.status == "queued" and run.lease_owner is None):
+        if await transition(session, run, "cancelled", required_action=None):
+            await _close_open_steps(session, run, writer, "cancelled")
+            writer.emit("thread.run.cancelled", render_run(run))
+            await writer.commit(session)
+            return run
+    if run.status in ("queued", "in_progress") and await transition(session, run, "cancelling"):
+        writer.emit("thread.run.cancelling", render_run(run))
+        await writer.commit(session)
+        hub.cancel_requested(run.id)  # an executor in this process stops at once; others poll
+        return run
+    if run.status == "cancelling":
+        return run
+    raise InvalidRequest(f"Cannot cancel run with status '{run.status}'.", param="run_id")
+
+
+async def _close_open_steps(
+    session: AsyncSession, run: Run, writer: EventWriter, status: str
+) -> None:
+    steps = (
+        await session.scalars(
+            select(RunStep).where(RunStep.run_id == run.id, RunStep.status == "in_progress")
+        )
+    ).all()
+    stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[status]
+    for step in steps:
+        step.status = status
+        setattr(step, stamp, now())
+        writer.emit(f"thread.run.step.{status}", render_step(step))
+
+
+async def submit_tool_outputs(
+    session: AsyncSession, hub: EventHub, thread_id: str, run_id: str, body: SubmitToolOutputs
+) -> Run:
+    run = await get_run(session, thread_id, run_id)
+    if run.status != "requires_action" or not run.required_action:
+        raise InvalidRequest(
+            f'Runs in status "{run.status}" do not accept tool outputs.', param="run_id"
+        )
+    pending = [c["id"] for c in run.required_action["submit_tool_outputs"]["tool_calls"]]
+    outputs: dict[str, str] = {}
+    for i, item in enumerate(body.tool_outputs):
+        if item.tool_call_id is None:
+            raise InvalidRequest(
+                f"Missing required parameter: 'tool_outputs[{i}].tool_call_id'.",
+                param=f"tool_outputs[{i}].tool_call_id", code="missing_required_parameter",
+            )
+        if item.tool_call_id not in pending:
+            raise InvalidRequest(
+                f"Invalid tool_call_id: {item.tool_call_id}. No tool call with this id is "
+                "waiting for output.", param=f"tool_outputs[{i}].tool_call_id",
+            )
+        outputs[item.tool_call_id] = item.output or ""
+    missing = [call_id for call_id in pending if call_id not in outputs]
+    if missing:
+        raise InvalidRequest(
+            f"Expected tool outputs for call_ids {pending}, got {list(outputs)}.",
+            param="tool_outputs",
+        )
+    step = await session.scalar(
+        select(RunStep).where(
+            RunStep.run_id == run.id, RunStep.type == "tool_calls", RunStep.status == "in_progress"
+        ).order_by(RunStep.seq.desc())
+    )
+    writer = await EventWriter.resume(hub, session, run.id)
+    if not await transition(session, run, "queued", required_action=None):
+        raise InvalidRequest(
+            f'Runs in status "{run.status}" do not accept tool outputs.', param="run_id"
+        )
+    if step is not None:
+        calls = [
+            {**call, "function": {**call["function"], "output": outputs.get(call["id"])}}
+            if call.get("type") == "function" and call["id"] in outputs else call
+            for call in step.step_details["tool_calls"]
+        ]
+        step.step_details = {"type": "tool_calls", "tool_calls": calls}
+        step.status = "completed"
+        step.completed_at = now()
+        writer.emit("thread.run.step.completed", render_step(step))
+    writer.emit("thread.run.queued", render_run(run))
+    await writer.commit(session, run_queued=True)
+    return run
+
+
+async def list_steps(
+    session: AsyncSession, thread_id: str, run_id: str, params: ListParams
+) -> Page[RunStep]:
+    await get_run(session, thread_id, run_id)
+    return await paginate(session, RunStep, params, RunStep.run_id == run_id)
+
+
+async def get_step(session: AsyncSession, thread_id: str, run_id: str, step_id: str) -> RunStep:
+    await get_run(session, thread_id, run_id)
+    step = await session.scalar(
+        select(RunStep).where(RunStep.id == step_id, RunStep.run_id == run_id)
+    )
+    if step is None:
+        raise NotFound("run step", step_id)
+    return step

@@ -1,0 +1,64 @@
+"""What a process needs at run time: database, event hub, model router, run executor.
+
+Shared by `serve` (API, with workers in-process by default) and `worker` (no API).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from app.config import Settings
+from app.db import Database
+from app.llm.routing import ModelRouter
+from app.migrate import upgrade_database
+from app.runs.events import EventHub, PostgresListener
+from app.runs.executor import RunExecutor
+
+logger = logging.getLogger("opengrove")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    hub: EventHub = field(default_factory=EventHub)
+    router: ModelRouter = field(default_factory=ModelRouter)
+    executor: RunExecutor | None = None
+    listener: PostgresListener | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, run_workers: bool) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        if settings.run_migrations_on_start:
+            await upgrade_database(url)
+        runtime = cls(
+            settings=settings,
+            db=Database(url, settings.db_pool_size),
+            router=ModelRouter.from_file(settings.model_config_file),
+        )
+        if not runtime.db.is_sqlite:
+            # Cross-process wake-ups: new runs for workers, new events for streams.
+            runtime.listener = PostgresListener(url, runtime.hub)
+            await runtime.listener.start()
+        if run_workers:
+            runtime.executor = RunExecutor(runtime.db, runtime.hub, settings, runtime.router)
+            await runtime.executor.start()
+        logger.info("opengrove ready: database=%s, workers=%s", _redact(url),
+                    "in-process" if run_workers else "external")
+        return runtime
+
+    async def stop(self) -> None:
+        if self.executor is not None:
+            await self.executor.stop()
+        if self.listener is not None:
+            await self.listener.stop()
+        await self.db.dispose()
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
