@@ -19,9 +19,9 @@ from typing import Any
 # litellm would otherwise fetch its model price map from the internet at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import litellm  # noqa: E402
+import litellm
 
-from app.llm.routing import ModelRoute  # noqa: E402
+from app.llm.routing import ModelRoute
 
 litellm.telemetry = False
 litellm.drop_params = True  # providers that lack a parameter (e.g. parallel_tool_calls) still work
@@ -155,7 +155,9 @@ async def stream_chat(
             async for chunk in response:
                 chunk_usage = getattr(chunk, "usage", None)
                 if chunk_usage is not None and getattr(chunk_usage, "prompt_tokens", None):
-                    usage = Usage(chunk_usage.prompt_tokens or 0, chunk_usage.completion_tokens or 0)
+                    usage = Usage(
+                        chunk_usage.prompt_tokens or 0, chunk_usage.completion_tokens or 0
+                    )
                 if not chunk.choices:
                     continue
                 choice = chunk.choices[0]
@@ -171,7 +173,9 @@ async def stream_chat(
                             index=call.index or 0,
                             id=call.id,
                             name=getattr(function, "name", None) if function else None,
-                            arguments=(getattr(function, "arguments", None) or "") if function else "",
+                            arguments=(getattr(function, "arguments", None) or "")
+                            if function
+                            else "",
                         )
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
@@ -188,7 +192,9 @@ async def stream_chat(
                 raise _classify(exc) from exc
             delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2
-            logger.info("model call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc)
+            logger.info(
+                "model call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc
+            )
             await asyncio.sleep(delay)
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -37,7 +37,7 @@ from app.runs.events import EventHub, EventWriter
 from app.runs.models import Run, RunStep
 from app.runs.prompt import build_prompt, llm_response_format, llm_tool_choice, llm_tools
 from app.runs.schemas import render_run, render_step
-from app.runs.service import RUN_EXPIRY_SECONDS
+from app.runs.service import RUN_EXPIRY_SECONDS, finish_run
 from app.runs.state import transition
 from app.threads.models import Message
 from app.threads.schemas import MessageObject
@@ -105,8 +105,11 @@ class RunExecutor:
             asyncio.create_task(self._claim_loop(), name="run-claim"),
             asyncio.create_task(self._maintenance_loop(), name="run-maintenance"),
         ]
-        logger.info("run executor %s started (concurrency %d)", self.worker_id,
-                    self.settings.worker_concurrency)
+        logger.info(
+            "run executor %s started (concurrency %d)",
+            self.worker_id,
+            self.settings.worker_concurrency,
+        )
 
     async def stop(self) -> None:
         for task in self._loops:
@@ -157,8 +160,10 @@ class RunExecutor:
             result = await session.execute(
                 update(Run)
                 .where(Run.id.in_(candidates.scalar_subquery()))
-                .values(lease_owner=self.worker_id,
-                        lease_expires_at=time.time() + self.settings.run_lease_seconds)
+                .values(
+                    lease_owner=self.worker_id,
+                    lease_expires_at=time.time() + self.settings.run_lease_seconds,
+                )
                 .returning(Run.id)
                 .execution_options(synchronize_session=False)
             )
@@ -231,29 +236,49 @@ class RunExecutor:
             for run in lost:
                 await self._end_lost_run(session, run)
             for run in expired:
-                await self._finish(session, run, await EventWriter.resume(self.hub, session, run.id),
-                                   "expired", step_status="expired", message_reason="run_expired")
+                await finish_run(
+                    session,
+                    run,
+                    await EventWriter.resume(self.hub, session, run.id),
+                    "expired",
+                    step_status="expired",
+                    message_reason="run_expired",
+                )
 
     async def _end_lost_run(self, session: AsyncSession, run: Run) -> None:
         writer = await EventWriter.resume(self.hub, session, run.id)
         if run.status == "queued":
             # Claimed but never started: give it back to the queue.
             await session.execute(
-                update(Run).where(Run.id == run.id, Run.status == "queued")
+                update(Run)
+                .where(Run.id == run.id, Run.status == "queued")
                 .values(lease_owner=None, lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
             await writer.commit(session, run_queued=True)
             return
         if run.status == "cancelling":
-            await self._finish(session, run, writer, "cancelled", step_status="cancelled",
-                               message_reason="run_cancelled")
+            await finish_run(
+                session,
+                run,
+                writer,
+                "cancelled",
+                step_status="cancelled",
+                message_reason="run_cancelled",
+            )
             return
         logger.warning("run %s lost its worker (lease expired); failing it", run.id)
-        await self._finish(
-            session, run, writer, "failed", step_status="failed", message_reason="run_failed",
-            last_error={"code": "server_error",
-                        "message": "The worker executing this run stopped before it finished."},
+        await finish_run(
+            session,
+            run,
+            writer,
+            "failed",
+            step_status="failed",
+            message_reason="run_failed",
+            last_error={
+                "code": "server_error",
+                "message": "The worker executing this run stopped before it finished.",
+            },
         )
 
     # ---- execution -------------------------------------------------------------------
@@ -270,44 +295,6 @@ class RunExecutor:
             self._tasks.pop(run_id, None)
             self._cancel.pop(run_id, None)
             self._wake.set()
-
-    async def _finish(
-        self,
-        session: AsyncSession,
-        run: Run,
-        writer: EventWriter,
-        status: str,
-        *,
-        step_status: str,
-        message_reason: str,
-        last_error: dict[str, Any] | None = None,
-        **fields: Any,
-    ) -> bool:
-        """End the run: close its open steps and messages, then announce the new status."""
-        if last_error is not None:
-            fields["last_error"] = last_error
-        if not await transition(session, run, status, required_action=None, **fields):
-            return False
-        stamp = {"cancelled": "cancelled_at", "failed": "failed_at",
-                 "expired": "expired_at", "completed": "completed_at"}[step_status]
-        for step in (await session.scalars(
-            select(RunStep).where(RunStep.run_id == run.id, RunStep.status == "in_progress")
-        )).all():
-            step.status = step_status
-            setattr(step, stamp, now())
-            if step_status == "failed" and last_error is not None:
-                step.last_error = last_error
-            writer.emit(f"thread.run.step.{step_status}", render_step(step))
-        for message in (await session.scalars(
-            select(Message).where(Message.run_id == run.id, Message.status == "in_progress")
-        )).all():
-            message.status = "incomplete"
-            message.incomplete_at = now()
-            message.incomplete_details = {"reason": message_reason}
-            writer.emit("thread.message.incomplete", MessageObject.from_row(message).model_dump())
-        writer.emit(f"thread.run.{status}", render_run(run))
-        await writer.commit(session)
-        return True
 
 
 class RunExecution:
@@ -336,6 +323,8 @@ class RunExecution:
             await self._end("cancelled")
             return
         if not await transition(session, run, "in_progress", started_at=run.started_at or now()):
+            if run.status == "cancelling":  # cancelled between our claim and now
+                await self._end("cancelled")
             return
         run.expires_at = now() + RUN_EXPIRY_SECONDS
         self.writer.emit("thread.run.in_progress", render_run(run))
@@ -350,25 +339,41 @@ class RunExecution:
             await self._end("failed", last_error={"code": exc.code, "message": exc.message})
         except asyncio.CancelledError:
             # The server is shutting down mid-run: say so rather than leave it hanging.
-            await asyncio.shield(self._end(
-                "failed", last_error={"code": "server_error",
-                                      "message": "The server shut down while the run was in progress."}
-            ))
+            await asyncio.shield(
+                self._end(
+                    "failed",
+                    last_error={
+                        "code": "server_error",
+                        "message": "The server shut down while the run was in progress.",
+                    },
+                )
+            )
             raise
         except Exception as exc:
             logger.exception("run %s failed", run.id)
-            await self._end("failed", last_error={"code": "server_error",
-                                                  "message": f"Internal error: {exc}"})
+            await self._end(
+                "failed", last_error={"code": "server_error", "message": f"Internal error: {exc}"}
+            )
 
     async def _end(self, status: str, **fields: Any) -> None:
         step_status = {"cancelled": "cancelled", "failed": "failed", "incomplete": "completed"}
-        message_reason = {"cancelled": "run_cancelled", "failed": "run_failed",
-                          "incomplete": "max_tokens"}
+        message_reason = {
+            "cancelled": "run_cancelled",
+            "failed": "run_failed",
+            "incomplete": "max_tokens",
+        }
         await self.session.rollback()  # drop anything half-done by the failed step
         await self.session.refresh(self.run)
-        done = await self.executor._finish(
-            self.session, self.run, self.writer, status, step_status=step_status[status],
-            message_reason=message_reason[status], **fields,
+        if status == "cancelled" and self.run.status == "cancelling":
+            self.writer.emit("thread.run.cancelling", render_run(self.run))
+        done = await finish_run(
+            self.session,
+            self.run,
+            self.writer,
+            status,
+            step_status=step_status[status],
+            message_reason=message_reason[status],
+            **fields,
         )
         if not done and status != "cancelled" and self.run.status == "cancelling":
             await self._end("cancelled")
@@ -416,9 +421,13 @@ class RunExecution:
         try:
             while True:
                 chunk = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait({chunk, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {chunk, cancelled}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if chunk not in done:
                     chunk.cancel()
+                    # Let the generator unwind before it is closed below.
+                    await asyncio.wait({chunk})
                     raise RunCancelled()
                 try:
                     item = chunk.result()
@@ -430,7 +439,10 @@ class RunExecution:
                     await self._on_tool_delta(turn, item)
                 else:
                     turn.finish = item
-                if self.writer.has_unpersisted and time.monotonic() - self._last_flush > DELTA_FLUSH_SECONDS:
+                if (
+                    self.writer.has_unpersisted
+                    and time.monotonic() - self._last_flush > DELTA_FLUSH_SECONDS
+                ):
                     self._last_flush = time.monotonic()
                     await self.writer.commit(self.session)
         finally:
@@ -440,9 +452,14 @@ class RunExecution:
     def _new_step(self, step_type: str, details: dict[str, Any]) -> RunStep:
         run = self.run
         step = RunStep(
-            id=new_id("step_"), run_id=run.id, thread_id=run.thread_id,
-            assistant_id=run.assistant_id, type=step_type, status="in_progress",
-            step_details=details, metadata_={},
+            id=new_id("step_"),
+            run_id=run.id,
+            thread_id=run.thread_id,
+            assistant_id=run.assistant_id,
+            type=step_type,
+            status="in_progress",
+            step_details=details,
+            metadata_={},
         )
         self.session.add(step)
         self.writer.emit("thread.run.step.created", render_step(step))
@@ -453,9 +470,15 @@ class RunExecution:
         if turn.message is None:
             run = self.run
             message = Message(
-                id=new_id("msg_"), thread_id=run.thread_id, role="assistant", content=[],
-                status="in_progress", assistant_id=run.assistant_id, run_id=run.id,
-                attachments=[], metadata_={},
+                id=new_id("msg_"),
+                thread_id=run.thread_id,
+                role="assistant",
+                content=[],
+                status="in_progress",
+                assistant_id=run.assistant_id,
+                run_id=run.id,
+                attachments=[],
+                metadata_={},
             )
             turn.message_step = self._new_step(
                 "message_creation",
@@ -468,13 +491,18 @@ class RunExecution:
             self.writer.emit("thread.message.in_progress", rendered)
             await self.writer.commit(self.session)
         turn.text.append(text)
-        self.writer.emit_delta("thread.message.delta", {
-            "id": turn.message.id,
-            "object": "thread.message.delta",
-            "delta": {"content": [
-                {"index": 0, "type": "text", "text": {"value": text, "annotations": []}}
-            ]},
-        })
+        self.writer.emit_delta(
+            "thread.message.delta",
+            {
+                "id": turn.message.id,
+                "object": "thread.message.delta",
+                "delta": {
+                    "content": [
+                        {"index": 0, "type": "text", "text": {"value": text, "annotations": []}}
+                    ]
+                },
+            },
+        )
 
     async def _on_tool_delta(self, turn: Turn, delta: ToolCallDelta) -> None:
         if turn.message is not None and turn.message.status == "in_progress":
@@ -498,11 +526,14 @@ class RunExecution:
             entry["id"] = call.id
             function.update(name=call.name, output=None)
         entry["function"] = function
-        self.writer.emit_delta("thread.run.step.delta", {
-            "id": turn.tool_step.id,
-            "object": "thread.run.step.delta",
-            "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
-        })
+        self.writer.emit_delta(
+            "thread.run.step.delta",
+            {
+                "id": turn.tool_step.id,
+                "object": "thread.run.step.delta",
+                "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
+            },
+        )
 
     def _complete_message(self, turn: Turn, status: str) -> None:
         message = turn.message
@@ -519,6 +550,7 @@ class RunExecution:
         self.writer.emit(f"thread.message.{status}", MessageObject.from_row(message).model_dump())
         turn.message_step.status = "completed"
         turn.message_step.completed_at = now()
+        self.writer.emit("thread.run.step.completed", render_step(turn.message_step))
 
     async def _close_turn(self, turn: Turn) -> str:
         """Persist what the model produced and decide: continue, or the run's next state."""
@@ -527,19 +559,22 @@ class RunExecution:
         usage = finish.usage or Usage(
             count_tokens(run.model, []), count_tokens(run.model, [{"content": "".join(turn.text)}])
         )
-        step_usage = {"prompt_tokens": usage.prompt_tokens,
-                      "completion_tokens": usage.completion_tokens,
-                      "total_tokens": usage.total_tokens}
+        step_usage = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
         total = dict(run.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
         for key, value in step_usage.items():
             total[key] = total.get(key, 0) + value
         run.usage = total
         truncated = finish.finish_reason == "length"
         if turn.message is not None and turn.message.status == "in_progress":
-            self._complete_message(turn, "incomplete" if truncated and not turn.calls else "completed")
-        if turn.message_step is not None:
-            turn.message_step.usage = step_usage if turn.tool_step is None else None
-            self.writer.emit("thread.run.step.completed", render_step(turn.message_step))
+            assert turn.message_step is not None
+            turn.message_step.usage = step_usage
+            self._complete_message(
+                turn, "incomplete" if truncated and not turn.calls else "completed"
+            )
 
         if turn.calls and not truncated:
             calls = list(turn.calls.values())
@@ -554,18 +589,38 @@ class RunExecution:
                     ) from exc
             assert turn.tool_step is not None
             turn.tool_step.usage = step_usage
-            turn.tool_step.step_details = {"type": "tool_calls", "tool_calls": [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments, "output": None}}
-                for c in calls
-            ]}
-            required = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}}
-                for c in calls
-            ]}}
-            if not await transition(self.session, run, "requires_action", required_action=required,
-                                    usage=total, expires_at=now() + RUN_EXPIRY_SECONDS):
+            turn.tool_step.step_details = {
+                "type": "tool_calls",
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments, "output": None},
+                    }
+                    for c in calls
+                ],
+            }
+            required = {
+                "type": "submit_tool_outputs",
+                "submit_tool_outputs": {
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments},
+                        }
+                        for c in calls
+                    ]
+                },
+            }
+            if not await transition(
+                self.session,
+                run,
+                "requires_action",
+                required_action=required,
+                usage=total,
+                expires_at=now() + RUN_EXPIRY_SECONDS,
+            ):
                 raise RunCancelled()
             self.writer.emit("thread.run.requires_action", render_run(run))
             await self.writer.commit(self.session)
@@ -583,7 +638,7 @@ class RunExecution:
 def _fit_prompt(model: str, prompt: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
     """Drop the oldest conversation messages until the prompt fits `max_prompt_tokens`."""
     system = [m for m in prompt[:1] if m["role"] == "system"]
-    rest = prompt[len(system):]
+    rest = prompt[len(system) :]
     while len(rest) > 1 and count_tokens(model, system + rest) > budget:
         rest = rest[1:]
         # Never start on a tool result whose call was dropped.
@@ -592,6 +647,3 @@ def _fit_prompt(model: str, prompt: list[dict[str, Any]], budget: int) -> list[d
     if count_tokens(model, system + rest) > budget:
         raise RunIncomplete("max_prompt_tokens")
     return system + rest
-
-
-__all__ = ["RunExecutor", "and_", "or_"]

@@ -98,8 +98,9 @@ class RunEvent(Base):
     __tablename__ = "run_events"
     __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_run_events_run_seq"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                    autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     run_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False
     )

@@ -23,7 +23,9 @@ def _chat_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
             converted.append({"type": "image_url", "image_url": part["image_url"]})
         elif part["type"] == "image_file":
             # File bytes are served by the files domain; until it inlines them, say what it was.
-            converted.append({"type": "text", "text": f"[image file {part['image_file']['file_id']}]"})
+            converted.append(
+                {"type": "text", "text": f"[image file {part['image_file']['file_id']}]"}
+            )
     return converted
 
 
@@ -35,14 +37,16 @@ async def build_prompt(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
     history = (
         await session.scalars(
             select(Message)
-            .where(Message.thread_id == run.thread_id,
-                   or_(Message.run_id.is_(None), Message.run_id != run.id))
+            .where(
+                Message.thread_id == run.thread_id,
+                or_(Message.run_id.is_(None), Message.run_id != run.id),
+            )
             .order_by(Message.seq)
         )
     ).all()
     strategy = run.truncation_strategy or {}
     if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
-        history = history[-int(strategy["last_messages"]):]
+        history = history[-int(strategy["last_messages"]) :]
     prompt.extend({"role": m.role, "content": _chat_content(m.content)} for m in history)
     prompt.extend(await _run_turns(session, run))
     return prompt
@@ -53,12 +57,20 @@ async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
         await session.scalars(select(RunStep).where(RunStep.run_id == run.id).order_by(RunStep.seq))
     ).all()
     message_ids = [
-        s.step_details["message_creation"]["message_id"] for s in steps if s.type == "message_creation"
+        s.step_details["message_creation"]["message_id"]
+        for s in steps
+        if s.type == "message_creation"
     ]
-    messages = {
-        m.id: m
-        for m in (await session.scalars(select(Message).where(Message.id.in_(message_ids)))).all()
-    } if message_ids else {}
+    messages = (
+        {
+            m.id: m
+            for m in (
+                await session.scalars(select(Message).where(Message.id.in_(message_ids)))
+            ).all()
+        }
+        if message_ids
+        else {}
+    )
     turns: list[dict[str, Any]] = []
     for step in steps:
         if step.type == "message_creation":
@@ -69,11 +81,22 @@ async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
         calls = step.step_details.get("tool_calls", [])
         if not calls:
             continue
-        assistant: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [
-            {"id": c["id"], "type": "function",
-             "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
-            for c in calls if c.get("type") == "function"
-        ]}
+        assistant: dict[str, Any] = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": c["function"]["arguments"],
+                    },
+                }
+                for c in calls
+                if c.get("type") == "function"
+            ],
+        }
         # Text the model wrote before calling tools belongs to the same assistant turn.
         if turns and turns[-1]["role"] == "assistant" and "tool_calls" not in turns[-1]:
             assistant["content"] = turns.pop()["content"]

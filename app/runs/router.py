@@ -44,7 +44,10 @@ async def create_thread_and_run(
 
 @router.post("/{thread_id}/runs", response_model=None)
 async def create_run(
-    thread_id: str, body: RunCreate, session: Session, request: Request,
+    thread_id: str,
+    body: RunCreate,
+    session: Session,
+    request: Request,
     include: IncludeParam = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> RunObject | EventSourceResponse:
     run = await service.create_run(session, request.app.state.hub, thread_id, body, list(include))
@@ -90,7 +93,9 @@ async def submit_tool_outputs(
 
 @router.get("/{thread_id}/runs/{run_id}/steps")
 async def list_run_steps(
-    thread_id: str, run_id: str, session: Session,
+    thread_id: str,
+    run_id: str,
+    session: Session,
     params: Annotated[ListParams, Depends(list_params)],
     include: IncludeParam = [],  # noqa: B006
 ) -> dict[str, Any]:
@@ -100,8 +105,10 @@ async def list_run_steps(
 
 @router.get("/{thread_id}/runs/{run_id}/steps/{step_id}")
 async def get_run_step(
-    thread_id: str, run_id: str, step_id: str, session: Session,
+    thread_id: str,
+    run_id: str,
+    step_id: str,
+    session: Session,
     include: IncludeParam = [],  # noqa: B006
 ) -> dict[str, Any]:
     return render_step(await service.get_step(session, thread_id, run_id, step_id), list(include))
-

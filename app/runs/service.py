@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +24,8 @@ from app.runs.schemas import (
 )
 from app.runs.state import transition
 from app.schemas import dump_optional, dump_tools
-from app.threads.schemas import ThreadCreate, ThreadObject
+from app.threads.models import Message
+from app.threads.schemas import MessageObject, ThreadCreate, ThreadObject
 from app.threads.service import create_thread_rows, get_thread, new_message
 
 RUN_EXPIRY_SECONDS = 600  # as on OpenAI: a run not finished in 10 minutes expires
@@ -35,7 +38,9 @@ async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
 
 
 async def _build_run(
-    session: AsyncSession, thread_id: str, body: RunCreate | ThreadAndRunCreate,
+    session: AsyncSession,
+    thread_id: str,
+    body: RunCreate | ThreadAndRunCreate,
     include: list[str],
 ) -> Run:
     assistant = await get_assistant(session, body.assistant_id)
@@ -60,13 +65,15 @@ async def _build_run(
         max_prompt_tokens=body.max_prompt_tokens,
         max_completion_tokens=body.max_completion_tokens,
         truncation_strategy=(
-            body.truncation_strategy.model_dump() if body.truncation_strategy
+            body.truncation_strategy.model_dump()
+            if body.truncation_strategy
             else {"type": "auto", "last_messages": None}
         ),
         tool_choice=dump_optional(body.tool_choice) if body.tool_choice is not None else "auto",
         parallel_tool_calls=body.parallel_tool_calls,
         response_format=(
-            dump_optional(body.response_format) if body.response_format is not None
+            dump_optional(body.response_format)
+            if body.response_format is not None
             else assistant.response_format
         ),
         reasoning_effort=body.reasoning_effort or assistant.reasoning_effort,
@@ -145,14 +152,18 @@ async def cancel_run(session: AsyncSession, hub: EventHub, thread_id: str, run_i
     # Nobody executes a queued run without a lease, nor one waiting for tool outputs:
     # those end now. A run being executed is asked to stop and ends at its next chunk.
     if run.status == "requires_action" or (run.status == "queued" and run.lease_owner is None):
-        if await transition(session, run, "cancelled", required_action=None):
-            await _close_open_steps(session, run, writer, "cancelled")
-            writer.emit("thread.run.cancelled", render_run(run))
-            await writer.commit(session)
+        if await finish_run(
+            session,
+            run,
+            writer,
+            "cancelled",
+            step_status="cancelled",
+            message_reason="run_cancelled",
+        ):
             return run
     if run.status in ("queued", "in_progress") and await transition(session, run, "cancelling"):
-        writer.emit("thread.run.cancelling", render_run(run))
-        await writer.commit(session)
+        # The executor owns this run's event stream: it announces cancelling and cancelled.
+        await session.commit()
         hub.cancel_requested(run.id)  # an executor in this process stops at once; others poll
         return run
     if run.status == "cancelling":
@@ -160,19 +171,50 @@ async def cancel_run(session: AsyncSession, hub: EventHub, thread_id: str, run_i
     raise InvalidRequest(f"Cannot cancel run with status '{run.status}'.", param="run_id")
 
 
-async def _close_open_steps(
-    session: AsyncSession, run: Run, writer: EventWriter, status: str
-) -> None:
-    steps = (
+async def finish_run(
+    session: AsyncSession,
+    run: Run,
+    writer: EventWriter,
+    status: str,
+    *,
+    step_status: str,
+    message_reason: str,
+    last_error: dict[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """End the run: close its open steps and messages, then announce the new status."""
+    if last_error is not None:
+        fields["last_error"] = last_error
+    if not await transition(session, run, status, required_action=None, **fields):
+        return False
+    stamp = {
+        "cancelled": "cancelled_at",
+        "failed": "failed_at",
+        "expired": "expired_at",
+        "completed": "completed_at",
+    }[step_status]
+    for step in (
         await session.scalars(
             select(RunStep).where(RunStep.run_id == run.id, RunStep.status == "in_progress")
         )
-    ).all()
-    stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[status]
-    for step in steps:
-        step.status = status
+    ).all():
+        step.status = step_status
         setattr(step, stamp, now())
-        writer.emit(f"thread.run.step.{status}", render_step(step))
+        if step_status == "failed" and last_error is not None:
+            step.last_error = last_error
+        writer.emit(f"thread.run.step.{step_status}", render_step(step))
+    for message in (
+        await session.scalars(
+            select(Message).where(Message.run_id == run.id, Message.status == "in_progress")
+        )
+    ).all():
+        message.status = "incomplete"
+        message.incomplete_at = now()
+        message.incomplete_details = {"reason": message_reason}
+        writer.emit("thread.message.incomplete", MessageObject.from_row(message).model_dump())
+    writer.emit(f"thread.run.{status}", render_run(run))
+    await writer.commit(session)
+    return True
 
 
 async def submit_tool_outputs(
@@ -189,12 +231,14 @@ async def submit_tool_outputs(
         if item.tool_call_id is None:
             raise InvalidRequest(
                 f"Missing required parameter: 'tool_outputs[{i}].tool_call_id'.",
-                param=f"tool_outputs[{i}].tool_call_id", code="missing_required_parameter",
+                param=f"tool_outputs[{i}].tool_call_id",
+                code="missing_required_parameter",
             )
         if item.tool_call_id not in pending:
             raise InvalidRequest(
                 f"Invalid tool_call_id: {item.tool_call_id}. No tool call with this id is "
-                "waiting for output.", param=f"tool_outputs[{i}].tool_call_id",
+                "waiting for output.",
+                param=f"tool_outputs[{i}].tool_call_id",
             )
         outputs[item.tool_call_id] = item.output or ""
     missing = [call_id for call_id in pending if call_id not in outputs]
@@ -204,9 +248,11 @@ async def submit_tool_outputs(
             param="tool_outputs",
         )
     step = await session.scalar(
-        select(RunStep).where(
+        select(RunStep)
+        .where(
             RunStep.run_id == run.id, RunStep.type == "tool_calls", RunStep.status == "in_progress"
-        ).order_by(RunStep.seq.desc())
+        )
+        .order_by(RunStep.seq.desc())
     )
     writer = await EventWriter.resume(hub, session, run.id)
     if not await transition(session, run, "queued", required_action=None):
@@ -216,7 +262,8 @@ async def submit_tool_outputs(
     if step is not None:
         calls = [
             {**call, "function": {**call["function"], "output": outputs.get(call["id"])}}
-            if call.get("type") == "function" and call["id"] in outputs else call
+            if call.get("type") == "function" and call["id"] in outputs
+            else call
             for call in step.step_details["tool_calls"]
         ]
         step.step_details = {"type": "tool_calls", "tool_calls": calls}

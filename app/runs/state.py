@@ -28,8 +28,13 @@ ALLOWED_FROM: dict[str, tuple[str, ...]] = {
 }
 
 # The timestamp column each terminal status stamps.
-_STAMP = {"cancelled": "cancelled_at", "completed": "completed_at", "failed": "failed_at",
-          "incomplete": None, "expired": None}
+_STAMP = {
+    "cancelled": "cancelled_at",
+    "completed": "completed_at",
+    "failed": "failed_at",
+    "incomplete": None,
+    "expired": None,
+}
 
 
 async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) -> bool:

@@ -11,13 +11,17 @@ from app.db import Database
 from app.runs.events import EventHub, follow
 
 
-async def _frames(db: Database, hub: EventHub, run_id: str, after_seq: int) -> AsyncIterator[dict[str, str]]:
+async def _frames(
+    db: Database, hub: EventHub, run_id: str, after_seq: int
+) -> AsyncIterator[dict[str, str]]:
     async for item in follow(db, hub, run_id, after_seq):
         yield {"event": item.event, "data": json.dumps(item.data, separators=(",", ":"))}
     yield {"event": "done", "data": "[DONE]"}
 
 
-def run_event_stream(db: Database, hub: EventHub, run_id: str, after_seq: int = -1) -> EventSourceResponse:
+def run_event_stream(
+    db: Database, hub: EventHub, run_id: str, after_seq: int = -1
+) -> EventSourceResponse:
     return EventSourceResponse(
         _frames(db, hub, run_id, after_seq),
         sep="\n",
