@@ -15,13 +15,17 @@ def _model(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "opengrove"}
 
 
+def _model_names(request: Request) -> list[str]:
+    """Configured names first, then aliases from the model config file."""
+    names = list(request.app.state.settings.models)
+    names += [n for n in request.app.state.model_router.names() if n not in names]
+    return names
+
+
 @router.get("")
 async def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.started_at
-    return {
-        "object": "list",
-        "data": [_model(m, created) for m in request.app.state.settings.models],
-    }
+    return {"object": "list", "data": [_model(m, created) for m in _model_names(request)]}
 
 
 @router.get("/{model_id:path}")
