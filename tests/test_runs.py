@@ -472,3 +472,16 @@ def test_run_objects_match_spec(client: openai.OpenAI, upstream: FakeUpstream, a
         poll_interval_ms=50,
     )
     validate_schema("RunObject", run.model_dump(mode="json"))
+
+
+def test_long_answer_outlives_the_idle_timeout(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    # 30 chunks 0.1 s apart: longer than the server's 2 s LLM timeout, never idle that long.
+    upstream.script(FakeReply(text=" ".join(["tok"] * 30), token_delay=0.1))
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "long"}])
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=100
+    )
+    assert run.status == "completed", run.last_error
+    assert texts(client, thread.id)[-1][1] == " ".join(["tok"] * 30)

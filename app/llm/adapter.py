@@ -19,6 +19,7 @@ from typing import Any
 # litellm would otherwise fetch its model price map from the internet at import time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import httpx
 import litellm
 
 from app.llm.routing import ModelRoute
@@ -91,6 +92,9 @@ class RetryPolicy:
 
 
 _RETRYABLE = (
+    TimeoutError,
+    httpx.TimeoutException,
+    httpx.NetworkError,
     litellm.RateLimitError,
     litellm.Timeout,
     litellm.APIConnectionError,
@@ -107,7 +111,7 @@ def _classify(exc: Exception) -> LLMError:
         return LLMError("rate_limit_exceeded", f"The model provider is rate limiting: {exc}")
     if isinstance(exc, litellm.ContextWindowExceededError | litellm.ContentPolicyViolationError):
         return LLMError("invalid_prompt", str(exc))
-    if isinstance(exc, litellm.Timeout):
+    if isinstance(exc, litellm.Timeout | TimeoutError | httpx.TimeoutException):
         return LLMError("server_error", f"The model provider timed out: {exc}")
     if isinstance(exc, litellm.APIConnectionError):
         return LLMError("server_error", f"Could not reach the model provider: {exc}")
@@ -120,7 +124,9 @@ def _call_kwargs(request: ChatRequest, timeout: float) -> dict[str, Any]:
         "messages": request.messages,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "timeout": timeout,
+        # No read timeout for litellm: its aiohttp transport turns it into a limit on the whole
+        # stream, failing long answers. We bound the wait for each chunk instead.
+        "timeout": httpx.Timeout(timeout, read=None),
         "num_retries": 0,  # retries are ours, so they never replay a half-streamed answer
     }
     if request.route.api_base:
@@ -148,11 +154,19 @@ async def stream_chat(
     for attempt in range(1, policy.attempts + 1):
         emitted = False
         try:
-            response = await litellm.acompletion(**kwargs)
+            async with asyncio.timeout(policy.timeout):
+                response = await litellm.acompletion(**kwargs)
+            chunks = aiter(response)
             finish_reason: str | None = None
             usage: Usage | None = None
             saw_tool_call = False
-            async for chunk in response:
+            while True:
+                try:
+                    # An idle limit per chunk: a stalled provider fails, a long answer does not.
+                    async with asyncio.timeout(policy.timeout):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
                 chunk_usage = getattr(chunk, "usage", None)
                 if chunk_usage is not None and getattr(chunk_usage, "prompt_tokens", None):
                     usage = Usage(
@@ -188,7 +202,7 @@ async def stream_chat(
         except Exception as exc:
             retryable = isinstance(exc, _RETRYABLE) and not emitted
             if not retryable or attempt == policy.attempts:
-                logger.warning("model call failed (attempt %d): %s", attempt, exc)
+                logger.warning("model call failed (attempt %d): %r", attempt, exc)
                 raise _classify(exc) from exc
             delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2
