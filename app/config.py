@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_RUN_LEASE_SECONDS"),
         description="A worker that stops renewing its lease this long loses the run.",
     )
+    run_expiry_seconds: int = Field(
+        default=600,
+        validation_alias=_env("OPENGROVE_RUN_EXPIRY_SECONDS"),
+        description="A run queued or waiting for tool outputs this long expires (OpenAI: 600).",
+    )
     max_run_steps: int = Field(
         default=16,
         validation_alias=_env("OPENGROVE_MAX_RUN_STEPS"),

@@ -30,8 +30,9 @@ class Cluster:
         self.workers: list[ServerProcess] = []
 
     def start_worker(self) -> ServerProcess:
-        worker = ServerProcess(self.root / f"worker-{len(self.workers)}", env=self.env,
-                               command="worker").start()
+        worker = ServerProcess(
+            self.root / f"worker-{len(self.workers)}", env=self.env, command="worker"
+        ).start()
         self.workers.append(worker)
         return worker
 
@@ -56,14 +57,16 @@ def cluster(tmp_path: Path, upstream: FakeUpstream) -> Iterator[Cluster]:
 
 
 def sse(base_url: str, path: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
-    with httpx.stream("POST", f"{base_url}/v1{path}", json={**body, "stream": True},
-                      timeout=30) as response:
+    with httpx.stream(
+        "POST", f"{base_url}/v1{path}", json={**body, "stream": True}, timeout=30
+    ) as response:
         assert response.status_code == 200, response.read()
         return validate_sse_stream("".join(response.iter_text()))
 
 
-def wait_for(client: openai.OpenAI, thread_id: str, run_id: str, statuses: set[str],
-             timeout: float = 20) -> Any:
+def wait_for(
+    client: openai.OpenAI, thread_id: str, run_id: str, statuses: set[str], timeout: float = 20
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         run = client.beta.threads.runs.retrieve(run_id, thread_id=thread_id)
@@ -80,24 +83,33 @@ def test_runs_cross_processes_and_survive_a_dead_worker(
     assistant = a.beta.assistants.create(model="fake-model", tools=[TOOL])
 
     # Created and streamed on A, executed by the worker process.
-    upstream.script(FakeReply(tool_calls=[FakeToolCall("lookup", {"q": "x"})]),
-                    FakeReply(text="answer from another process"))
-    events = sse(cluster.api_a.base_url, "/threads/runs", {
-        "assistant_id": assistant.id,
-        "thread": {"messages": [{"role": "user", "content": "go"}]},
-    })
+    upstream.script(
+        FakeReply(tool_calls=[FakeToolCall("lookup", {"q": "x"})]),
+        FakeReply(text="answer from another process"),
+    )
+    events = sse(
+        cluster.api_a.base_url,
+        "/threads/runs",
+        {
+            "assistant_id": assistant.id,
+            "thread": {"messages": [{"role": "user", "content": "go"}]},
+        },
+    )
     assert [n for n, _ in events][-2:] == ["thread.run.requires_action", "done"]
     run = dict(events)["thread.run.requires_action"]
     call_id = run["required_action"]["submit_tool_outputs"]["tool_calls"][0]["id"]
 
     # Resumed and streamed on B.
-    resumed = sse(cluster.api_b.base_url,
-                  f"/threads/{run['thread_id']}/runs/{run['id']}/submit_tool_outputs",
-                  {"tool_outputs": [{"tool_call_id": call_id, "output": "42"}]})
+    resumed = sse(
+        cluster.api_b.base_url,
+        f"/threads/{run['thread_id']}/runs/{run['id']}/submit_tool_outputs",
+        {"tool_outputs": [{"tool_call_id": call_id, "output": "42"}]},
+    )
     names = [n for n, _ in resumed]
     assert names[-2:] == ["thread.run.completed", "done"]
-    deltas = "".join(d["delta"]["content"][0]["text"]["value"]
-                     for n, d in resumed if n == "thread.message.delta")
+    deltas = "".join(
+        d["delta"]["content"][0]["text"]["value"] for n, d in resumed if n == "thread.message.delta"
+    )
     assert deltas == "answer from another process"
     stored = b.beta.threads.messages.list(run["thread_id"], run_id=run["id"]).data[0]
     assert stored.content[0].text.value == deltas

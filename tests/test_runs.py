@@ -86,9 +86,13 @@ def stream_events(http: Any, path: str, body: dict[str, Any]) -> list[tuple[str,
 
 
 TEXT_RUN_EVENTS = [
-    "thread.run.created", "thread.run.queued", "thread.run.in_progress",
-    "thread.run.step.created", "thread.run.step.in_progress",
-    "thread.message.created", "thread.message.in_progress",
+    "thread.run.created",
+    "thread.run.queued",
+    "thread.run.in_progress",
+    "thread.run.step.created",
+    "thread.run.step.in_progress",
+    "thread.message.created",
+    "thread.message.in_progress",
 ]
 
 
@@ -99,8 +103,12 @@ def test_stream_event_order_and_deltas(http: Any, upstream: FakeUpstream, assist
     names = [name for name, _ in events]
     deltas = [data for name, data in events if name == "thread.message.delta"]
     assert names == [
-        *TEXT_RUN_EVENTS, *["thread.message.delta"] * len(deltas),
-        "thread.message.completed", "thread.run.step.completed", "thread.run.completed", "done",
+        *TEXT_RUN_EVENTS,
+        *["thread.message.delta"] * len(deltas),
+        "thread.message.completed",
+        "thread.run.step.completed",
+        "thread.run.completed",
+        "done",
     ]
     assert len(deltas) > 1
     joined = "".join(d["delta"]["content"][0]["text"]["value"] for d in deltas)
@@ -131,10 +139,16 @@ def test_sdk_stream_helper(client: openai.OpenAI, upstream: FakeUpstream, assist
     assert messages[0].content[0].text.value == "streamed answer"
 
 
-def test_function_calling_loop(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_function_calling_loop(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(
-        FakeReply(tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="call_dup"),
-                              FakeToolCall("get_weather", {"city": "Oslo"}, id="call_dup")]),
+        FakeReply(
+            tool_calls=[
+                FakeToolCall("get_weather", {"city": "Paris"}, id="call_dup"),
+                FakeToolCall("get_weather", {"city": "Oslo"}, id="call_dup"),
+            ]
+        ),
         FakeReply(text="Paris is sunny, Oslo is cold."),
     )
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "Weather?"}])
@@ -144,16 +158,23 @@ def test_function_calling_loop(client: openai.OpenAI, upstream: FakeUpstream, as
     assert run.status == "requires_action"
     assert run.expires_at and run.expires_at > run.created_at
     calls = run.required_action.submit_tool_outputs.tool_calls
-    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Oslo"}]
+    assert [json.loads(c.function.arguments) for c in calls] == [
+        {"city": "Paris"},
+        {"city": "Oslo"},
+    ]
     ids = [c.id for c in calls]
     # The upstream reused one id; clients get a unique id per call.
     assert len(set(ids)) == 2 and all(i.startswith("call_") for i in ids)
     step = client.beta.threads.runs.steps.list(run_id=run.id, thread_id=thread.id).data[0]
     assert step.type == "tool_calls" and step.status == "in_progress"
     run = client.beta.threads.runs.submit_tool_outputs_and_poll(
-        run_id=run.id, thread_id=thread.id, poll_interval_ms=50,
-        tool_outputs=[{"tool_call_id": ids[0], "output": "sunny"},
-                      {"tool_call_id": ids[1], "output": "cold"}],
+        run_id=run.id,
+        thread_id=thread.id,
+        poll_interval_ms=50,
+        tool_outputs=[
+            {"tool_call_id": ids[0], "output": "sunny"},
+            {"tool_call_id": ids[1], "output": "cold"},
+        ],
     )
     assert run.status == "completed" and run.required_action is None
     # The tool outputs reached the model, paired with the calls it made.
@@ -161,7 +182,9 @@ def test_function_calling_loop(client: openai.OpenAI, upstream: FakeUpstream, as
     assert second[-3]["role"] == "assistant" and [c["id"] for c in second[-3]["tool_calls"]] == ids
     assert second[-2] == {"role": "tool", "tool_call_id": ids[0], "content": "sunny"}
     assert second[-1] == {"role": "tool", "tool_call_id": ids[1], "content": "cold"}
-    steps = client.beta.threads.runs.steps.list(run_id=run.id, thread_id=thread.id, order="asc").data
+    steps = client.beta.threads.runs.steps.list(
+        run_id=run.id, thread_id=thread.id, order="asc"
+    ).data
     assert [s.type for s in steps] == ["tool_calls", "message_creation"]
     assert [c.function.output for c in steps[0].step_details.tool_calls] == ["sunny", "cold"]
     assert texts(client, thread.id)[-1] == ("assistant", "Paris is sunny, Oslo is cold.")
@@ -181,27 +204,42 @@ def test_text_then_tool_call_and_streamed_tool_outputs(
     assert names.index("thread.message.completed") < names.index("thread.run.step.delta")
     run = dict(events)["thread.run.requires_action"]
     call = run["required_action"]["submit_tool_outputs"]["tool_calls"][0]
-    arg_deltas = [d["delta"]["step_details"]["tool_calls"][0]["function"]["arguments"]
-                  for n, d in events if n == "thread.run.step.delta"]
+    arg_deltas = [
+        d["delta"]["step_details"]["tool_calls"][0]["function"]["arguments"]
+        for n, d in events
+        if n == "thread.run.step.delta"
+    ]
     assert len(arg_deltas) > 1 and json.loads("".join(arg_deltas)) == {"city": "Rome"}
     resumed = stream_events(
-        http, f"/threads/{thread['id']}/runs/{run['id']}/submit_tool_outputs",
+        http,
+        f"/threads/{thread['id']}/runs/{run['id']}/submit_tool_outputs",
         {"tool_outputs": [{"tool_call_id": call["id"], "output": "warm"}]},
     )
     resumed_names = [n for n, _ in resumed]
-    assert resumed_names[:3] == ["thread.run.step.completed", "thread.run.queued",
-                                 "thread.run.in_progress"]
+    assert resumed_names[:3] == [
+        "thread.run.step.completed",
+        "thread.run.queued",
+        "thread.run.in_progress",
+    ]
     assert resumed_names[-2:] == ["thread.run.completed", "done"]
     # The model saw its own text and call as one assistant turn.
     turn = upstream.requests[-1]["messages"][-2]
     assert turn["content"] == "Let me check." and turn["tool_calls"][0]["id"] == call["id"]
     listed = http.get(f"/threads/{thread['id']}/messages", params={"order": "asc"}).json()["data"]
-    assert [m["content"][0]["text"]["value"] for m in listed] == ["Rome?", "Let me check.", "Rome is warm."]
+    assert [m["content"][0]["text"]["value"] for m in listed] == [
+        "Rome?",
+        "Let me check.",
+        "Rome is warm.",
+    ]
 
 
-def test_sdk_submit_tool_outputs_stream(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
-    upstream.script(FakeReply(tool_calls=[FakeToolCall("get_weather", {"city": "Lima"})]),
-                    FakeReply(text="Lima: fog."))
+def test_sdk_submit_tool_outputs_stream(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    upstream.script(
+        FakeReply(tool_calls=[FakeToolCall("get_weather", {"city": "Lima"})]),
+        FakeReply(text="Lima: fog."),
+    )
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "Lima?"}])
     with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=assistant.id) as stream:
         stream.until_done()
@@ -209,17 +247,22 @@ def test_sdk_submit_tool_outputs_stream(client: openai.OpenAI, upstream: FakeUps
     assert run.status == "requires_action"
     call = run.required_action.submit_tool_outputs.tool_calls[0]
     with client.beta.threads.runs.submit_tool_outputs_stream(
-        thread_id=thread.id, run_id=run.id, tool_outputs=[{"tool_call_id": call.id, "output": "fog"}]
+        thread_id=thread.id,
+        run_id=run.id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "fog"}],
     ) as stream:
         stream.until_done()
         assert stream.get_final_run().status == "completed"
         assert stream.get_final_messages()[0].content[0].text.value == "Lima: fog."
 
 
-def test_no_tool_use_when_offered(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_no_tool_use_when_offered(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(FakeReply(text="No tools needed."))
     run = client.beta.threads.create_and_run_poll(
-        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "Hi"}]},
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "Hi"}]},
         poll_interval_ms=50,
     )
     assert run.status == "completed"
@@ -230,31 +273,47 @@ def test_create_and_run_stream_starts_with_thread_created(
     http: Any, upstream: FakeUpstream, assistant: Any
 ) -> None:
     upstream.script(FakeReply(text="ok"))
-    events = stream_events(http, "/threads/runs", {
-        "assistant_id": assistant.id,
-        "thread": {"messages": [{"role": "user", "content": "x"}], "metadata": {"a": "b"}},
-        "metadata": {"run": "1"},
-    })
-    assert [n for n, _ in events][:3] == ["thread.created", "thread.run.created", "thread.run.queued"]
+    events = stream_events(
+        http,
+        "/threads/runs",
+        {
+            "assistant_id": assistant.id,
+            "thread": {"messages": [{"role": "user", "content": "x"}], "metadata": {"a": "b"}},
+            "metadata": {"run": "1"},
+        },
+    )
+    assert [n for n, _ in events][:3] == [
+        "thread.created",
+        "thread.run.created",
+        "thread.run.queued",
+    ]
     thread = dict(events)["thread.created"]
     run = dict(events)["thread.run.completed"]
     assert run["thread_id"] == thread["id"] and thread["metadata"] == {"a": "b"}
     assert run["metadata"] == {"run": "1"}
 
 
-def test_overrides_reach_the_model(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_overrides_reach_the_model(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(FakeReply(text="fine"))
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "first"}])
     run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50,
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        poll_interval_ms=50,
         model="gpt-4o",  # a plain name: litellm's OpenAI provider, OPENAI_API_BASE from the env
         additional_instructions="Answer in French.",
         additional_messages=[{"role": "user", "content": "second"}],
-        temperature=0.2, top_p=0.5, max_completion_tokens=300,
+        temperature=0.2,
+        top_p=0.5,
+        max_completion_tokens=300,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         parallel_tool_calls=False,
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "r", "schema": {"type": "object"}}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "r", "schema": {"type": "object"}},
+        },
         metadata={"trace": "t1"},
     )
     assert run.status == "completed", run.last_error
@@ -262,7 +321,10 @@ def test_overrides_reach_the_model(client: openai.OpenAI, upstream: FakeUpstream
     assert run.metadata == {"trace": "t1"} and run.temperature == 0.2
     sent = upstream.last_request
     assert sent["model"] == "gpt-4o"
-    assert sent["messages"][0] == {"role": "system", "content": "You are terse.\n\nAnswer in French."}
+    assert sent["messages"][0] == {
+        "role": "system",
+        "content": "You are terse.\n\nAnswer in French.",
+    }
     assert [m["content"] for m in sent["messages"][1:]] == ["first", "second"]
     assert sent["temperature"] == 0.2 and sent["top_p"] == 0.5
     assert sent["max_tokens"] == 300 or sent.get("max_completion_tokens") == 300
@@ -271,13 +333,17 @@ def test_overrides_reach_the_model(client: openai.OpenAI, upstream: FakeUpstream
     assert sent["response_format"]["type"] == "json_schema"
 
 
-def test_truncation_last_messages(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_truncation_last_messages(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(FakeReply(text="ok"))
     thread = client.beta.threads.create(
         messages=[{"role": "user", "content": f"m{i}"} for i in range(5)]
     )
     client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50,
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        poll_interval_ms=50,
         truncation_strategy={"type": "last_messages", "last_messages": 2},
     )
     assert [m["content"] for m in upstream.last_request["messages"][1:]] == ["m3", "m4"]
@@ -289,7 +355,9 @@ def test_max_completion_tokens_ends_incomplete(
     upstream.script(FakeReply(text="a long answer cut short", finish_reason="length"))
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "essay"}])
     run = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50,
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        poll_interval_ms=50,
         max_completion_tokens=256,
     )
     assert run.status == "incomplete"
@@ -298,7 +366,9 @@ def test_max_completion_tokens_ends_incomplete(
     assert message.status == "incomplete" and message.incomplete_details.reason == "max_tokens"
 
 
-def test_one_active_run_per_thread(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_one_active_run_per_thread(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(FakeReply(tool_calls=[FakeToolCall("get_weather", {"city": "X"})]))
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "?"}])
     run = client.beta.threads.runs.create_and_poll(
@@ -313,9 +383,13 @@ def test_one_active_run_per_thread(client: openai.OpenAI, upstream: FakeUpstream
     assert "while a run" in err.value.body["message"]
     with pytest.raises(openai.BadRequestError):
         client.beta.threads.runs.submit_tool_outputs(
-            run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": "call_wrong", "output": "x"}]
+            run_id=run.id,
+            thread_id=thread.id,
+            tool_outputs=[{"tool_call_id": "call_wrong", "output": "x"}],
         )
-    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    assert (
+        client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "requires_action"
+    )
     cancelled = client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
     assert cancelled.status == "cancelled" and cancelled.cancelled_at
     step = client.beta.threads.runs.steps.list(run_id=run.id, thread_id=thread.id).data[0]
@@ -366,8 +440,12 @@ def test_cancel_queued(client: openai.OpenAI, upstream: FakeUpstream, assistant:
     assert wait_status(client, thread.id, run.id, {"cancelled"}).status == "cancelled"
 
 
-def test_retries_then_succeeds(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
-    upstream.script(FakeReply.rate_limited(0.01), FakeReply.error(503), FakeReply(text="third time"))
+def test_retries_then_succeeds(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    upstream.script(
+        FakeReply.rate_limited(0.01), FakeReply.error(503), FakeReply(text="third time")
+    )
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "?"}])
     run = client.beta.threads.runs.create_and_poll(
         thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
@@ -386,7 +464,11 @@ def test_retries_then_succeeds(client: openai.OpenAI, upstream: FakeUpstream, as
     ids=["500", "429", "timeout", "broken-tool-json"],
 )
 def test_dead_upstream_fails_the_run(
-    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any, replies: list[FakeReply], code: str
+    client: openai.OpenAI,
+    upstream: FakeUpstream,
+    assistant: Any,
+    replies: list[FakeReply],
+    code: str,
 ) -> None:
     upstream.script(*replies)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "?"}])
@@ -403,7 +485,9 @@ def test_dead_upstream_fails_the_run(
     assert again.status == "completed"
 
 
-def test_unreachable_upstream_fails_with_reason(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+def test_unreachable_upstream_fails_with_reason(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
     assistant = client.beta.assistants.create(model="openai/any-model")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "?"}])
     run = client.beta.threads.runs.create(
@@ -412,19 +496,26 @@ def test_unreachable_upstream_fails_with_reason(client: openai.OpenAI, upstream:
     # fake-model is routed to the fake upstream; an unknown provider model fails cleanly instead.
     wait_status(client, thread.id, run.id, {"completed", "failed"})
     bad = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id, assistant_id=assistant.id, model="nonexistent-provider/xyz",
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        model="nonexistent-provider/xyz",
         poll_interval_ms=50,
     )
     assert bad.status == "failed" and bad.last_error.code == "server_error"
 
 
-def test_run_list_retrieve_modify(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_run_list_retrieve_modify(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "a"}])
     ids = []
     for _ in range(3):
         upstream.script(FakeReply(text="r"))
-        ids.append(client.beta.threads.runs.create_and_poll(
-            thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50).id)
+        ids.append(
+            client.beta.threads.runs.create_and_poll(
+                thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
+            ).id
+        )
     listed = client.beta.threads.runs.list(thread.id, limit=2)
     assert [r.id for r in listed.data] == ids[::-1][:2] and listed.has_more
     modified = client.beta.threads.runs.update(ids[0], thread_id=thread.id, metadata={"x": "y"})
@@ -442,9 +533,13 @@ def test_bad_run_requests(http: Any, assistant: Any) -> None:
         ({}, "assistant_id"),
         ({"assistant_id": assistant.id, "max_completion_tokens": 10}, "max_completion_tokens"),
         ({"assistant_id": assistant.id, "tool_choice": "sometimes"}, "tool_choice"),
-        ({"assistant_id": assistant.id, "truncation_strategy": {"type": "last_messages",
-                                                                "last_messages": 0}},
-         "truncation_strategy.last_messages"),
+        (
+            {
+                "assistant_id": assistant.id,
+                "truncation_strategy": {"type": "last_messages", "last_messages": 0},
+            },
+            "truncation_strategy.last_messages",
+        ),
         ({"assistant_id": assistant.id, "temperature": 7}, "temperature"),
         ({"assistant_id": assistant.id, "unknown": 1}, "unknown"),
     ]:
@@ -454,7 +549,9 @@ def test_bad_run_requests(http: Any, assistant: Any) -> None:
     assert http.get(f"/threads/{thread['id']}/runs").json()["data"] == []
 
 
-def test_deleting_thread_deletes_runs(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_deleting_thread_deletes_runs(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(FakeReply(text="bye"))
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "x"}])
     run = client.beta.threads.runs.create_and_poll(
@@ -465,10 +562,13 @@ def test_deleting_thread_deletes_runs(client: openai.OpenAI, upstream: FakeUpstr
         client.beta.threads.runs.retrieve(run.id, thread_id=thread.id)
 
 
-def test_run_objects_match_spec(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+def test_run_objects_match_spec(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
     upstream.script(FakeReply(text="ok"))
     run = client.beta.threads.create_and_run_poll(
-        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "?"}]},
+        assistant_id=assistant.id,
+        thread={"messages": [{"role": "user", "content": "?"}]},
         poll_interval_ms=50,
     )
     validate_schema("RunObject", run.model_dump(mode="json"))
@@ -485,3 +585,21 @@ def test_long_answer_outlives_the_idle_timeout(
     )
     assert run.status == "completed", run.last_error
     assert texts(client, thread.id)[-1][1] == " ".join(["tok"] * 30)
+
+
+def test_max_prompt_tokens_drops_oldest_messages(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    upstream.script(FakeReply(text="ok"))
+    filler = " ".join(["lorem"] * 120)
+    thread = client.beta.threads.create(
+        messages=[{"role": "user", "content": f"old {i} {filler}"} for i in range(6)]
+        + [{"role": "user", "content": "newest question"}]
+    )
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50, max_prompt_tokens=300
+    )
+    assert run.status == "completed", run.last_error
+    sent = [m["content"] for m in upstream.last_request["messages"][1:]]
+    assert sent[-1] == "newest question" and len(sent) < 7
+    assert not any(content.startswith("old 0 ") for content in sent)

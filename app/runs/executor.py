@@ -37,7 +37,7 @@ from app.runs.events import EventHub, EventWriter
 from app.runs.models import Run, RunStep
 from app.runs.prompt import build_prompt, llm_response_format, llm_tool_choice, llm_tools
 from app.runs.schemas import render_run, render_step
-from app.runs.service import RUN_EXPIRY_SECONDS, finish_run
+from app.runs.service import finish_run
 from app.runs.state import transition
 from app.threads.models import Message
 from app.threads.schemas import MessageObject
@@ -326,7 +326,7 @@ class RunExecution:
             if run.status == "cancelling":  # cancelled between our claim and now
                 await self._end("cancelled")
             return
-        run.expires_at = now() + RUN_EXPIRY_SECONDS
+        run.expires_at = now() + self.settings.run_expiry_seconds
         self.writer.emit("thread.run.in_progress", render_run(run))
         await self.writer.commit(session)
         try:
@@ -619,7 +619,7 @@ class RunExecution:
                 "requires_action",
                 required_action=required,
                 usage=total,
-                expires_at=now() + RUN_EXPIRY_SECONDS,
+                expires_at=now() + self.settings.run_expiry_seconds,
             ):
                 raise RunCancelled()
             self.writer.emit("thread.run.requires_action", render_run(run))

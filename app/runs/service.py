@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.service import get_assistant
+from app.config import get_settings
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, now
 from app.pagination import ListParams, Page, paginate
@@ -28,7 +29,10 @@ from app.threads.models import Message
 from app.threads.schemas import MessageObject, ThreadCreate, ThreadObject
 from app.threads.service import create_thread_rows, get_thread, new_message
 
-RUN_EXPIRY_SECONDS = 600  # as on OpenAI: a run not finished in 10 minutes expires
+
+def run_expiry_seconds() -> int:
+    """As on OpenAI: a run waiting (queued, or for tool outputs) 10 minutes expires."""
+    return get_settings().run_expiry_seconds
 
 
 async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
@@ -55,7 +59,7 @@ async def _build_run(
         thread_id=thread_id,
         assistant_id=assistant.id,
         status="queued",
-        expires_at=created + RUN_EXPIRY_SECONDS,
+        expires_at=created + run_expiry_seconds(),
         model=body.model or assistant.model,
         instructions=instructions or "",
         tools=dump_tools(body.tools) if body.tools is not None else assistant.tools,

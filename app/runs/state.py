@@ -46,6 +46,8 @@ async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) ->
     if to in _STAMP or to == "requires_action":
         values.setdefault("lease_owner", None)
         values.setdefault("lease_expires_at", None)
+    if to in _STAMP:
+        values.setdefault("expires_at", None)  # an ended run no longer expires
     result = await session.execute(
         update(Run)
         .where(Run.id == run.id, Run.status.in_(ALLOWED_FROM[to]))
