@@ -28,31 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser(
-        "serve",
-        help="run the API server (applies pending migrations first)",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help, epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        sub.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR, default ./data)")
+        return sub
+
+    serve = command("serve", "run the API server (applies pending migrations first)")
     serve.add_argument("--host", help="interface to bind (OPENGROVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (OPENGROVE_PORT, default 8000)")
-    serve.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR, default ./data)")
-
-    worker = commands.add_parser(
-        "worker",
-        help="execute runs only (no HTTP API); start as many as you need",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    worker.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR)")
-
-    migrate = commands.add_parser(
-        "migrate",
-        help="apply pending database migrations and exit",
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    migrate.add_argument("--data-dir", help="data directory (OPENGROVE_DATA_DIR)")
+    command("worker", "execute runs only (no HTTP API); start as many as you need")
+    command("migrate", "apply pending database migrations and exit")
     return parser
 
 

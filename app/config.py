@@ -27,8 +27,14 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_DATA_DIR"),
         description="Where the embedded SQLite file, local Qdrant directory and file bytes live.",
     )
-    host: str = Field(default="127.0.0.1", validation_alias=_env("OPENGROVE_HOST"))
-    port: int = Field(default=8000, validation_alias=_env("OPENGROVE_PORT"))
+    host: str = Field(
+        default="127.0.0.1",
+        validation_alias=_env("OPENGROVE_HOST"),
+        description="Interface the API listens on (default 127.0.0.1).",
+    )
+    port: int = Field(
+        default=8000, validation_alias=_env("OPENGROVE_PORT"), description="API port (default 8000)."
+    )
     database_url: str | None = Field(
         default=None,
         validation_alias=_env("DATABASE_URL"),
@@ -45,10 +51,20 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_MODELS"),
         description="Comma-separated model names listed by /v1/models.",
     )
-    log_level: str = Field(default="info", validation_alias=_env("OPENGROVE_LOG_LEVEL"))
-    db_pool_size: int = Field(default=10, validation_alias=_env("OPENGROVE_DB_POOL_SIZE"))
+    log_level: str = Field(
+        default="info",
+        validation_alias=_env("OPENGROVE_LOG_LEVEL"),
+        description="debug, info, warning or error.",
+    )
+    db_pool_size: int = Field(
+        default=10,
+        validation_alias=_env("OPENGROVE_DB_POOL_SIZE"),
+        description="PostgreSQL connections per process (plus as many again in overflow).",
+    )
     run_migrations_on_start: bool = Field(
-        default=True, validation_alias=_env("OPENGROVE_MIGRATE_ON_START")
+        default=True,
+        validation_alias=_env("OPENGROVE_MIGRATE_ON_START"),
+        description="Apply pending migrations when serve/worker start.",
     )
 
     model_config_file: Path | None = Field(
