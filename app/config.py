@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(
         default=60.0,
         validation_alias=_env("OPENGROVE_LLM_TIMEOUT"),
-        description="Seconds before a model call times out.",
+        description="Seconds a model call may stay silent (before or between chunks) before it is retried or fails.",
     )
     llm_attempts: int = Field(
         default=3,
