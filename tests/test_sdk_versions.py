@@ -4,6 +4,7 @@ openai<3): run the same flows with the last 1.x and the newest 3.x from throwawa
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,31 @@ def test_flows_with_sdk_version(version: str, base_url: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"(openai {version})" in result.stdout
     assert f"{len(result.stdout.splitlines()) - 1} passed, 0 failed" in result.stdout
+
+
+NODE_DIR = Path(__file__).with_name("sdk_compat")
+
+
+def test_flows_with_node_sdk(base_url: str) -> None:
+    """The official Node SDK (npm `openai`, pinned in sdk_compat/package-lock.json)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if not (node and npm):
+        if os.environ.get("OPENGROVE_REQUIRE_NODE"):
+            pytest.fail("node/npm not found and OPENGROVE_REQUIRE_NODE is set")
+        pytest.skip("node/npm not installed")
+    if not (NODE_DIR / "node_modules" / "openai").exists():
+        subprocess.run(
+            [npm, "ci", "--silent", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=True,
+            timeout=300,
+        )
+    result = subprocess.run(
+        [node, "flows.mjs", f"{base_url}/v1", "fake-model"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 passed, 0 failed" in result.stdout
