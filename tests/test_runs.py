@@ -592,3 +592,28 @@ def test_max_prompt_tokens_drops_oldest_messages(
     sent = [m["content"] for m in upstream.last_request["messages"][1:]]
     assert sent[-1] == "newest question" and len(sent) < 7
     assert not any(content.startswith("old 0 ") for content in sent)
+
+
+def test_parallel_tool_calls_false_keeps_one_call(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    upstream.script(
+        FakeReply(
+            tool_calls=[
+                FakeToolCall("get_weather", {"city": "A"}),
+                FakeToolCall("get_weather", {"city": "B"}),
+            ]
+        )
+    )
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "A and B?"}])
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        poll_interval_ms=50,
+        parallel_tool_calls=False,
+    )
+    assert run.status == "requires_action" and run.parallel_tool_calls is False
+    calls = run.required_action.submit_tool_outputs.tool_calls
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "A"}]
+    assert upstream.last_request["parallel_tool_calls"] is False
+    client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
