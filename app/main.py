@@ -15,11 +15,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.assistants.router import router as assistants_router
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
+from app.files.router import router as files_router
 from app.ids import now
 from app.models_api.router import router as models_router
 from app.runs.router import router as runs_router
 from app.runtime import Runtime
 from app.threads.router import router as threads_router
+from app.vector_stores.router import router as vector_stores_router
 
 logger = logging.getLogger("opengrove")
 
@@ -58,6 +60,8 @@ def api_router() -> APIRouter:
     router.include_router(runs_router)  # before threads: /threads/runs is not a thread id
     router.include_router(threads_router)
     router.include_router(models_router)
+    router.include_router(files_router)
+    router.include_router(vector_stores_router)
     return router
 
 
@@ -69,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await Runtime.start(settings, run_workers=settings.run_workers)
         app.state.runtime = runtime
         app.state.db = runtime.db
+        app.state.index = runtime.index
+        app.state.ingestion = runtime.ingestion
+        app.state.embedder = runtime.embedder
         app.state.hub = runtime.hub
         app.state.model_router = runtime.router
         try:

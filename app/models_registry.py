@@ -2,7 +2,16 @@
 
 from app.assistants import models as assistants_models
 from app.db import Base
+from app.files import models as files_models
 from app.runs import models as runs_models
 from app.threads import models as threads_models
+from app.vector_stores import models as vector_stores_models
 
-__all__ = ["Base", "assistants_models", "runs_models", "threads_models"]
+__all__ = [
+    "Base",
+    "assistants_models",
+    "files_models",
+    "runs_models",
+    "threads_models",
+    "vector_stores_models",
+]

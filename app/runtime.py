@@ -12,8 +12,11 @@ from app.config import Settings
 from app.db import Database
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
+from app.retrieval.embeddings import Embedder
+from app.retrieval.index import VectorIndex
 from app.runs.events import EventHub, PostgresListener
 from app.runs.executor import RunExecutor
+from app.vector_stores.ingestion import IngestionWorker, create_embedder, create_index
 
 logger = logging.getLogger("opengrove")
 
@@ -26,6 +29,9 @@ class Runtime:
     router: ModelRouter = field(default_factory=ModelRouter)
     executor: RunExecutor | None = None
     listener: PostgresListener | None = None
+    index: VectorIndex | None = None
+    embedder: Embedder | None = None
+    ingestion: IngestionWorker | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, run_workers: bool) -> Runtime:
@@ -42,16 +48,29 @@ class Runtime:
             # Cross-process wake-ups: new runs for workers, new events for streams.
             runtime.listener = PostgresListener(url, runtime.hub)
             await runtime.listener.start()
+        runtime.index = create_index(settings)
+        runtime.embedder = create_embedder(settings)
+        runtime.ingestion = IngestionWorker(runtime.db, runtime.index, settings, runtime.embedder)
+        await runtime.ingestion.start()
         if run_workers:
-            runtime.executor = RunExecutor(runtime.db, runtime.hub, settings, runtime.router)
+            runtime.executor = RunExecutor(
+                runtime.db, runtime.hub, settings, runtime.router, runtime.index, runtime.embedder
+            )
             await runtime.executor.start()
-        logger.info("opengrove ready: database=%s, workers=%s", _redact(url),
-                    "in-process" if run_workers else "external")
+        logger.info(
+            "opengrove ready: database=%s, workers=%s",
+            _redact(url),
+            "in-process" if run_workers else "external",
+        )
         return runtime
 
     async def stop(self) -> None:
         if self.executor is not None:
             await self.executor.stop()
+        if self.ingestion is not None:
+            await self.ingestion.stop()
+        if self.index is not None:
+            await self.index.close()
         if self.listener is not None:
             await self.listener.stop()
         await self.db.dispose()

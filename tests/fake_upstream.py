@@ -271,6 +271,7 @@ class FakeUpstream:
         self._queue: collections.deque[ScriptItem] = collections.deque()
         self._requests: list[dict[str, Any]] = []
         self._embedding_requests: list[dict[str, Any]] = []
+        self._embedding_failures: collections.deque[int] = collections.deque()
         self._connections = 0
 
         self._server: uvicorn.Server | None = None
@@ -293,6 +294,11 @@ class FakeUpstream:
     def fail_next(self, n: int, status: int = 500, *, retry_after: float | None = None) -> None:
         """Append `n` error replies to the queue (e.g. then script the reply that succeeds)."""
         self.script(*(FakeReply.error(status, retry_after=retry_after) for _ in range(n)))
+
+    def fail_next_embeddings(self, n: int, status: int = 500) -> None:
+        """The next `n` embedding requests get an OpenAI error with `status` (then succeed)."""
+        with self._lock:
+            self._embedding_failures.extend([status] * n)
 
     @property
     def pending(self) -> int:
@@ -341,6 +347,7 @@ class FakeUpstream:
             self._queue.clear()
             self._requests.clear()
             self._embedding_requests.clear()
+            self._embedding_failures.clear()
             self._connections = 0
 
     def start(self) -> Self:
@@ -499,6 +506,11 @@ class FakeUpstream:
     async def _embeddings(self, send: Send, data: dict[str, Any]) -> None:
         with self._lock:
             self._embedding_requests.append(data)
+            failure = self._embedding_failures.popleft() if self._embedding_failures else None
+        if failure is not None:
+            etype, code, msg = _ERRORS.get(failure, ("api_error", None, "Injected error."))
+            await _send_error(send, failure, msg, etype=etype, code=code)
+            return
         raw = data.get("input", "")
         inputs: list[Any] = raw if isinstance(raw, list) else [raw]
         if inputs and all(isinstance(i, int) for i in inputs):

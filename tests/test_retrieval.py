@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from app.retrieval.chunking import (
     resolve_chunking_strategy,
     validate_chunking,
 )
-from app.retrieval.embeddings import Embedder, EmbeddingError
+from app.retrieval.embeddings import Embedder, EmbeddingError, _vectors, drain_litellm_logging
 from app.retrieval.filters import build_filter
 from app.retrieval.index import VectorIndex, _idf_sum
 from app.retrieval.parsing import (
@@ -32,6 +32,7 @@ from app.retrieval.parsing import (
     extract_text,
     is_supported,
 )
+from tests.fake_upstream import FakeUpstream, fake_embedding
 
 DIM = 64
 
@@ -599,55 +600,72 @@ def test_tokenizer() -> None:
 # -- embeddings -------------------------------------------------------------------------
 
 
-class _FakeEmbeddingAPI:
-    def __init__(self, failures: list[Exception]) -> None:
-        self.failures = failures
-        self.calls: list[dict[str, Any]] = []
-
-    async def __call__(self, **kwargs: Any) -> dict[str, Any]:
-        self.calls.append(kwargs)
-        if self.failures:
-            raise self.failures.pop(0)
-        items = [{"index": i, "embedding": embed(t)} for i, t in enumerate(kwargs["input"])]
-        return {"data": list(reversed(items))}  # order must come from "index"
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """A real OpenAI-compatible HTTP server: litellm runs unmocked against it."""
+    with FakeUpstream(embedding_dim=DIM) as server:
+        yield server
 
 
-async def test_embedder_batches_and_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    import litellm
+@pytest.fixture
+async def drained() -> AsyncIterator[None]:
+    yield
+    await drain_litellm_logging()  # else closing the event loop can hang (see its docstring)
 
-    fake = _FakeEmbeddingAPI([litellm.RateLimitError("slow down", "openai", "m")])
-    monkeypatch.setattr(litellm, "aembedding", fake)
-    embedder = Embedder(
-        "openai/text-embedding-3-small",
-        api_base="http://127.0.0.1:9/v1",
+
+def _embedder(upstream: FakeUpstream, **kwargs: Any) -> Embedder:
+    return Embedder(
+        "openai/fake-embed",
+        api_base=upstream.base_url,
         api_key="sk-test",
-        batch_size=3,
         initial_backoff=0.001,
+        **kwargs,
     )
+
+
+async def test_embedder_batches_and_retries(upstream: FakeUpstream, drained: None) -> None:
+    upstream.reset()
+    upstream.fail_next_embeddings(1, 429)
+    embedder = _embedder(upstream, batch_size=3)
     texts = [f"text {i}" for i in range(7)] + [""]
     vectors = await embedder.embed(texts)
-    assert vectors == [embed(t if t else " ") for t in texts]
-    assert [len(c["input"]) for c in fake.calls] == [3, 3, 3, 2]  # first call retried
-    assert fake.calls[0]["api_base"] == "http://127.0.0.1:9/v1"
-    assert fake.calls[0]["api_key"] == "sk-test"
-    assert fake.calls[0]["model"] == "openai/text-embedding-3-small"
+    assert len(vectors) == len(texts)
+    for text, vector in zip(texts, vectors, strict=True):
+        # Empty strings go out as " " (providers reject ""); float32 on the wire.
+        assert vector == pytest.approx(fake_embedding(text or " ", DIM), abs=1e-6)
+    sent = [r["input"] for r in upstream.embedding_requests]
+    assert sent[0] == sent[1] == texts[:3]  # the rate-limited batch was sent again
+    assert sent[2:] == [texts[3:6], [*texts[6:7], " "]]
+    assert {r["model"] for r in upstream.embedding_requests} == {"fake-embed"}
     assert await embedder.dimension() == DIM
+    assert await _embedder(upstream, dimensions=16).dimension() == 16
 
 
-async def test_embedder_permanent_error_and_retry_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    import litellm
+def test_embedding_order_comes_from_index() -> None:
+    data = [{"index": 1, "embedding": [0.0, 1.0]}, {"index": 0, "embedding": [1.0, 0.0]}]
+    assert _vectors({"data": data}, 2) == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(EmbeddingError, match="1 embeddings for 2 inputs"):
+        _vectors({"data": data[:1]}, 2)
 
-    auth = _FakeEmbeddingAPI([litellm.AuthenticationError("bad key", "openai", "m")])
-    monkeypatch.setattr(litellm, "aembedding", auth)
-    with pytest.raises(EmbeddingError, match="bad key"):
-        await Embedder("m", initial_backoff=0.001).embed(["x"])
-    assert len(auth.calls) == 1  # not retried
 
-    flaky = _FakeEmbeddingAPI([litellm.RateLimitError("busy", "openai", "m")] * 5)
-    monkeypatch.setattr(litellm, "aembedding", flaky)
-    with pytest.raises(EmbeddingError, match="after 3 attempt"):
-        await Embedder("m", max_retries=2, initial_backoff=0.001).embed(["x"])
-    assert len(flaky.calls) == 3
+async def test_embedder_permanent_error_and_retry_limit(
+    upstream: FakeUpstream, drained: None
+) -> None:
+    upstream.reset()
+    upstream.fail_next_embeddings(1, 401)
+    with pytest.raises(EmbeddingError, match="Incorrect API key"):
+        await _embedder(upstream).embed(["x"])
+    assert len(upstream.embedding_requests) == 1  # not retried
+
+    upstream.reset()
+    upstream.fail_next_embeddings(1000, 503)
+    with pytest.raises(EmbeddingError, match="after 2 attempt"):
+        await _embedder(upstream, max_retries=1).embed(["x"])
+    # litellm's OpenAI client also retries inside each attempt (litellm turns
+    # max_retries=0 into its default), so only a lower bound is certain.
+    assert len(upstream.embedding_requests) >= 2
+    upstream.reset()
+    assert await _embedder(upstream).embed(["works again"])
 
 
 def test_json_round_trip_is_readable(tmp_path: Path) -> None:

@@ -7,8 +7,10 @@ lexical only. litellm is imported lazily because importing it takes seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -145,3 +147,18 @@ def _vectors(response: Any, expected: int) -> list[list[float]]:
         raise EmbeddingError(f"Provider returned {len(items)} embeddings for {expected} inputs.")
     items.sort(key=lambda pair: pair[0])
     return [vector for _, vector in items]
+
+
+async def drain_litellm_logging(wait_seconds: float = 5.0) -> None:
+    """Let litellm's background logging worker finish its queue; call before the loop ends.
+
+    litellm runs success callbacks on a worker task. On Python 3.11, cancelling that task
+    just as a callback completes loses the cancellation (an asyncio.wait_for race), so
+    the event loop's shutdown waits on it forever. An idle worker cancels cleanly.
+    """
+    if "litellm" not in sys.modules:
+        return
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), wait_seconds)

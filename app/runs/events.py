@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
@@ -48,6 +49,7 @@ class Event:
 
 
 _WAKE = Event(-1, "", None)  # "look at the log": something was persisted elsewhere
+PROCESS_TOKEN = secrets.token_hex(4)  # tells this process's NOTIFYs from other processes'
 
 
 class EventHub:
@@ -132,17 +134,25 @@ class EventWriter:
 
     async def commit(self, session: AsyncSession, *, run_queued: bool = False) -> None:
         """Persist pending events with the session's changes, commit, then publish."""
-        session.add_all(
-            RunEvent(run_id=self.run_id, seq=e.seq, event=e.event, data=e.data)
-            for e in self._unpersisted
-        )
-        notify = bool(self._unpersisted) or run_queued
-        if notify and session.bind.dialect.name == "postgresql":
-            # Delivered by PostgreSQL on commit, to every process listening.
+        if self._unpersisted:
+            # One executemany, no RETURNING: far cheaper than adding ORM rows one by one.
+            await session.execute(
+                insert(RunEvent),
+                [
+                    {"run_id": self.run_id, "seq": e.seq, "event": e.event, "data": e.data}
+                    for e in self._unpersisted
+                ],
+            )
+        if session.bind.dialect.name == "postgresql":
+            # Delivered by PostgreSQL on commit, to every process listening (ours included;
+            # the payload names the sender so this process can ignore its own).
+            notices = []
             if self._unpersisted:
-                await session.execute(select(func.pg_notify(EVENTS_CHANNEL, self.run_id)))
+                notices.append(func.pg_notify(EVENTS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
             if run_queued:
-                await session.execute(select(func.pg_notify(RUNS_CHANNEL, self.run_id)))
+                notices.append(func.pg_notify(RUNS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
+            if notices:
+                await session.execute(select(*notices))
         await session.commit()
         self._unpersisted.clear()
         published, self._unpublished = self._unpublished, []
@@ -164,9 +174,11 @@ async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
 
 
 async def follow(
-    db: Database, hub: EventHub, run_id: str, after_seq: int = -1, poll_interval: float = 0.2
+    db: Database, hub: EventHub, run_id: str, after_seq: int = -1
 ) -> AsyncIterator[Event]:
     """Every event of the run after `after_seq`, in order, until a final event."""
+    # PostgreSQL wakes us when another process writes; SQLite has no such signal.
+    poll_interval = 0.2 if db.is_sqlite else 2.0
     queue = hub.subscribe(run_id)
     last = after_seq
     try:
@@ -208,11 +220,14 @@ class PostgresListener:
         await self._conn.add_listener(EVENTS_CHANNEL, self._on_event)
         await self._conn.add_listener(RUNS_CHANNEL, self._on_run)
 
-    def _on_event(self, _conn: Any, _pid: int, _channel: str, run_id: str) -> None:
-        self.hub.wake(run_id)
+    def _on_event(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        sender, _, run_id = payload.partition(":")
+        if sender != PROCESS_TOKEN:  # our own events reached our subscribers already
+            self.hub.wake(run_id)
 
-    def _on_run(self, _conn: Any, _pid: int, _channel: str, _run_id: str) -> None:
-        self.hub.run_queued()
+    def _on_run(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if not payload.startswith(PROCESS_TOKEN + ":"):
+            self.hub.run_queued()
 
     async def stop(self) -> None:
         if self._conn is not None:

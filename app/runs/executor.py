@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.assistants.models import Assistant
 from app.config import Settings
 from app.db import Database
 from app.ids import new_id, now
@@ -33,18 +34,25 @@ from app.llm.adapter import (
     stream_chat,
 )
 from app.llm.routing import ModelRouter
+from app.retrieval.embeddings import Embedder
+from app.retrieval.index import VectorIndex
 from app.runs.events import EventHub, EventWriter
 from app.runs.models import Run, RunStep
 from app.runs.prompt import build_prompt, llm_response_format, llm_tool_choice, llm_tools
 from app.runs.schemas import render_run, render_step
 from app.runs.service import finish_run
 from app.runs.state import transition
-from app.threads.models import Message
+from app.threads.models import Message, Thread
 from app.threads.schemas import MessageObject
+from app.tools.file_search import DEFINITION as FILE_SEARCH_DEFINITION
+from app.tools.file_search import TOOL_NAME as FILE_SEARCH
+from app.tools.file_search import FileSearchSettings, citations, run_file_search
+from app.vector_stores.thread_stores import wait_for_ingestion
 
 logger = logging.getLogger("opengrove.executor")
 
-DELTA_FLUSH_SECONDS = 0.25  # how stale the persisted log may be for remote subscribers
+DELTA_FLUSH_SECONDS = 0.25
+INGESTION_PATIENCE_SECONDS = 60.0  # how stale the persisted log may be for remote subscribers
 
 
 class RunCancelled(Exception):
@@ -78,12 +86,20 @@ class Turn:
 
 class RunExecutor:
     def __init__(
-        self, db: Database, hub: EventHub, settings: Settings, router: ModelRouter
+        self,
+        db: Database,
+        hub: EventHub,
+        settings: Settings,
+        router: ModelRouter,
+        index: VectorIndex | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.db = db
         self.hub = hub
         self.settings = settings
         self.router = router
+        self.index = index  # file_search is offered to models only when there is an index
+        self.embedder = embedder
         self.worker_id = new_id("wrk_")
         self.policy = RetryPolicy(
             attempts=settings.llm_attempts,
@@ -138,8 +154,8 @@ class RunExecutor:
             for run_id in claimed:
                 self._cancel[run_id] = asyncio.Event()
                 self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=run_id)
-            if claimed:
-                continue
+            if claimed and len(claimed) == free:
+                continue  # there may be more waiting than we had room for
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
@@ -292,9 +308,11 @@ class RunExecutor:
         except Exception:
             logger.exception("run %s: executor error", run_id)
         finally:
+            at_capacity = len(self._tasks) >= self.settings.worker_concurrency
             self._tasks.pop(run_id, None)
             self._cancel.pop(run_id, None)
-            self._wake.set()
+            if at_capacity:
+                self._wake.set()  # a slot opened: look for runs that waited for one
 
 
 class RunExecution:
@@ -311,6 +329,9 @@ class RunExecution:
         self.run: Run
         self.writer: EventWriter
         self._last_flush = 0.0
+        self.file_search: FileSearchSettings | None = None
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self.searches: list[list[dict[str, Any]]] = []  # file_search results, in run order
 
     async def execute(self) -> None:
         session = self.session
@@ -318,18 +339,25 @@ class RunExecution:
         if run is None or run.lease_owner != self.executor.worker_id:
             return
         self.run = run
+        self.usage = {**self.usage, **(run.usage or {})}
         self.writer = await EventWriter.resume(self.executor.hub, session, run.id)
         if run.status == "cancelling" or self.cancel.is_set():
             await self._end("cancelled")
             return
-        if not await transition(session, run, "in_progress", started_at=run.started_at or now()):
+        if not await transition(
+            session,
+            run,
+            "in_progress",
+            started_at=run.started_at or now(),
+            expires_at=now() + self.settings.run_expiry_seconds,
+        ):
             if run.status == "cancelling":  # cancelled between our claim and now
                 await self._end("cancelled")
             return
-        run.expires_at = now() + self.settings.run_expiry_seconds
         self.writer.emit("thread.run.in_progress", render_run(run))
         await self.writer.commit(session)
         try:
+            await self._load_tool_context()
             await self._loop()
         except RunCancelled:
             await self._end("cancelled")
@@ -356,6 +384,7 @@ class RunExecution:
             )
 
     async def _end(self, status: str, **fields: Any) -> None:
+        fields.setdefault("usage", self.usage if self.usage["total_tokens"] else None)
         step_status = {"cancelled": "cancelled", "failed": "failed", "incomplete": "completed"}
         message_reason = {
             "cancelled": "run_cancelled",
@@ -378,6 +407,38 @@ class RunExecution:
         if not done and status != "cancelled" and self.run.status == "cancelling":
             await self._end("cancelled")
 
+    async def _load_tool_context(self) -> None:
+        """file_search settings (the run's stores) and the searches earlier turns made."""
+        run = self.run
+        tool = next((t for t in run.tools or [] if t.get("type") == "file_search"), None)
+        if tool is None or self.executor.index is None:
+            return
+        store_ids: list[str] = []
+        thread = await self.session.get(Thread, run.thread_id)
+        assistant = await self.session.get(Assistant, run.assistant_id)
+        for owner in (assistant, thread):
+            resources = (owner.tool_resources or {}) if owner is not None else {}
+            for store_id in (resources.get("file_search") or {}).get("vector_store_ids", []):
+                if store_id not in store_ids:
+                    store_ids.append(store_id)
+        self.file_search = FileSearchSettings.from_tool(tool, store_ids)
+        # Files attached moments ago may still be in ingestion; a search should see them.
+        await wait_for_ingestion(self.session, store_ids, patience=INGESTION_PATIENCE_SECONDS)
+        steps = (
+            await self.session.scalars(
+                select(RunStep)
+                .where(RunStep.run_id == run.id, RunStep.type == "tool_calls")
+                .order_by(RunStep.seq)
+            )
+        ).all()
+        for step in steps:
+            for call in step.step_details.get("tool_calls", []):
+                if call.get("type") == "file_search":
+                    self.searches.append(call["file_search"].get("results", []))
+
+    def _is_builtin(self, name: str) -> bool:
+        return self.file_search is not None and name == FILE_SEARCH
+
     async def _loop(self) -> None:
         run = self.run
         for _ in range(self.settings.max_run_steps):
@@ -398,11 +459,13 @@ class RunExecution:
         if run.max_prompt_tokens is not None:
             prompt = _fit_prompt(route.litellm_model, prompt, run.max_prompt_tokens)
         if run.max_completion_tokens is not None:
-            used = (run.usage or {}).get("completion_tokens", 0)
+            used = self.usage["completion_tokens"]
             max_tokens = run.max_completion_tokens - used
             if max_tokens <= 0:
                 raise RunIncomplete("max_completion_tokens")
         tools = llm_tools(run.tools)
+        if self.file_search is not None:
+            tools.append(FILE_SEARCH_DEFINITION)
         return ChatRequest(
             route=route,
             messages=prompt,
@@ -520,12 +583,18 @@ class RunExecution:
         if delta.name:
             call.name += delta.name
         call.arguments += delta.arguments
-        function: dict[str, Any] = {"arguments": delta.arguments}
-        entry: dict[str, Any] = {"index": list(turn.calls).index(delta.index), "type": "function"}
-        if fresh:
-            entry["id"] = call.id
-            function.update(name=call.name, output=None)
-        entry["function"] = function
+        entry: dict[str, Any] = {"index": list(turn.calls).index(delta.index)}
+        if self._is_builtin(call.name):
+            if not fresh:
+                return  # the client sees a file_search call, not the model's query text
+            entry.update(id=call.id, type="file_search", file_search={})
+        else:
+            function: dict[str, Any] = {"arguments": delta.arguments}
+            entry["type"] = "function"
+            if fresh:
+                entry["id"] = call.id
+                function.update(name=call.name, output=None)
+            entry["function"] = function
         self.writer.emit_delta(
             "thread.run.step.delta",
             {
@@ -538,9 +607,9 @@ class RunExecution:
     def _complete_message(self, turn: Turn, status: str) -> None:
         message = turn.message
         assert message is not None and turn.message_step is not None
-        message.content = [
-            {"type": "text", "text": {"value": "".join(turn.text), "annotations": []}}
-        ]
+        text = "".join(turn.text)
+        annotations = citations(text, self.searches) if self.searches else []
+        message.content = [{"type": "text", "text": {"value": text, "annotations": annotations}}]
         message.status = status
         if status == "completed":
             message.completed_at = now()
@@ -564,10 +633,8 @@ class RunExecution:
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
         }
-        total = dict(run.usage or {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
-        for key, value in step_usage.items():
-            total[key] = total.get(key, 0) + value
-        run.usage = total
+        # Kept here and written with the next state change, not as an UPDATE of its own.
+        total = self.usage = {key: self.usage[key] + step_usage[key] for key in step_usage}
         truncated = finish.finish_reason == "length"
         if turn.message is not None and turn.message.status == "in_progress":
             assert turn.message_step is not None
@@ -577,54 +644,7 @@ class RunExecution:
             )
 
         if turn.calls and not truncated:
-            calls = list(turn.calls.values())
-            for call in calls:
-                try:
-                    json.loads(call.arguments or "{}")
-                except json.JSONDecodeError as exc:
-                    # A dropped stream can end mid-arguments; never hand clients broken JSON.
-                    raise LLMError(
-                        "server_error",
-                        f"The model returned malformed arguments for tool '{call.name}'.",
-                    ) from exc
-            assert turn.tool_step is not None
-            turn.tool_step.usage = step_usage
-            turn.tool_step.step_details = {
-                "type": "tool_calls",
-                "tool_calls": [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": c.arguments, "output": None},
-                    }
-                    for c in calls
-                ],
-            }
-            required = {
-                "type": "submit_tool_outputs",
-                "submit_tool_outputs": {
-                    "tool_calls": [
-                        {
-                            "id": c.id,
-                            "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments},
-                        }
-                        for c in calls
-                    ]
-                },
-            }
-            if not await transition(
-                self.session,
-                run,
-                "requires_action",
-                required_action=required,
-                usage=total,
-                expires_at=now() + self.settings.run_expiry_seconds,
-            ):
-                raise RunCancelled()
-            self.writer.emit("thread.run.requires_action", render_run(run))
-            await self.writer.commit(self.session)
-            return "requires_action"
+            return await self._close_tool_turn(turn, step_usage, total)
 
         if truncated:
             raise RunIncomplete("max_completion_tokens")
@@ -633,6 +653,75 @@ class RunExecution:
         self.writer.emit("thread.run.completed", render_run(run))
         await self.writer.commit(self.session)
         return "completed"
+
+    async def _close_tool_turn(
+        self, turn: Turn, step_usage: dict[str, int], total: dict[str, int]
+    ) -> str:
+        """Run built-in tools now; stop at requires_action if the model called functions."""
+        run = self.run
+        step = turn.tool_step
+        assert step is not None
+        step_calls: list[dict[str, Any]] = []
+        llm_calls: list[dict[str, Any]] = []
+        required: list[dict[str, Any]] = []
+        for call in turn.calls.values():
+            llm_call: dict[str, Any] = {
+                "id": call.id,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+            if self._is_builtin(call.name):
+                assert self.file_search is not None and self.executor.index is not None
+                outcome = await run_file_search(
+                    self.session,
+                    self.executor.index,
+                    self.executor.embedder,
+                    self.file_search,
+                    call.id,
+                    call.arguments,
+                    search_number=len(self.searches),
+                )
+                self.searches.append(outcome.step_call["file_search"]["results"])
+                step_calls.append(outcome.step_call)
+                llm_call["output"] = outcome.output
+            else:
+                try:
+                    json.loads(call.arguments or "{}")
+                except json.JSONDecodeError as exc:
+                    # A dropped stream can end mid-arguments; never hand clients broken JSON.
+                    raise LLMError(
+                        "server_error",
+                        f"The model returned malformed arguments for tool '{call.name}'.",
+                    ) from exc
+                function = {"name": call.name, "arguments": call.arguments}
+                step_calls.append(
+                    {"id": call.id, "type": "function", "function": {**function, "output": None}}
+                )
+                required.append({"id": call.id, "type": "function", "function": function})
+            llm_calls.append(llm_call)
+        step.usage = step_usage
+        step.step_details = {"type": "tool_calls", "tool_calls": step_calls}
+        step.internal = {"llm_calls": llm_calls}
+        if not required:
+            step.status = "completed"
+            step.completed_at = now()
+            self.writer.emit("thread.run.step.completed", render_step(step, run.include))
+            run.usage = total
+            await self.writer.commit(self.session)
+            return "continue"
+        action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": required}}
+        if not await transition(
+            self.session,
+            run,
+            "requires_action",
+            required_action=action,
+            usage=total,
+            expires_at=now() + self.settings.run_expiry_seconds,
+        ):
+            raise RunCancelled()
+        self.writer.emit("thread.run.requires_action", render_run(run))
+        await self.writer.commit(self.session)
+        return "requires_action"
 
 
 def _fit_prompt(model: str, prompt: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:

@@ -90,6 +90,9 @@ class RunStep(OpenAIObjectMixin, Base):
     completed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # What the model saw for this step's tool calls (names, arguments, built-in tool output);
+    # never shown to clients.
+    internal: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
 
 class RunEvent(Base):

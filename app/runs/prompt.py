@@ -78,7 +78,13 @@ async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
             if message is not None:
                 turns.append({"role": "assistant", "content": _chat_content(message.content)})
             continue
-        calls = step.step_details.get("tool_calls", [])
+        # What the model itself asked for (built-in calls show differently to clients).
+        outputs = {
+            c["id"]: c["function"].get("output")
+            for c in step.step_details.get("tool_calls", [])
+            if c.get("type") == "function"
+        }
+        calls = (step.internal or {}).get("llm_calls", [])
         if not calls:
             continue
         assistant: dict[str, Any] = {
@@ -88,13 +94,9 @@ async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
                 {
                     "id": c["id"],
                     "type": "function",
-                    "function": {
-                        "name": c["function"]["name"],
-                        "arguments": c["function"]["arguments"],
-                    },
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
                 }
                 for c in calls
-                if c.get("type") == "function"
             ],
         }
         # Text the model wrote before calling tools belongs to the same assistant turn.
@@ -102,7 +104,7 @@ async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
             assistant["content"] = turns.pop()["content"]
         turns.append(assistant)
         for call in calls:
-            output = call.get("function", {}).get("output")
+            output = call.get("output", outputs.get(call["id"]))
             if output is not None:
                 turns.append({"role": "tool", "tool_call_id": call["id"], "content": output})
     return turns
@@ -126,6 +128,8 @@ def llm_tool_choice(choice: Any) -> Any:
         return choice
     if choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice["function"]["name"]}}
+    if choice.get("type") == "file_search":
+        return {"type": "function", "function": {"name": "file_search"}}
     return "auto"
 
 

@@ -28,6 +28,7 @@ from app.schemas import dump_optional, dump_tools
 from app.threads.models import Message
 from app.threads.schemas import MessageObject, ThreadCreate, ThreadObject
 from app.threads.service import create_thread_rows, get_thread, new_message
+from app.vector_stores.thread_stores import attach_to_thread_store
 
 
 def run_expiry_seconds() -> int:
@@ -106,13 +107,14 @@ async def _commit_new_run(
 async def create_run(
     session: AsyncSession, hub: EventHub, thread_id: str, body: RunCreate, include: list[str]
 ) -> Run:
-    await get_thread(session, thread_id)
+    thread = await get_thread(session, thread_id)
     active = await active_run_id(session, thread_id)
     if active is not None:
         raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
     run = await _build_run(session, thread_id, body, include)
-    for message in body.additional_messages or []:
-        session.add(new_message(thread_id, message))
+    messages = [new_message(thread_id, message) for message in body.additional_messages or []]
+    session.add_all(messages)
+    await attach_to_thread_store(session, thread, messages)
     return await _commit_new_run(session, hub, run, EventWriter(hub, run.id, 0))
 
 

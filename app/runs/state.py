@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.ids import now
 from app.runs.models import Run
@@ -58,5 +59,6 @@ async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) ->
         await session.refresh(run)
         return False
     for key, value in values.items():
-        setattr(run, key, value)
+        # Already written by the UPDATE: record it as committed, so no flush repeats it.
+        set_committed_value(run, key, value)
     return True

@@ -18,6 +18,7 @@ from app.threads.schemas import (
     content_to_stored,
 )
 from app.tool_resources import resolve_tool_resources
+from app.vector_stores.thread_stores import attach_to_thread_store
 
 
 async def create_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
@@ -36,8 +37,9 @@ async def create_thread_rows(session: AsyncSession, body: ThreadCreate) -> Threa
     )
     session.add(thread)
     await session.flush()  # no ORM relationship orders the inserts, so the thread goes first
-    for message in body.messages or []:
-        session.add(new_message(thread.id, message))
+    messages = [new_message(thread.id, message) for message in body.messages or []]
+    session.add_all(messages)
+    await attach_to_thread_store(session, thread, messages)
     return thread
 
 
@@ -88,7 +90,7 @@ def new_message(
 
 
 async def create_message(session: AsyncSession, thread_id: str, body: MessageCreate) -> Message:
-    await get_thread(session, thread_id)
+    thread = await get_thread(session, thread_id)
     active = await session.scalar(
         select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
     )
@@ -98,6 +100,7 @@ async def create_message(session: AsyncSession, thread_id: str, body: MessageCre
         )
     message = new_message(thread_id, body)
     session.add(message)
+    await attach_to_thread_store(session, thread, [message])
     await session.commit()
     return message
 

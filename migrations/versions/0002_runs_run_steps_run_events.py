@@ -102,6 +102,7 @@ def upgrade() -> None:
         sa.Column("failed_at", sa.Integer(), nullable=True),
         sa.Column("completed_at", sa.Integer(), nullable=True),
         sa.Column("metadata", JSON, nullable=False),
+        sa.Column("internal", JSON, nullable=False),
         sa.Column("usage", JSON, nullable=True),
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.Integer(), nullable=False),

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+
+from app.deps import Session
+from app.errors import NotFound
+from app.files import service
+from app.files.schemas import FileObject
+from app.files.upload import receive_form
+from app.pagination import ListParams
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+
+@router.post("")
+async def create_file(request: Request, session: Session) -> dict[str, Any]:
+    settings = request.app.state.settings
+    limit = service.max_file_bytes(settings)
+    form = await receive_form(request, settings.files_dir, limit)
+    try:
+        purpose, expiry = service.validate_form(form, limit)
+        row = await service.create_file(session, settings.files_dir, form, purpose, expiry)
+    finally:
+        form.discard()  # no-op once the file was moved into place
+    return FileObject.from_row(row).render()
+
+
+@router.get("")
+async def list_files(
+    session: Session,
+    purpose: Annotated[str | None, Query()] = None,
+    # Files list differently from everything else: up to 10,000 per page, all by default.
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    after: Annotated[str | None, Query()] = None,
+    before: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    params = ListParams(limit=limit, order=order, after=after or None, before=before or None)
+    page = await service.list_files(session, params, purpose or None)
+    return page.to_response(lambda row: FileObject.from_row(row).render())
+
+
+@router.get("/{file_id}")
+async def get_file(file_id: str, session: Session) -> dict[str, Any]:
+    return FileObject.from_row(await service.get_file(session, file_id)).render()
+
+
+@router.delete("/{file_id}")
+async def delete_file(file_id: str, request: Request, session: Session) -> dict[str, Any]:
+    await service.delete_file(
+        session, request.app.state.index, request.app.state.settings.files_dir, file_id
+    )
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+@router.get("/{file_id}/content")
+async def download_file(file_id: str, request: Request, session: Session) -> FileResponse:
+    row = await service.get_file(session, file_id)
+    path = service.file_path(request.app.state.settings.files_dir, row.id)
+    if not path.is_file():
+        raise NotFound("file", file_id)
+    # Streamed from disk in chunks; always octet-stream (the bytes are the client's own).
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)

@@ -1,0 +1,1 @@
+"""Built-in tools the executor runs itself (function tools go back to the client)."""

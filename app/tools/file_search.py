@@ -1,0 +1,161 @@
+"""The `file_search` tool: the model searches the run's vector stores and cites what it used.
+
+The model sees a function `file_search(queries)`. Results come back numbered with markers
+like 【0:2†report.pdf】; markers the final answer keeps become `file_citation` annotations.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.retrieval.embeddings import Embedder
+from app.retrieval.index import SearchHit, VectorIndex
+from app.vector_stores.service import search_vector_stores
+
+TOOL_NAME = "file_search"
+DEFAULT_MAX_RESULTS = 20
+DEFAULT_RANKER = "default_2024_08_21"
+MARKER = re.compile(r"【(\d+):(\d+)†([^】]*)】")
+
+DEFINITION: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": TOOL_NAME,
+        "description": (
+            "Search the files the user provided. Use it whenever the answer may be in them. "
+            "Cite every passage you use by copying its marker, e.g. 【0:1†notes.md】, right "
+            "after the sentence it supports."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "queries": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "One to five search queries, each a full question or phrase.",
+                }
+            },
+            "required": ["queries"],
+        },
+    },
+}
+
+
+@dataclass
+class FileSearchSettings:
+    vector_store_ids: list[str]
+    max_num_results: int = DEFAULT_MAX_RESULTS
+    score_threshold: float = 0.0
+    ranker: str = DEFAULT_RANKER
+
+    @classmethod
+    def from_tool(cls, tool: dict[str, Any], vector_store_ids: list[str]) -> FileSearchSettings:
+        options = tool.get("file_search") or {}
+        ranking = options.get("ranking_options") or {}
+        ranker = ranking.get("ranker") or "auto"
+        return cls(
+            vector_store_ids=vector_store_ids,
+            max_num_results=options.get("max_num_results") or DEFAULT_MAX_RESULTS,
+            score_threshold=float(ranking.get("score_threshold") or 0.0),
+            ranker=DEFAULT_RANKER if ranker == "auto" else ranker,
+        )
+
+
+@dataclass
+class FileSearchOutcome:
+    step_call: dict[str, Any]  # the run step's `file_search` tool call
+    output: str  # what the model reads
+
+
+def _queries(arguments: str) -> list[str]:
+    try:
+        parsed = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return [arguments] if arguments.strip() else []
+    queries = parsed.get("queries") if isinstance(parsed, dict) else None
+    if isinstance(queries, str):
+        queries = [queries]
+    if not queries and isinstance(parsed, dict) and isinstance(parsed.get("query"), str):
+        queries = [parsed["query"]]
+    return [q for q in (queries or []) if isinstance(q, str) and q.strip()][:5]
+
+
+async def run_file_search(
+    session: AsyncSession,
+    index: VectorIndex,
+    embedder: Embedder | None,
+    settings: FileSearchSettings,
+    call_id: str,
+    arguments: str,
+    search_number: int,
+) -> FileSearchOutcome:
+    """Search for every query, merge the hits best-first, and number them for citation."""
+    best: dict[tuple[str, int], SearchHit] = {}
+    for query in _queries(arguments):
+        for hit in await search_vector_stores(
+            session,
+            index,
+            embedder,
+            settings.vector_store_ids,
+            query,
+            settings.max_num_results,
+            settings.score_threshold,
+        ):
+            key = (hit.file_id, hit.chunk_index)
+            if key not in best or best[key].score < hit.score:
+                best[key] = hit
+    hits = sorted(best.values(), key=lambda h: -h.score)[: settings.max_num_results]
+    results = [
+        {
+            "file_id": h.file_id,
+            "file_name": h.filename,
+            "score": round(h.score, 6),
+            "content": [{"type": "text", "text": h.text}],
+        }
+        for h in hits
+    ]
+    if hits:
+        blocks = [f"【{search_number}:{i}†{h.filename}】\n{h.text}" for i, h in enumerate(hits)]
+        output = "Search results (cite with the markers):\n\n" + "\n\n".join(blocks)
+    else:
+        output = "No results were found in the provided files."
+    return FileSearchOutcome(
+        step_call={
+            "id": call_id,
+            "type": "file_search",
+            "file_search": {
+                "ranking_options": {
+                    "ranker": settings.ranker,
+                    "score_threshold": settings.score_threshold,
+                },
+                "results": results,
+            },
+        },
+        output=output,
+    )
+
+
+def citations(text: str, searches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """`file_citation` annotations for the markers in `text` that name a real result.
+
+    `searches` holds each file_search call's results in run order (the marker's first number).
+    """
+    annotations = []
+    for match in MARKER.finditer(text):
+        search, item = int(match.group(1)), int(match.group(2))
+        if search < len(searches) and item < len(searches[search]):
+            annotations.append(
+                {
+                    "type": "file_citation",
+                    "text": match.group(0),
+                    "start_index": match.start(),
+                    "end_index": match.end(),
+                    "file_citation": {"file_id": searches[search][item]["file_id"]},
+                }
+            )
+    return annotations

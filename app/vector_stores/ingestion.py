@@ -1,0 +1,430 @@
+"""Background ingestion of vector store files: parse → chunk → (embed) → Qdrant.
+
+The queue is the database: a vector-store file is work while its status is
+`in_progress`. A worker claims files with a lease (owner + expiry) and renews it while
+it works; a file whose worker died (lease lapsed) or was stopped (lease released on
+shutdown) is claimed again by any worker, so a restarted server picks up whatever was
+left `in_progress`. A file that keeps killing its worker fails after MAX_ATTEMPTS.
+
+Every outcome is written with a conditional UPDATE on (status, ingest token, lease),
+so cancelling a batch, detaching or re-attaching a file, or deleting the store while
+a worker is busy wins over the worker's late result, and the worker then removes
+whatever chunks it wrote. One file failing never touches the others.
+
+Settings read here (getattr, with defaults): embedding_model, embedding_api_base,
+embedding_api_key, embedding_dimensions, qdrant_api_key, ingestion_concurrency,
+ingestion_lease_seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import Database
+from app.files.models import StoredFile
+from app.files.service import delete_expired_files, file_path
+from app.ids import new_id
+from app.retrieval.chunking import chunk_text
+from app.retrieval.embeddings import Embedder, EmbeddingError, drain_litellm_logging
+from app.retrieval.index import VectorIndex
+from app.retrieval.parsing import InvalidFileError, UnsupportedFileError, extract_text
+from app.vector_stores.models import VectorStoreFile
+from app.vector_stores.service import expire_vector_stores
+
+logger = logging.getLogger("opengrove.ingestion")
+
+MAX_ATTEMPTS = 3
+DEFAULT_CONCURRENCY = 4
+DEFAULT_LEASE_SECONDS = 60.0
+POLL_SECONDS = 1.0
+
+
+def create_index(settings: Any) -> VectorIndex:
+    """The process-wide Qdrant index: a server at QDRANT_URL, else local under the data dir.
+
+    With an embedding model configured, points also get a dense vector of
+    `embedding_dimensions` (required then: the collection's vector size is fixed).
+    """
+    dense_dim: int | None = None
+    if getattr(settings, "embedding_model", None):
+        dense_dim = getattr(settings, "embedding_dimensions", None)
+        if not dense_dim:
+            raise ValueError(
+                "An embedding model is configured but its dimensions are not: set "
+                "OPENGROVE_EMBEDDING_DIMENSIONS to the model's output size."
+            )
+    if settings.qdrant_url:
+        return VectorIndex(
+            url=settings.qdrant_url,
+            api_key=getattr(settings, "qdrant_api_key", None),
+            dense_dim=dense_dim,
+        )
+    return VectorIndex(path=settings.qdrant_path, dense_dim=dense_dim)
+
+
+def create_embedder(settings: Any) -> Embedder | None:
+    """An Embedder for the configured embedding model, or None (lexical search only)."""
+    model = getattr(settings, "embedding_model", None)
+    if not model:
+        return None
+    # `dimensions` is not sent: only OpenAI's text-embedding-3 models accept it (litellm
+    # rejects it for the rest), so embedding_dimensions must be the model's output size.
+    return Embedder(
+        model,
+        api_base=getattr(settings, "embedding_api_base", None),
+        api_key=getattr(settings, "embedding_api_key", None),
+    )
+
+
+async def cleanup_expired(db: Database, index: VectorIndex, settings: Any) -> dict[str, int]:
+    """Periodic maintenance: mark expired vector stores, delete expired files."""
+    return {
+        "vector_stores_expired": await expire_vector_stores(db),
+        "files_deleted": await delete_expired_files(db, index, settings.files_dir),
+    }
+
+
+class FileFailure(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Job:
+    key: str
+    vector_store_id: str
+    file_id: str
+    token: str
+    attempts: int
+
+
+class IngestionWorker:
+    """Claims `in_progress` vector-store files and processes them, a few at a time."""
+
+    def __init__(
+        self,
+        db: Database,
+        index: VectorIndex,
+        settings: Any,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.db = db
+        self.index = index
+        self.settings = settings
+        self.embedder = embedder
+        self.files_dir: Path = settings.files_dir
+        self.concurrency = int(getattr(settings, "ingestion_concurrency", DEFAULT_CONCURRENCY))
+        self.lease_seconds = float(
+            getattr(settings, "ingestion_lease_seconds", DEFAULT_LEASE_SECONDS)
+        )
+        self.worker_id = new_id("ing_")
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Fail fast on a collection that does not match the configuration.
+        await self.index.ensure_collection()
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="ingestion-claim"),
+            asyncio.create_task(self._renew_loop(), name="ingestion-lease"),
+        ]
+        logger.info(
+            "ingestion worker %s started (concurrency %d)", self.worker_id, self.concurrency
+        )
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        running = list(self._tasks.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*self._loops, *running, return_exceptions=True)
+        if self.embedder is not None:
+            await drain_litellm_logging()
+        # Hand unfinished files straight back to the queue instead of waiting for the lease.
+        try:
+            async with self.db.sessionmaker() as session:
+                await session.execute(
+                    update(VectorStoreFile)
+                    .where(VectorStoreFile.lease_owner == self.worker_id)
+                    .values(
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        attempts=VectorStoreFile.attempts - 1,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                await session.commit()
+        except Exception:
+            logger.exception("releasing ingestion leases failed")
+
+    def wake(self) -> None:
+        """New work was queued in this process: claim now rather than at the next poll."""
+        self._wake.set()
+
+    # ---- claiming --------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                free = self.concurrency - len(self._tasks)
+                jobs = await self.claim(free) if free > 0 else []
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("claiming files to ingest failed")
+                jobs = []
+            for job in jobs:
+                self._tasks[job.key] = asyncio.create_task(self._run(job), name=job.key)
+            if jobs:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+            except TimeoutError:
+                pass
+
+    async def claim(self, limit: int) -> list[_Job]:
+        """Lease up to `limit` unleased (or lease-expired) in-progress files, oldest first."""
+        stamp = time.time()
+        async with self.db.sessionmaker() as session:
+            candidates = (
+                select(VectorStoreFile.key)
+                .where(
+                    VectorStoreFile.status == "in_progress",
+                    or_(
+                        VectorStoreFile.lease_owner.is_(None),
+                        VectorStoreFile.lease_expires_at < stamp,
+                    ),
+                    # A file re-attached while this process still works on it waits for
+                    # that (now stale) job to end: one job per file per process.
+                    VectorStoreFile.key.not_in(list(self._tasks)),
+                )
+                .order_by(VectorStoreFile.seq)
+                .limit(limit)
+            )
+            if not self.db.is_sqlite:
+                candidates = candidates.with_for_update(skip_locked=True)
+            result = await session.execute(
+                update(VectorStoreFile)
+                .where(VectorStoreFile.key.in_(candidates.scalar_subquery()))
+                .values(
+                    lease_owner=self.worker_id,
+                    lease_expires_at=stamp + self.lease_seconds,
+                    attempts=VectorStoreFile.attempts + 1,
+                )
+                .returning(
+                    VectorStoreFile.key,
+                    VectorStoreFile.vector_store_id,
+                    VectorStoreFile.id,
+                    VectorStoreFile.ingest_token,
+                    VectorStoreFile.attempts,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            jobs = [_Job(*row) for row in result.tuples()]
+            await session.commit()
+        return jobs
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if not self._tasks:
+                continue
+            try:
+                async with self.db.sessionmaker() as session:
+                    await session.execute(
+                        update(VectorStoreFile)
+                        .where(
+                            VectorStoreFile.lease_owner == self.worker_id,
+                            VectorStoreFile.key.in_(list(self._tasks)),
+                        )
+                        .values(lease_expires_at=time.time() + self.lease_seconds)
+                        .execution_options(synchronize_session=False)
+                    )
+                    await session.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("renewing ingestion leases failed")
+
+    # ---- processing ------------------------------------------------------------------
+
+    async def _run(self, job: _Job) -> None:
+        try:
+            await self.process(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("ingesting %s into %s crashed", job.file_id, job.vector_store_id)
+        finally:
+            self._tasks.pop(job.key, None)
+            self._wake.set()
+
+    async def process(self, job: _Job) -> None:
+        async with self.db.sessionmaker() as session:
+            row = await session.get(VectorStoreFile, job.key)
+            stored = await session.get(StoredFile, job.file_id)
+        if row is None or not self._still_mine(row, job):
+            return
+        if job.attempts > MAX_ATTEMPTS:
+            await self._finish_failed(
+                job,
+                FileFailure(
+                    "server_error",
+                    f"Processing was interrupted {MAX_ATTEMPTS} times; giving up on this file.",
+                ),
+            )
+            return
+        try:
+            if stored is None:
+                raise FileFailure("invalid_file", "The file no longer exists.")
+            chunks, usage = await self._chunk(stored, row.chunking_strategy)
+            dense = await self._embed([chunk.text for chunk in chunks])
+            await self.index.upsert_chunks(
+                job.vector_store_id,
+                job.file_id,
+                stored.filename,
+                chunks,
+                attributes=row.attributes or {},
+                dense_vectors=dense,
+            )
+        except FileFailure as failure:
+            await self._finish_failed(job, failure)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("ingesting %s into %s failed", job.file_id, job.vector_store_id)
+            await self._finish_failed(
+                job, FileFailure("server_error", "The server had an error processing this file.")
+            )
+            return
+        await self._finish_completed(job, row.attributes, len(chunks), usage)
+
+    def _still_mine(self, row: VectorStoreFile, job: _Job) -> bool:
+        return (
+            row.status == "in_progress"
+            and row.ingest_token == job.token
+            and row.lease_owner == self.worker_id
+        )
+
+    async def _chunk(self, stored: StoredFile, strategy: dict[str, Any]) -> tuple[list[Any], int]:
+        path = file_path(self.files_dir, stored.id)
+        try:
+            text = await asyncio.to_thread(extract_text, path, stored.filename, stored.mime_type)
+        except UnsupportedFileError as exc:
+            raise FileFailure("unsupported_file", str(exc)) from exc
+        except InvalidFileError as exc:
+            raise FileFailure("invalid_file", str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise FileFailure("server_error", "The file's stored content is missing.") from exc
+        static = strategy.get("static") or {}
+        chunks = await asyncio.to_thread(
+            chunk_text,
+            text,
+            int(static.get("max_chunk_size_tokens", 800)),
+            int(static.get("chunk_overlap_tokens", 400)),
+        )
+        if not chunks:
+            raise FileFailure("invalid_file", f"File {stored.filename!r} has no text to index.")
+        return chunks, sum(len(chunk.text.encode()) for chunk in chunks)
+
+    async def _embed(self, texts: list[str]) -> list[list[float]] | None:
+        if self.embedder is None or not self.index.dense_dim:
+            return None
+        try:
+            vectors = await self.embedder.embed(texts)
+        except EmbeddingError as exc:
+            raise FileFailure("server_error", f"Embedding the file failed: {exc}") from exc
+        if any(len(vector) != self.index.dense_dim for vector in vectors):
+            raise FileFailure(
+                "server_error",
+                f"Embedding the file failed: the model returns {len(vectors[0])}-dimensional "
+                f"vectors, but the index is configured for {self.index.dense_dim} "
+                "(OPENGROVE_EMBEDDING_DIMENSIONS).",
+            )
+        return vectors
+
+    async def _settle(self, session: AsyncSession, job: _Job, **values: Any) -> bool:
+        """Write the outcome if the file is still this job's; True when written."""
+        result = await session.execute(
+            update(VectorStoreFile)
+            .where(
+                VectorStoreFile.key == job.key,
+                VectorStoreFile.status == "in_progress",
+                VectorStoreFile.ingest_token == job.token,
+                VectorStoreFile.lease_owner == self.worker_id,
+            )
+            .values(lease_owner=None, lease_expires_at=None, **values)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        return bool(result.rowcount)
+
+    async def _finish_completed(
+        self, job: _Job, attributes: dict[str, Any] | None, chunk_count: int, usage: int
+    ) -> None:
+        async with self.db.sessionmaker() as session:
+            written = await self._settle(
+                session,
+                job,
+                status="completed",
+                last_error=None,
+                usage_bytes=usage,
+                chunk_count=chunk_count,
+            )
+            current = await session.get(VectorStoreFile, job.key)
+        if not written:
+            await self._drop_if_abandoned(job, current)
+            return
+        if current is not None and (current.attributes or {}) != (attributes or {}):
+            # Attributes changed while we worked: the chunks carry the old ones.
+            await self.index.update_attributes(
+                job.vector_store_id, job.file_id, current.attributes or {}
+            )
+        logger.info(
+            "ingested %s into %s: %d chunk(s)", job.file_id, job.vector_store_id, chunk_count
+        )
+
+    async def _finish_failed(self, job: _Job, failure: FileFailure) -> None:
+        logger.info(
+            "ingesting %s into %s failed: %s %s",
+            job.file_id,
+            job.vector_store_id,
+            failure.code,
+            failure.message,
+        )
+        async with self.db.sessionmaker() as session:
+            written = await self._settle(
+                session,
+                job,
+                status="failed",
+                last_error={"code": failure.code, "message": failure.message[:1000]},
+                usage_bytes=0,
+                chunk_count=0,
+            )
+            current = await session.get(VectorStoreFile, job.key)
+        if written:
+            await self.index.delete_file(job.vector_store_id, job.file_id)
+        else:
+            await self._drop_if_abandoned(job, current)
+
+    async def _drop_if_abandoned(self, job: _Job, current: VectorStoreFile | None) -> None:
+        """The file was detached, cancelled or its store deleted while we worked: remove
+        the chunks we may have written. (Re-attached: the newer job rewrites them.)"""
+        if current is None or current.status == "cancelled":
+            await self.index.delete_file(job.vector_store_id, job.file_id)
