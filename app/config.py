@@ -33,7 +33,9 @@ class Settings(BaseSettings):
         description="Interface the API listens on (default 127.0.0.1).",
     )
     port: int = Field(
-        default=8000, validation_alias=_env("OPENGROVE_PORT"), description="API port (default 8000)."
+        default=8000,
+        validation_alias=_env("OPENGROVE_PORT"),
+        description="API port (default 8000).",
     )
     database_url: str | None = Field(
         default=None,
@@ -75,7 +77,8 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(
         default=60.0,
         validation_alias=_env("OPENGROVE_LLM_TIMEOUT"),
-        description="Seconds a model call may stay silent (before or between chunks) before it is retried or fails.",
+        description="Seconds a model call may stay silent (before or between chunks) "
+        "before it is retried or fails.",
     )
     llm_attempts: int = Field(
         default=3,
@@ -111,6 +114,45 @@ class Settings(BaseSettings):
         default=16,
         validation_alias=_env("OPENGROVE_MAX_RUN_STEPS"),
         description="Model calls one run may make before it ends incomplete.",
+    )
+
+    max_file_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        validation_alias=_env("OPENGROVE_MAX_FILE_BYTES"),
+        description="Largest accepted upload in bytes (OpenAI: 512 MB).",
+    )
+    embedding_model: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_EMBEDDING_MODEL"),
+        description="litellm embedding model for hybrid search (unset: lexical search only).",
+    )
+    embedding_api_base: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_EMBEDDING_API_BASE"),
+        description="Base URL of the embedding provider (OpenAI-compatible servers, TEI, …).",
+    )
+    embedding_api_key: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_EMBEDDING_API_KEY"),
+        description="API key for the embedding provider.",
+    )
+    embedding_dimensions: int | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_EMBEDDING_DIMENSIONS"),
+        description="The embedding model's output size (required with a model).",
+    )
+    qdrant_api_key: str | None = Field(
+        default=None, validation_alias=_env("QDRANT_API_KEY"), description="Qdrant server API key."
+    )
+    ingestion_concurrency: int = Field(
+        default=4,
+        validation_alias=_env("OPENGROVE_INGESTION_CONCURRENCY"),
+        description="Files one process ingests at once.",
+    )
+    ingestion_lease_seconds: float = Field(
+        default=60.0,
+        validation_alias=_env("OPENGROVE_INGESTION_LEASE_SECONDS"),
+        description="An ingesting process silent this long loses the file to another.",
     )
 
     @field_validator("models", mode="before")

@@ -5,6 +5,7 @@ Shared by `serve` (API, with workers in-process by default) and `worker` (no API
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -12,13 +13,19 @@ from app.config import Settings
 from app.db import Database
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
-from app.retrieval.embeddings import Embedder
+from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.index import VectorIndex
 from app.runs.events import EventHub, PostgresListener
 from app.runs.executor import RunExecutor
-from app.vector_stores.ingestion import IngestionWorker, create_embedder, create_index
+from app.vector_stores.ingestion import (
+    IngestionWorker,
+    cleanup_expired,
+    create_embedder,
+    create_index,
+)
 
 logger = logging.getLogger("opengrove")
+HOUSEKEEPING_SECONDS = 60.0
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Runtime:
     index: VectorIndex | None = None
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
+    _housekeeping: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, run_workers: bool) -> Runtime:
@@ -57,6 +65,7 @@ class Runtime:
                 runtime.db, runtime.hub, settings, runtime.router, runtime.index, runtime.embedder
             )
             await runtime.executor.start()
+        runtime._housekeeping = asyncio.create_task(runtime._housekeep(), name="housekeeping")
         logger.info(
             "opengrove ready: database=%s, workers=%s",
             _redact(url),
@@ -64,9 +73,25 @@ class Runtime:
         )
         return runtime
 
+    async def _housekeep(self) -> None:
+        """Expire vector stores and files past their `expires_after` (every process may)."""
+        assert self.index is not None
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                done = await cleanup_expired(self.db, self.index, self.settings)
+                if any(done.values()):
+                    logger.info("housekeeping: %s", done)
+            except Exception:
+                logger.exception("housekeeping failed")
+
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self.executor is not None:
             await self.executor.stop()
+            # litellm's logging task must be idle before the loop closes (see the function).
+            await drain_litellm_logging()
         if self.ingestion is not None:
             await self.ingestion.stop()
         if self.index is not None:

@@ -6,12 +6,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InvalidRequest
 from app.schemas import ToolResources
+from app.vector_stores.schemas import VectorStoreCreate
+from app.vector_stores.service import add_vector_store
 
 
 async def resolve_tool_resources(
-    _session: AsyncSession, resources: ToolResources | None
+    session: AsyncSession, resources: ToolResources | None
 ) -> dict[str, Any]:
     """The JSON we store and return: ids only, helpers already turned into objects."""
     if resources is None:
@@ -20,16 +21,17 @@ async def resolve_tool_resources(
     if resources.code_interpreter is not None:
         stored["code_interpreter"] = {"file_ids": list(resources.code_interpreter.file_ids)}
     if resources.file_search is not None:
-        if resources.file_search.vector_stores:
-            # Creating a vector store inline needs the vector store domain (files issue).
-            raise InvalidRequest(
-                "Creating vector stores inline with 'tool_resources.file_search.vector_stores' "
-                "is not available on this server yet; create the vector store first and pass "
-                "'vector_store_ids'.",
-                param="tool_resources.file_search.vector_stores",
-                code="unsupported_parameter",
+        store_ids = list(resources.file_search.vector_store_ids or [])
+        for helper in resources.file_search.vector_stores or []:
+            # The `vector_stores` helper: create the store (and queue its files) right here.
+            store = await add_vector_store(
+                session,
+                VectorStoreCreate(
+                    file_ids=helper.file_ids,
+                    chunking_strategy=helper.chunking_strategy,
+                    metadata=helper.metadata,
+                ),
             )
-        stored["file_search"] = {
-            "vector_store_ids": list(resources.file_search.vector_store_ids or [])
-        }
+            store_ids.append(store.id)
+        stored["file_search"] = {"vector_store_ids": store_ids}
     return stored

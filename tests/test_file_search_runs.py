@@ -4,7 +4,6 @@ stores, the step records the results, and the answer cites the right file."""
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import openai
@@ -62,18 +61,24 @@ def test_file_search_run_cites_the_right_file(
     assert citation.type == "file_citation" and citation.file_citation.file_id == manual.id
     assert text.value[citation.start_index : citation.end_index] == citation.text
 
-    steps = client.beta.threads.runs.steps.list(run_id=run.id, thread_id=run.thread_id,
-                                                order="asc").data
+    steps = client.beta.threads.runs.steps.list(
+        run_id=run.id, thread_id=run.thread_id, order="asc"
+    ).data
     call = steps[0].step_details.tool_calls[0]
     assert call.type == "file_search"
     assert call.file_search.results[0].file_id == manual.id
     # Result content only with include[].
     assert not call.file_search.results[0].content
     included = client.beta.threads.runs.steps.retrieve(
-        steps[0].id, thread_id=run.thread_id, run_id=run.id,
+        steps[0].id,
+        thread_id=run.thread_id,
+        run_id=run.id,
         include=["step_details.tool_calls[*].file_search.results[*].content"],
     )
-    assert "AZURE-HERON-42" in included.step_details.tool_calls[0].file_search.results[0].content[0].text
+    assert (
+        "AZURE-HERON-42"
+        in included.step_details.tool_calls[0].file_search.results[0].content[0].text
+    )
 
 
 def test_message_attachments_fill_the_threads_own_store(
@@ -82,11 +87,13 @@ def test_message_attachments_fill_the_threads_own_store(
     notes = upload(client, "notes.txt", "The meeting moved to Thursday at the lighthouse.")
     assistant = client.beta.assistants.create(model="fake-model", tools=[{"type": "file_search"}])
     thread = client.beta.threads.create(
-        messages=[{
-            "role": "user",
-            "content": "Where is the meeting?",
-            "attachments": [{"file_id": notes.id, "tools": [{"type": "file_search"}]}],
-        }]
+        messages=[
+            {
+                "role": "user",
+                "content": "Where is the meeting?",
+                "attachments": [{"file_id": notes.id, "tools": [{"type": "file_search"}]}],
+            }
+        ]
     )
     store_ids = client.beta.threads.retrieve(thread.id).tool_resources.file_search.vector_store_ids
     assert len(store_ids) == 1
@@ -106,7 +113,9 @@ def test_message_attachments_fill_the_threads_own_store(
     # A second attachment extends the same store.
     extra = upload(client, "extra.txt", "Bring the blue lantern.")
     client.beta.threads.messages.create(
-        thread.id, role="user", content="And this?",
+        thread.id,
+        role="user",
+        content="And this?",
         attachments=[{"file_id": extra.id, "tools": [{"type": "file_search"}]}],
     )
     files = client.vector_stores.files.list(store_ids[0]).data
@@ -117,8 +126,32 @@ def test_unknown_attachment_is_rejected_and_nothing_is_written(client: openai.Op
     thread = client.beta.threads.create()
     with pytest.raises(openai.NotFoundError):
         client.beta.threads.messages.create(
-            thread.id, role="user", content="x",
+            thread.id,
+            role="user",
+            content="x",
             attachments=[{"file_id": "file-missing", "tools": [{"type": "file_search"}]}],
         )
     assert client.beta.threads.messages.list(thread.id).data == []
     assert client.beta.threads.retrieve(thread.id).tool_resources.file_search is None
+
+
+def test_vector_stores_helper_creates_a_store(client: openai.OpenAI) -> None:
+    guide = upload(client, "guide.md", "The spare key hangs behind the red door.")
+    assistant = client.beta.assistants.create(
+        model="fake-model",
+        tools=[{"type": "file_search"}],
+        tool_resources={
+            "file_search": {
+                "vector_stores": [{"file_ids": [guide.id], "metadata": {"made": "inline"}}]
+            }
+        },
+    )
+    (store_id,) = assistant.tool_resources.file_search.vector_store_ids
+    store = client.vector_stores.retrieve(store_id)
+    assert store.metadata == {"made": "inline"}
+    assert [f.id for f in client.vector_stores.files.list(store_id).data] == [guide.id]
+    with pytest.raises(openai.NotFoundError):
+        client.beta.assistants.create(
+            model="fake-model",
+            tool_resources={"file_search": {"vector_stores": [{"file_ids": ["file-nope"]}]}},
+        )

@@ -17,7 +17,7 @@ def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
                     {"type": "image_file", "image_file": {"file_id": "file-img", "detail": "low"}},
                 ],
-                "attachments": [{"file_id": "file-doc", "tools": [{"type": "file_search"}]}],
+                "attachments": [{"file_id": "file-doc", "tools": [{"type": "code_interpreter"}]}],
             },
             {"role": "assistant", "content": "Hi there"},
         ],
@@ -43,7 +43,7 @@ def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
     assert parts[1].image_url.detail == "auto"
     assert parts[2].image_file.file_id == "file-img" and parts[2].image_file.detail == "low"
     assert messages[1].attachments[0].file_id == "file-doc"
-    assert messages[1].attachments[0].tools[0].type == "file_search"
+    assert messages[1].attachments[0].tools[0].type == "code_interpreter"
     assert all(m.thread_id == thread.id and m.status == "completed" for m in messages)
 
     updated = client.beta.threads.update(thread.id, metadata={"user": "u2"})

@@ -114,6 +114,13 @@ def _require_active(store: VectorStore) -> None:
 
 
 async def create_vector_store(session: AsyncSession, body: VectorStoreCreate) -> VectorStore:
+    store = await add_vector_store(session, body)
+    await session.commit()
+    return store
+
+
+async def add_vector_store(session: AsyncSession, body: VectorStoreCreate) -> VectorStore:
+    """The store and its files' ingestion rows, in the caller's transaction (uncommitted)."""
     files = await get_files(session, body.file_ids) if body.file_ids else {}
     store = VectorStore(
         id=new_id("vs_"),
@@ -129,7 +136,6 @@ async def create_vector_store(session: AsyncSession, body: VectorStoreCreate) ->
     chunking = stored_chunking(body.chunking_strategy)
     for file_id in files:
         await _attach(session, store.id, file_id, chunking, None, None)
-    await session.commit()
     return store
 
 
