@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Integer, String, event
+from sqlalchemy import JSON, BigInteger, Integer, Select, String, event, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -59,6 +59,29 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def lease(
+        self, key: Any, candidates: Select[Any], values: dict[str, Any], returning: Sequence[Any]
+    ) -> list[Any]:
+        """Lease rows for this process: UPDATE the `candidates` (a SELECT of `key`) with
+        `values`, commit, and return the `returning` columns of the rows leased.
+
+        On PostgreSQL, other processes' leases in flight are skipped, never waited on
+        (`FOR UPDATE SKIP LOCKED`); SQLite serialises writers, so one UPDATE is atomic.
+        """
+        if not self.is_sqlite:
+            candidates = candidates.with_for_update(skip_locked=True)
+        async with self.sessionmaker() as session:
+            result = await session.execute(
+                update(key.class_)
+                .where(key.in_(candidates.scalar_subquery()))
+                .values(**values)
+                .returning(*returning)
+                .execution_options(synchronize_session=False)
+            )
+            rows = list(result.tuples())
+            await session.commit()
+        return rows
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -25,6 +25,8 @@ import litellm
 from app.llm.routing import ModelRoute
 
 litellm.telemetry = False
+# We register no litellm callbacks; its per-chunk success logging only costs CPU per token.
+litellm.disable_streaming_logging = True
 litellm.drop_params = True  # providers that lack a parameter (e.g. parallel_tool_calls) still work
 logger = logging.getLogger("opengrove.llm")
 

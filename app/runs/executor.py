@@ -163,29 +163,17 @@ class RunExecutor:
 
     async def claim(self, limit: int) -> list[str]:
         """Lease up to `limit` queued runs, oldest first."""
-        async with self.db.sessionmaker() as session:
-            candidates = (
-                select(Run.id)
-                .where(Run.status == "queued", Run.lease_owner.is_(None))
-                .order_by(Run.seq)
-                .limit(limit)
-            )
-            if not self.db.is_sqlite:
-                # Workers on other processes skip rows this one is leasing, never wait on them.
-                candidates = candidates.with_for_update(skip_locked=True)
-            result = await session.execute(
-                update(Run)
-                .where(Run.id.in_(candidates.scalar_subquery()))
-                .values(
-                    lease_owner=self.worker_id,
-                    lease_expires_at=time.time() + self.settings.run_lease_seconds,
-                )
-                .returning(Run.id)
-                .execution_options(synchronize_session=False)
-            )
-            claimed = list(result.scalars().all())
-            await session.commit()
-        return claimed
+        candidates = (
+            select(Run.id)
+            .where(Run.status == "queued", Run.lease_owner.is_(None))
+            .order_by(Run.seq)
+            .limit(limit)
+        )
+        values = {
+            "lease_owner": self.worker_id,
+            "lease_expires_at": time.time() + self.settings.run_lease_seconds,
+        }
+        return [row[0] for row in await self.db.lease(Run.id, candidates, values, [Run.id])]
 
     # ---- maintenance: leases, cancellation from other processes, expiry, recovery ----
 

@@ -200,43 +200,35 @@ class IngestionWorker:
     async def claim(self, limit: int) -> list[_Job]:
         """Lease up to `limit` unleased (or lease-expired) in-progress files, oldest first."""
         stamp = time.time()
-        async with self.db.sessionmaker() as session:
-            candidates = (
-                select(VectorStoreFile.key)
-                .where(
-                    VectorStoreFile.status == "in_progress",
-                    or_(
-                        VectorStoreFile.lease_owner.is_(None),
-                        VectorStoreFile.lease_expires_at < stamp,
-                    ),
-                    # A file re-attached while this process still works on it waits for
-                    # that (now stale) job to end: one job per file per process.
-                    VectorStoreFile.key.not_in(list(self._tasks)),
-                )
-                .order_by(VectorStoreFile.seq)
-                .limit(limit)
+        candidates = (
+            select(VectorStoreFile.key)
+            .where(
+                VectorStoreFile.status == "in_progress",
+                or_(
+                    VectorStoreFile.lease_owner.is_(None),
+                    VectorStoreFile.lease_expires_at < stamp,
+                ),
+                # A file re-attached while this process still works on it waits for
+                # that (now stale) job to end: one job per file per process.
+                VectorStoreFile.key.not_in(list(self._tasks)),
             )
-            if not self.db.is_sqlite:
-                candidates = candidates.with_for_update(skip_locked=True)
-            result = await session.execute(
-                update(VectorStoreFile)
-                .where(VectorStoreFile.key.in_(candidates.scalar_subquery()))
-                .values(
-                    lease_owner=self.worker_id,
-                    lease_expires_at=stamp + self.lease_seconds,
-                    attempts=VectorStoreFile.attempts + 1,
-                )
-                .returning(
-                    VectorStoreFile.key,
-                    VectorStoreFile.vector_store_id,
-                    VectorStoreFile.id,
-                    VectorStoreFile.ingest_token,
-                    VectorStoreFile.attempts,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            jobs = [_Job(*row) for row in result.tuples()]
-            await session.commit()
+            .order_by(VectorStoreFile.seq)
+            .limit(limit)
+        )
+        values = {
+            "lease_owner": self.worker_id,
+            "lease_expires_at": stamp + self.lease_seconds,
+            "attempts": VectorStoreFile.attempts + 1,
+        }
+        returning = [
+            VectorStoreFile.key,
+            VectorStoreFile.vector_store_id,
+            VectorStoreFile.id,
+            VectorStoreFile.ingest_token,
+            VectorStoreFile.attempts,
+        ]
+        rows = await self.db.lease(VectorStoreFile.key, candidates, values, returning)
+        jobs = [_Job(*row) for row in rows]
         return jobs
 
     async def _renew_loop(self) -> None:
