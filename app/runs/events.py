@@ -57,8 +57,10 @@ class EventHub:
 
     def __init__(self) -> None:
         self._queues: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
-        self._run_listeners: list[Callable[[], None]] = []
+        self._run_listeners: list[Callable[[str], None]] = []
         self._cancel_listeners: list[Callable[[str], None]] = []
+        self._local_worker: Callable[[Any], bool] | None = None
+        self._withdraw: Callable[[str], None] | None = None
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -80,12 +82,29 @@ class EventHub:
     def wake(self, run_id: str) -> None:
         self.publish(run_id, [_WAKE])
 
-    def on_run_queued(self, callback: Callable[[], None]) -> None:
+    def on_run_queued(self, callback: Callable[[str], None]) -> None:
         self._run_listeners.append(callback)
 
-    def run_queued(self) -> None:
+    def run_queued(self, run_id: str = "") -> None:
         for callback in self._run_listeners:
-            callback()
+            callback(run_id)
+
+    def set_local_worker(
+        self, take: Callable[[Any], bool], withdraw: Callable[[str], None]
+    ) -> None:
+        self._local_worker = take
+        self._withdraw = withdraw
+
+    def offer(self, run: Any) -> bool:
+        """Lease a run to this process's executor before it is first committed, sparing the
+        claim round trip; it starts on `run_queued(run.id)` after the commit. False when
+        there is no executor here or it is full."""
+        return self._local_worker(run) if self._local_worker is not None else False
+
+    def withdraw(self, run_id: str) -> None:
+        """The offered run was never committed."""
+        if self._withdraw is not None:
+            self._withdraw(run_id)
 
     def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
         self._cancel_listeners.append(callback)
@@ -158,7 +177,7 @@ class EventWriter:
         published, self._unpublished = self._unpublished, []
         self.hub.publish(self.run_id, published)
         if run_queued:
-            self.hub.run_queued()
+            self.hub.run_queued(self.run_id)
 
 
 async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
@@ -227,7 +246,7 @@ class PostgresListener:
 
     def _on_run(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if not payload.startswith(PROCESS_TOKEN + ":"):
-            self.hub.run_queued()
+            self.hub.run_queued()  # another process's run: claim it if we have room
 
     async def stop(self) -> None:
         if self._conn is not None:

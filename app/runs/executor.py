@@ -110,7 +110,10 @@ class RunExecutor:
         self._cancel: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        hub.on_run_queued(self._wake.set)
+        self._offered: set[str] = set()  # leased to us as they are created, not yet committed
+        self._handed: list[str] = []  # committed and ours: start without claiming
+        hub.on_run_queued(self._run_queued)
+        hub.set_local_worker(self._take, self._offered.discard)
         hub.on_cancel_requested(self._on_cancel_requested)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -142,19 +145,34 @@ class RunExecutor:
 
     # ---- claiming --------------------------------------------------------------------
 
+    def _take(self, run: Run) -> bool:
+        busy = len(self._tasks) + len(self._handed) + len(self._offered)
+        if busy >= self.settings.worker_concurrency:
+            return False
+        run.lease_owner = self.worker_id
+        run.lease_expires_at = time.time() + self.settings.run_lease_seconds
+        self._offered.add(run.id)
+        return True
+
+    def _run_queued(self, run_id: str) -> None:
+        if run_id in self._offered:
+            self._offered.discard(run_id)
+            self._handed.append(run_id)
+        self._wake.set()
+
     async def _claim_loop(self) -> None:
         while True:
             self._wake.clear()
+            claimed, self._handed = self._handed, []
             try:
-                free = self.settings.worker_concurrency - len(self._tasks)
-                claimed = await self.claim(free) if free > 0 else []
+                free = self.settings.worker_concurrency - len(self._tasks) - len(claimed)
+                claimed += await self.claim(free) if free > 0 else []
             except Exception:
                 logger.exception("claiming runs failed")
-                claimed = []
             for run_id in claimed:
                 self._cancel[run_id] = asyncio.Event()
                 self._tasks[run_id] = asyncio.create_task(self._execute(run_id), name=run_id)
-            if claimed and len(claimed) == free:
+            if claimed and len(claimed) >= free:
                 continue  # there may be more waiting than we had room for
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)

@@ -89,6 +89,7 @@ async def _build_run(
 async def _commit_new_run(
     session: AsyncSession, hub: EventHub, run: Run, writer: EventWriter
 ) -> Run:
+    hub.offer(run)
     session.add(run)
     writer.emit("thread.run.created", render_run(run))
     writer.emit("thread.run.queued", render_run(run))
@@ -96,6 +97,7 @@ async def _commit_new_run(
         await writer.commit(session, run_queued=True)
     except IntegrityError:
         # The partial unique index: this thread already has an active run.
+        hub.withdraw(run.id)
         await session.rollback()
         active = await active_run_id(session, run.thread_id)
         raise InvalidRequest(
