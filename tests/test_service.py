@@ -9,7 +9,12 @@ import pytest
 
 def test_health(base_url: str) -> None:
     response = httpx.get(f"{base_url}/health")
-    assert response.status_code == 200 and response.json()["status"] == "ok"
+    body = response.json()
+    assert response.status_code == 200 and body == {
+        "status": "ok",
+        "database": "ok",
+        "vector_index": "ok",
+    }
 
 
 def test_models(client: openai.OpenAI) -> None:

@@ -311,6 +311,10 @@ class VectorIndex:
             if offset is None:
                 return
 
+    async def ping(self) -> None:
+        """Raise if Qdrant cannot be reached (for /health)."""
+        await self.client.get_collections()
+
     async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int:
         await self.ensure_collection()
         result = await self._client.count(
