@@ -1,0 +1,613 @@
+"""Retrieval benchmark: ingestion throughput and search latency on a local-mode Qdrant.
+
+    uv run python -m bench.retrieval_bench [--quick] [--budget-minutes 14]
+
+Everything runs on 127.0.0.1 / a temp dir, in two processes:
+  * the fake OpenAI upstream, standalone (`python -m tests.fake_upstream`), serving
+    `/v1/embeddings` (deterministic hashed bag-of-words vectors, --embedding-dim);
+  * this process: chunking (app.retrieval.chunking), embeddings through the real
+    `Embedder` (litellm.aembedding, default batch 64 / concurrency 1 as the server's
+    create_embedder) and `VectorIndex` over qdrant-client local mode under a temp dir.
+
+Corpus: deterministic pseudo-documents. The vocabulary is the first --vocab whole-word
+tokens (" word", 3-12 lowercase letters) of tiktoken's o200k_base in merge-rank order,
+which roughly follows frequency, so a word is one token as in English text; words are
+drawn with Zipf weights (s=1.07), each document boosts 25 topic words, and about one
+sentence in 25 carries a unique marker phrase. Chunked like the server's default `auto`
+strategy (800 tokens, 400 overlap) unless --max-chunk-tokens / --overlap say otherwise.
+
+Measured:
+  1. Ingestion into a fresh collection, files processed one after another as in one
+     ingestion worker slot (parse excluded: the text is generated): (a) lexical only,
+     (b) with dense vectors from the upstream. chunks/s end to end, and wall time split
+     into chunking / embedding / upsert (upsert includes BM25 encoding, timed apart).
+  2. Search latency for a fixed set of --queries queries (drawn from the indexed text:
+     2-4 content words, a fifth with a marker phrase), max_num_results=--k (file_search's
+     default 20), one vector store, at 10k and 100k chunks (--quick: 10k only):
+     lexical, and hybrid (RRF) with the query embedded first; the hybrid figure is the
+     index search alone, the query embedding round trip is listed separately.
+     The collection is grown 10k -> 100k by the same chunk -> embed -> upsert_chunks
+     path, in large files (--scale-file-chunks) because in local mode every
+     upsert_chunks first deletes the file's old chunks with a filtered scroll + delete,
+     which scans the whole collection in Python: a fixed cost per file that grows with
+     the collection (reported as "per-file delete scan").
+
+Local mode is brute force in Python (a sparse dot product per stored chunk per query),
+so large sizes are slow: every phase is bounded by a count and by a share of
+--budget-minutes; when a bound cuts a phase short the table says so (chunk count
+actually reached, queries actually run). The script exits by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# litellm's bundled model-cost map instead of a download: no traffic off 127.0.0.1.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from app.retrieval import lexical
+from app.retrieval.chunking import Chunk, chunk_text, get_encoding
+from app.retrieval.embeddings import Embedder, drain_litellm_logging
+from app.retrieval.index import VectorIndex
+
+STORE = "vs_bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ZIPF_S = 1.07
+TOPIC_WORDS = 25
+TOPIC_RATE = 0.10
+MARKER_RATE = 0.04
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User+system CPU seconds of a process (this one when pid is None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "?"
+
+
+# ------------------------------------------------------------------------------ corpus
+
+
+class Corpus:
+    """Deterministic pseudo-documents (see the module docstring)."""
+
+    def __init__(self, vocab_size: int, seed: int) -> None:
+        encoding = get_encoding()
+        word = re.compile(rb"^ [a-z]{3,12}$")
+        words: list[str] = []
+        for token in range(encoding.n_vocab):
+            if len(words) == vocab_size:
+                break
+            with contextlib.suppress(KeyError):
+                piece = encoding.decode_single_token_bytes(token)
+                if word.match(piece):
+                    words.append(piece[1:].decode())
+        self.vocab = words
+        self.cum_weights = list(
+            itertools.accumulate(1.0 / (rank + 1) ** ZIPF_S for rank in range(len(words)))
+        )
+        self.seed = seed
+
+    def document(self, number: int, n_words: int) -> str:
+        rng = random.Random(self.seed * 1_000_003 + number)
+        topic = rng.sample(self.vocab[100:], TOPIC_WORDS)
+        sentences: list[str] = []
+        count = 0
+        markers = 0
+        while count < n_words:
+            k = rng.randint(6, 22)
+            words = rng.choices(self.vocab, cum_weights=self.cum_weights, k=k)
+            for i in range(k):
+                if rng.random() < TOPIC_RATE:
+                    words[i] = rng.choice(topic)
+            if rng.random() < MARKER_RATE:
+                words.insert(rng.randint(0, k), f"marker{number}q{markers}")
+                markers += 1
+            sentence = " ".join(words)
+            sentences.append(sentence[0].upper() + sentence[1:] + ".")
+            if rng.random() < 0.15:
+                sentences.append("\n\n")
+            count += k
+        return " ".join(sentences)
+
+    def queries(self, texts: list[str], n: int) -> list[str]:
+        """n queries from the given indexed chunk texts: 2-4 content words of one sentence,
+        every fifth query led by a marker phrase from the same chunk when it has one."""
+        rng = random.Random(self.seed + 7)
+        common = set(self.vocab[:50])
+        out: list[str] = []
+        for attempt in range(n * 50):
+            if len(out) == n:
+                break
+            text = texts[rng.randrange(len(texts))]
+            sentences = [s for s in re.split(r"[.\n]+", text) if len(s.split()) >= 6]
+            if not sentences:
+                continue
+            words = [
+                w.lower()
+                for w in rng.choice(sentences).split()
+                if w.lower() not in common and not w.startswith("marker")
+            ]
+            if len(words) < 2:
+                continue
+            query = " ".join(rng.sample(words, min(len(words), rng.randint(2, 4))))
+            if attempt % 5 == 0:
+                found = re.findall(r"marker\d+q\d+", text)
+                if found:
+                    query = f"{rng.choice(found)} {query}"
+            out.append(query)
+        return out
+
+
+# ---------------------------------------------------------------------------- upstream
+
+
+class Upstream:
+    """The fake upstream as a separate process (its standalone CLI)."""
+
+    def __init__(self, embedding_dim: int, log_path: Path) -> None:
+        self.embedding_dim = embedding_dim
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.base_url = ""
+
+    def start(self, timeout: float = 30.0) -> Upstream:
+        with self.log_path.open("a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.fake_upstream",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--embedding-dim",
+                    str(self.embedding_dim),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fake upstream exited early: {self.log_path.read_text()}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                match = re.search(r"listening on (\S+)", self.proc.stdout.readline())
+                if match:
+                    self.base_url = match.group(1)
+                    # Keep draining its stdout so it can never block on a full pipe.
+                    threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+                    return self
+        self.stop()
+        raise RuntimeError("fake upstream did not start")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ------------------------------------------------------------------------------ phases
+
+
+@dataclass
+class Ingest:
+    """Wall-time split of one ingestion run."""
+
+    chunks: int = 0
+    files: int = 0
+    chunk_s: float = 0.0
+    embed_s: float = 0.0
+    upsert_s: float = 0.0
+    bm25_s: float = 0.0  # BM25 encoding (part of upsert), measured in a separate pass
+    upstream_cpu_s: float = 0.0
+    complete: bool = True
+
+    @property
+    def total_s(self) -> float:
+        return self.chunk_s + self.embed_s + self.upsert_s
+
+    @property
+    def rate(self) -> float:
+        return self.chunks / self.total_s if self.total_s else 0.0
+
+
+@dataclass
+class Latency:
+    size: int
+    mode: str
+    seconds: list[float] = field(default_factory=list)
+    embed_seconds: list[float] = field(default_factory=list)
+    planned: int = 0
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    corpus: Corpus
+    upstream: Upstream
+    embedder: Embedder
+    deadline: float
+    ingest_runs: dict[str, list[Ingest]] = field(default_factory=dict)
+    next_doc: Iterator[int] = field(default_factory=itertools.count)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+async def ingest_files(
+    ctx: Context,
+    index: VectorIndex,
+    target_chunks: int,
+    words_per_file: tuple[int, int],
+    dense: bool,
+    stop_at: float,
+    keep_texts: list[str] | None = None,
+) -> Ingest:
+    """chunk -> (embed) -> upsert_chunks, file after file, until target_chunks are indexed
+    (the last file truncated to land exactly) or the monotonic clock passes stop_at."""
+    args = ctx.args
+    result = Ingest()
+    rng = random.Random(ctx.args.seed + target_chunks + dense)
+    for _ in range(100_000):
+        if result.chunks >= target_chunks:
+            break
+        if time.monotonic() > stop_at:
+            result.complete = False
+            break
+        number = next(ctx.next_doc)
+        text = ctx.corpus.document(number, rng.randint(*words_per_file))
+
+        t0 = time.perf_counter()
+        chunks: list[Chunk] = chunk_text(text, args.max_chunk_tokens, args.overlap)
+        chunks = chunks[: target_chunks - result.chunks]
+        t1 = time.perf_counter()
+        vectors = None
+        if dense:
+            cpu0 = cpu_seconds(ctx.upstream.pid)
+            vectors = await ctx.embedder.embed([c.text for c in chunks])
+            result.upstream_cpu_s += cpu_seconds(ctx.upstream.pid) - cpu0
+        t2 = time.perf_counter()
+        written = await index.upsert_chunks(
+            STORE, f"file_{number}", f"doc_{number}.txt", chunks, dense_vectors=vectors
+        )
+        t3 = time.perf_counter()
+
+        result.chunk_s += t1 - t0
+        result.embed_s += t2 - t1
+        result.upsert_s += t3 - t2
+        result.chunks += written
+        result.files += 1
+        if keep_texts is not None:
+            keep_texts.extend(c.text for c in chunks[:: max(1, len(chunks) // 20)])
+    return result
+
+
+async def ingestion_phase(ctx: Context, root: Path, dense: bool, rep: int) -> Ingest:
+    mode = "hybrid" if dense else "lexical"
+    index = VectorIndex(
+        path=root / f"ingest_{mode}_{rep}", dense_dim=ctx.args.embedding_dim if dense else None
+    )
+    try:
+        await index.ensure_collection()
+        texts: list[str] = []
+        stop_at = time.monotonic() + ctx.args.budget_minutes * 60 * 0.04
+        result = await ingest_files(
+            ctx, index, ctx.args.ingest_chunks, (1_500, 15_000), dense, stop_at, texts
+        )
+        # BM25 encoding share of upsert, timed apart on a sample of the same chunks.
+        sample = texts[:300]
+        t0 = time.perf_counter()
+        for text in sample:
+            lexical.document_vector(text)
+        per_chunk = (time.perf_counter() - t0) / max(1, len(sample))
+        result.bm25_s = per_chunk * result.chunks
+        return result
+    finally:
+        await index.close()
+        shutil.rmtree(root / f"ingest_{mode}_{rep}", ignore_errors=True)
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def search_phase(
+    ctx: Context, index: VectorIndex, size: int, queries: list[str], budget_s: float, warm: bool
+) -> list[Latency]:
+    """Lexical then hybrid over the same queries. Each mode gets its share of the budget
+    (hybrid costs ~2.5x lexical in local mode) and starts no query it cannot finish in
+    time, judging by the slowest query so far."""
+    k = ctx.args.k
+    out: list[Latency] = []
+    for mode, share in (("lexical", 0.3), ("hybrid", 1.0)):
+        lat = Latency(size, mode, planned=len(queries))
+        stop_at = time.monotonic() + (budget_s - sum(sum(x.seconds) for x in out)) * share
+        if warm:  # unmeasured, so lazily built state doesn't land in the figures
+            vector = await ctx.embedder.embed_query("warm up") if mode == "hybrid" else None
+            await index.search([STORE], "warm up query", dense_query=vector, max_num_results=k)
+        for query in queries:
+            slowest = max(lat.seconds, default=0.0) + max(lat.embed_seconds, default=0.0)
+            if time.monotonic() + slowest > stop_at:
+                break
+            dense = None
+            if mode == "hybrid":
+                t0 = time.perf_counter()
+                dense = await ctx.embedder.embed_query(query)
+                lat.embed_seconds.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            await index.search([STORE], query, dense_query=dense, max_num_results=k)
+            lat.seconds.append(time.perf_counter() - t0)
+        out.append(lat)
+    return out
+
+
+async def delete_scan_seconds(index: VectorIndex, repeat: int = 3) -> float:
+    """Median cost of upsert_chunks' first step for a new file: deleting its (absent)
+    old chunks, which in local mode scans every stored point's payload."""
+    times = []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        await index.delete_file(STORE, f"absent_{i}")
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class Scale:
+    target: int
+    reached: int
+    build: Ingest
+    delete_scan_s: float
+    latencies: list[Latency]
+
+
+async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]:
+    args = ctx.args
+    index = VectorIndex(path=root / "scale", dense_dim=args.embedding_dim)
+    results: list[Scale] = []
+    queries: list[str] = []
+    words = args.scale_file_chunks * (args.max_chunk_tokens - args.overlap) * 9 // 10
+    try:
+        await index.ensure_collection()
+        for n, size in enumerate(sizes):
+            have = sum(s.reached for s in results[-1:])
+            if n == 0:  # the first size is built in full and gets its own search budget
+                search_budget = min(args.search_budget_s, ctx.remaining() - 30)
+                stop_at = ctx.deadline - 30
+            else:  # later sizes grow while time is left, keeping a reserve for searching
+                search_budget = max(120.0, ctx.remaining() * 0.35)
+                stop_at = time.monotonic() + max(0.0, ctx.remaining() - search_budget)
+            texts: list[str] = []
+            build = await ingest_files(
+                ctx,
+                index,
+                size - have,
+                (words, words),
+                True,
+                stop_at,
+                keep_texts=texts if not queries else None,
+            )
+            reached = have + build.chunks
+            print(
+                f"  built {reached:,} chunks ({build.chunks:,} added at {build.rate:,.0f}/s)",
+                flush=True,
+            )
+            if not queries:
+                queries = ctx.corpus.queries(texts, args.queries)
+            scan = await delete_scan_seconds(index)
+            budget = max(10.0, min(search_budget, ctx.remaining() - 5))
+            latencies = await search_phase(ctx, index, reached, queries, budget, warm=n == 0)
+            for lat in latencies:
+                print(
+                    f"  {lat.mode} search at {reached:,}: {len(lat.seconds)} queries, "
+                    f"median {ms(median(lat.seconds))} ms",
+                    flush=True,
+                )
+            results.append(Scale(size, reached, build, scan, latencies))
+            if ctx.remaining() < 150:
+                break
+    finally:
+        await index.close()
+    return results
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f}" if seconds == seconds else "-"
+
+
+def report(ctx: Context, ingests: dict[str, Ingest], scales: list[Scale], started: float) -> None:
+    args = ctx.args
+    print()
+    print(
+        f"Retrieval bench: local-mode Qdrant under a temp dir; chunks {args.max_chunk_tokens}"
+        f"/{args.overlap} tokens; dense dim {args.embedding_dim} (fake upstream, own process,"
+        f" via Embedder -> litellm); vocab {len(ctx.corpus.vocab):,}; {os.cpu_count()} CPUs,"
+        f" load avg now {load_average()}"
+    )
+    print()
+    print(
+        f"Ingestion into a fresh collection, files one after another (wall seconds; the "
+        f"run with the median chunks/s of {args.ingest_repeats}, all: "
+        + "; ".join(
+            f"{mode} " + "/".join(f"{r.rate:,.0f}" for r in results)
+            for mode, results in ctx.ingest_runs.items()
+        )
+        + "):"
+    )
+    header = (
+        f"{'mode':<8} {'chunks':>7} {'files':>5} {'chunks/s':>9} {'chunk s':>8} "
+        f"{'embed s':>8} {'upsert s':>9} {'(BM25 enc)':>10} {'upstream CPU s':>14}"
+    )
+    print(header)
+    for mode, r in ingests.items():
+        note = "" if r.complete else "  (stopped by budget)"
+        print(
+            f"{mode:<8} {r.chunks:>7,} {r.files:>5} {r.rate:>9,.0f} {r.chunk_s:>8.1f} "
+            f"{r.embed_s:>8.1f} {r.upsert_s:>9.1f} {r.bm25_s:>10.1f} "
+            f"{(f'{r.upstream_cpu_s:.1f}' if mode == 'hybrid' else '-'):>14}{note}"
+        )
+    if not scales:
+        return
+    print()
+    print(
+        f"Search latency, {args.queries} fixed queries, max_num_results={args.k}, "
+        "one vector store (ms; hybrid = index search only, its query embedding separate):"
+    )
+    print(
+        f"{'chunks':>8} {'mode':<8} {'n':>4} {'median':>8} {'p99':>8} {'max':>8} "
+        f"{'query embed median':>19}"
+    )
+    for scale in scales:
+        for lat in scale.latencies:
+            n = len(lat.seconds)
+            p99 = ms(pct(lat.seconds, 99)) if n >= 20 else "(n<20)"
+            embed = ms(median(lat.embed_seconds)) if lat.embed_seconds else "-"
+            cut = "" if n == lat.planned else f"  (budget: {n} of {lat.planned} queries)"
+            print(
+                f"{scale.reached:>8,} {lat.mode:<8} {n:>4} {ms(median(lat.seconds)):>8} "
+                f"{p99:>8} {ms(max(lat.seconds, default=float('nan'))):>8} {embed:>19}{cut}"
+            )
+    last = scales[-1]
+    if last.reached < 100_000 and not args.quick:
+        factor = 100_000 / last.reached
+        print(
+            f"{'100,000':>8} NOT MEASURED: the collection reached {last.reached:,} in the "
+            f"budget. Brute force is linear in chunks, so x{factor:.1f} suggests about "
+        )
+        print(
+            "         "
+            + ", ".join(
+                f"{lat.mode} {statistics.median(lat.seconds) * factor:,.0f} s"
+                for lat in last.latencies
+                if lat.seconds
+            )
+            + " per query (extrapolated, not measured)."
+        )
+    print()
+    print("Growing the search collection (chunk -> embed -> upsert_chunks, large files):")
+    for scale in scales:
+        b = scale.build
+        status = "" if scale.reached >= scale.target else f"  ({scale.target:,} NOT reached)"
+        print(
+            f"  to {scale.reached:>7,}: {b.chunks:>7,} chunks in {b.files} files at "
+            f"{b.rate:,.0f} chunks/s (chunk {b.chunk_s:.0f} s, embed {b.embed_s:.0f} s, "
+            f"upsert {b.upsert_s:.0f} s); per-file delete scan at this size "
+            f"{scale.delete_scan_s * 1000:,.0f} ms{status}"
+        )
+    print()
+    print(f"Total runtime {time.monotonic() - started:,.0f} s")
+
+
+# -------------------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    print(f"load avg at start {load_average()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="opengrove-retrieval-bench-") as tmp:
+        root = Path(tmp)
+        upstream = Upstream(args.embedding_dim, root / "upstream.log").start()
+        try:
+            corpus = Corpus(args.vocab, args.seed)
+            embedder = Embedder("openai/fake-embed", api_base=upstream.base_url, api_key="fake-key")
+            ctx = Context(args, corpus, upstream, embedder, started + args.budget_minutes * 60)
+            # Warm up: litellm's import (seconds) and first connection stay out of figures.
+            assert len(await embedder.embed_query("warm up")) == args.embedding_dim
+            runs: dict[str, list[Ingest]] = {"lexical": [], "hybrid": []}
+            for rep in range(args.ingest_repeats):  # interleaved, to spread the noise
+                for mode, results in runs.items():
+                    r = await ingestion_phase(ctx, root, mode == "hybrid", rep)
+                    results.append(r)
+                    print(f"  ingestion {mode}: {r.chunks:,} chunks, {r.rate:,.0f}/s", flush=True)
+            # The run with the median rate, so its split adds up to its figure.
+            ctx.ingest_runs = runs
+            ingests = {
+                mode: sorted(results, key=lambda r: r.rate)[len(results) // 2]
+                for mode, results in runs.items()
+            }
+            sizes = [10_000] if args.quick else [10_000, 100_000]
+            scales = await scale_phase(ctx, root, sizes)
+            report(ctx, ingests, scales, started)
+        finally:
+            with contextlib.suppress(Exception):
+                await drain_litellm_logging()
+            upstream.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k chunks only, smaller runs")
+    parser.add_argument("--budget-minutes", type=float, default=None)
+    parser.add_argument("--ingest-chunks", type=int, default=1_500, help="per ingestion run")
+    parser.add_argument("--ingest-repeats", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--k", type=int, default=20, help="max_num_results")
+    parser.add_argument("--max-chunk-tokens", type=int, default=800)
+    parser.add_argument("--overlap", type=int, default=400)
+    parser.add_argument("--embedding-dim", type=int, default=256)
+    parser.add_argument("--vocab", type=int, default=5000)
+    parser.add_argument("--scale-file-chunks", type=int, default=2000)
+    parser.add_argument("--search-budget-s", type=float, default=None, help="at 10k chunks")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.budget_minutes is None:
+        args.budget_minutes = 10.0 if args.quick else 14.0
+    if args.search_budget_s is None:
+        args.search_budget_s = 420.0
+    # qdrant-client warns once past 20k local points; that is the point being measured.
+    warnings.filterwarnings("ignore", message="Local mode is not recommended")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
