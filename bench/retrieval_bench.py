@@ -47,13 +47,9 @@ import itertools
 import os
 import random
 import re
-import select
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -67,6 +63,7 @@ from app.retrieval import lexical
 from app.retrieval.chunking import Chunk, chunk_text, get_encoding
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.index import VectorIndex
+from bench.upstream import Upstream
 
 STORE = "vs_bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -167,64 +164,6 @@ class Corpus:
 
 
 # ---------------------------------------------------------------------------- upstream
-
-
-class Upstream:
-    """The fake upstream as a separate process (its standalone CLI)."""
-
-    def __init__(self, embedding_dim: int, log_path: Path) -> None:
-        self.embedding_dim = embedding_dim
-        self.log_path = log_path
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = ""
-
-    def start(self, timeout: float = 30.0) -> Upstream:
-        with self.log_path.open("a") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.fake_upstream",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--embedding-dim",
-                    str(self.embedding_dim),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake upstream exited early: {self.log_path.read_text()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                match = re.search(r"listening on (\S+)", self.proc.stdout.readline())
-                if match:
-                    self.base_url = match.group(1)
-                    # Keep draining its stdout so it can never block on a full pipe.
-                    threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                    return self
-        self.stop()
-        raise RuntimeError("fake upstream did not start")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ------------------------------------------------------------------------------ phases
@@ -556,7 +495,7 @@ async def run(args: argparse.Namespace) -> None:
     print(f"load avg at start {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="opengrove-retrieval-bench-") as tmp:
         root = Path(tmp)
-        upstream = Upstream(args.embedding_dim, root / "upstream.log").start()
+        upstream = Upstream(root / "upstream.log", embedding_dim=args.embedding_dim).start()
         try:
             corpus = Corpus(args.vocab, args.seed)
             embedder = Embedder("openai/fake-embed", api_base=upstream.base_url, api_key="fake-key")

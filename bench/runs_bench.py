@@ -41,14 +41,12 @@ import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from typing import Any
 
 import httpx
 
+from bench.upstream import Upstream
 from tests.databases import fresh_database
 from tests.server_process import ServerProcess
 
@@ -79,71 +78,6 @@ def cpu_seconds(pid: int | None = None) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-class Upstream:
-    """The fake upstream as a separate process (its standalone CLI)."""
-
-    def __init__(self, log_path: Path, token_delay_ms: float) -> None:
-        self.log_path = log_path
-        self.token_delay_ms = token_delay_ms
-        self.proc: subprocess.Popen[str] | None = None
-        self.base_url = ""
-
-    def start(self, timeout: float = 30.0) -> Upstream:
-        log = self.log_path.open("a")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.fake_upstream",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--token-delay-ms",
-                str(self.token_delay_ms),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake upstream exited early: {self.log_path.read_text()}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                line = self.proc.stdout.readline()
-                match = re.search(r"listening on (\S+)", line)
-                if match:
-                    self.base_url = match.group(1)  # …/v1
-                    # Keep draining its stdout so it can never block on a full pipe.
-                    threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-                    return self
-        self.stop()
-        raise RuntimeError("fake upstream did not start")
-
-    @property
-    def root(self) -> str:
-        return self.base_url.removesuffix("/v1")
-
-    def set_delay(self, seconds: float) -> None:
-        r = httpx.post(f"{self.root}/__fake__/config", json={"token_delay": seconds}, timeout=10)
-        r.raise_for_status()
-
-    def reset(self) -> None:
-        httpx.post(f"{self.root}/__fake__/reset", timeout=10).raise_for_status()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def server_env(database_url: str, upstream: Upstream, data_dir: Path) -> dict[str, str]:
@@ -751,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="opengrove-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        upstream = Upstream(tmp / "upstream.log", cfg.token_delay_ms).start()
+        upstream = Upstream(tmp / "upstream.log", token_delay_ms=cfg.token_delay_ms).start()
         try:
             for db_name in dbs:
                 print(f"== {db_name} ==", flush=True)

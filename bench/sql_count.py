@@ -33,11 +33,11 @@ from bench.runs_bench import (
     MODEL,
     PG_URL,
     Client,
-    Upstream,
     drive,
     server_env,
     server_stream_run,
 )
+from bench.upstream import Upstream
 from tests.databases import fresh_database
 from tests.server_process import free_port
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="opengrove-sqlcount-") as tmp_name:
         tmp = Path(tmp_name)
-        upstream = Upstream(tmp / "upstream.log", 0).start()
+        upstream = Upstream(tmp / "upstream.log").start()
         try:
             for db in dbs:
                 results[db] = measure(db, args.runs, upstream, tmp)
