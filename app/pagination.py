@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,14 +36,6 @@ def list_params(
 ) -> ListParams:
     # An empty cursor (a previous empty page's last_id) means "no cursor".
     return ListParams(limit=limit, order=order, after=after or None, before=before or None)
-
-
-class ListResponse(BaseModel, Generic[T]):
-    object: Literal["list"] = "list"
-    data: list[T]
-    first_id: str
-    last_id: str
-    has_more: bool
 
 
 @dataclass
