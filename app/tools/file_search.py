@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.retrieval.embeddings import Embedder
 from app.retrieval.index import SearchHit, VectorIndex
-from app.vector_stores.service import search_vector_stores
+from app.vector_stores.service import mark_vector_stores_active, search_vector_stores
 
 TOOL_NAME = "file_search"
 DEFAULT_MAX_RESULTS = 20
@@ -110,6 +110,8 @@ async def run_file_search(
             if key not in best or best[key].score < hit.score:
                 best[key] = hit
     hits = sorted(best.values(), key=lambda h: -h.score)[: settings.max_num_results]
+    # A run searching a store is activity: it pushes back `expires_after` (committed with the step).
+    await mark_vector_stores_active(session, settings.vector_store_ids)
     results = [
         {
             "file_id": h.file_id,

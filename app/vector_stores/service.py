@@ -175,7 +175,13 @@ async def list_vector_stores(session: AsyncSession, params: ListParams) -> Page[
 
 
 async def touch_vector_stores(session: AsyncSession, vector_store_ids: Sequence[str]) -> None:
-    """Mark stores as used now (moves `last_active_at`, and `expires_at` with it); commits."""
+    """Mark stores as used now, and commit."""
+    await mark_vector_stores_active(session, vector_store_ids)
+    await session.commit()
+
+
+async def mark_vector_stores_active(session: AsyncSession, vector_store_ids: Sequence[str]) -> None:
+    """Move `last_active_at` (and `expires_at` with it) to now, in the caller's transaction."""
     if not vector_store_ids:
         return
     stores = (
@@ -185,13 +191,14 @@ async def touch_vector_stores(session: AsyncSession, vector_store_ids: Sequence[
             )
         )
     ).all()
-    stamp = now()
     for store in stores:
-        if is_expired(store):
-            continue
-        store.last_active_at = stamp
-        store.expires_at = _expires_at(store)
-    await session.commit()
+        if not is_expired(store):
+            _mark_active(store)
+
+
+def _mark_active(store: VectorStore) -> None:
+    store.last_active_at = now()
+    store.expires_at = _expires_at(store)
 
 
 async def expire_vector_stores(db: Database) -> int:
@@ -265,8 +272,7 @@ async def create_vector_store_file(
         body.attributes,
         None,
     )
-    store.last_active_at = now()
-    store.expires_at = _expires_at(store)
+    _mark_active(store)
     await session.commit()
     return row
 
@@ -393,8 +399,7 @@ async def create_file_batch(
     await session.flush()
     for file_id, (chunking, attributes) in specs.items():
         await _attach(session, store.id, file_id, chunking, attributes, batch.id)
-    store.last_active_at = now()
-    store.expires_at = _expires_at(store)
+    _mark_active(store)
     await session.commit()
     return batch
 
