@@ -452,7 +452,7 @@ class RunExecution:
             request = self._request(prompt)
             turn = Turn()
             await self._stream_turn(request, turn)
-            outcome = await self._close_turn(turn)
+            outcome = await self._close_turn(turn, request)
             if outcome == "continue":
                 continue
             return
@@ -627,12 +627,14 @@ class RunExecution:
         turn.message_step.completed_at = now()
         self.writer.emit("thread.run.step.completed", render_step(turn.message_step))
 
-    async def _close_turn(self, turn: Turn) -> str:
+    async def _close_turn(self, turn: Turn, request: ChatRequest) -> str:
         """Persist what the model produced and decide: continue, or the run's next state."""
         run = self.run
         finish = turn.finish or Finish("stop", None)
         usage = finish.usage or Usage(
-            count_tokens(run.model, []), count_tokens(run.model, [{"content": "".join(turn.text)}])
+            # The provider sent no usage: estimate it from what was sent and received.
+            count_tokens(run.model, request.messages),
+            count_tokens(run.model, [{"content": "".join(turn.text)}]),
         )
         step_usage = {
             "prompt_tokens": usage.prompt_tokens,
