@@ -1,37 +1,30 @@
-"""Validate every JSON response the SDK receives against ../shared/openai-spec/.
+"""Validate every JSON response the SDK receives against the vendored OpenAI spec.
 
 The SDK's httpx client gets a response hook that maps METHOD + path to the spec's
 operationId and checks the body (errors against ErrorResponse). Tests therefore
 validate every call they make without repeating themselves, and can assert which
-operations were exercised.
+operations were exercised. The spec and the validator live in tests/openapi/.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-SPEC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "openai-spec"
-sys.path.insert(0, str(SPEC_DIR))
+from tests.openapi import validator
 
-import validate as spec_validate  # noqa: E402
-
-_raw_spec = yaml.safe_load((SPEC_DIR / "assistants-openapi.yaml").read_text())
-_ROUTES: list[tuple[str, re.Pattern[str], str]] = []
-for _path, _item in _raw_spec["paths"].items():
-    _pattern = re.compile("^" + re.sub(r"\{[^}]+\}", r"[^/]+", _path) + "$")
-    for _method, _op in _item.items():
-        if isinstance(_op, dict) and "operationId" in _op:
-            _ROUTES.append((_method.upper(), _pattern, _op["operationId"]))
-# Literal segments must win over templates (/threads/runs vs /threads/{thread_id}).
-_ROUTES.sort(key=lambda route: route[1].pattern.count("[^/]+"))
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = sorted(
+    (
+        (method, re.compile("^" + re.sub(r"\{[^}]+\}", r"[^/]+", path) + "$"), operation_id)
+        for operation_id, (method, path) in validator.spec().operations.items()
+    ),
+    # Literal segments must win over templates (/threads/runs vs /threads/{thread_id}).
+    key=lambda route: route[1].pattern.count("[^/]+"),
+)
 
 validated_operations: Counter[str] = Counter()
 
@@ -51,7 +44,7 @@ def check_response(response: httpx.Response) -> None:
         return
     response.read()
     body = json.loads(response.content)
-    spec_validate.validate_response(operation_id, response.status_code, body)
+    validator.validate_response(operation_id, response.status_code, body)
     validated_operations[operation_id] += 1
 
 
@@ -60,8 +53,8 @@ def validating_http_client() -> httpx.Client:
 
 
 def validate_schema(name: str, obj: Any) -> None:
-    spec_validate.validate_schema(name, obj)
+    validator.validate_schema(name, obj)
 
 
 def validate_sse_stream(text: str) -> list[tuple[str, Any]]:
-    return spec_validate.validate_sse_stream(text, require_done=True)
+    return validator.validate_sse_stream(text, require_done=True)
