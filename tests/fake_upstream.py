@@ -1,8 +1,18 @@
-"""A fake OpenAI-compatible upstream (chat completions, embeddings, models) over real HTTP.
+"""A fake LLM upstream over real HTTP, speaking three wire dialects.
 
-Tests and benchmarks point litellm at it (`model="openai/<name>"`,
-`api_base=upstream.base_url`, `api_key="fake"`) so the server's LLM adapter runs through the
-real `litellm.acompletion(..., stream=True)` code path, with no mocking.
+* OpenAI: `POST /v1/chat/completions` (SSE chunks), `/v1/embeddings`, `/v1/models`;
+  litellm `model="openai/<name>"`, `api_base=upstream.base_url`.
+* Anthropic Messages: `POST /v1/messages` (also `/messages`, `/v1/v1/messages`; SSE events
+  `message_start` … `message_stop`, Anthropic error bodies); litellm
+  `model="anthropic/<name>"`, `api_base=upstream.root_url` (litellm appends `/v1/messages`).
+* Ollama native chat: `POST /api/chat` (NDJSON lines, `done: true` with the counts),
+  `GET /api/tags`, `POST /api/show`, `GET /api/version`; errors as `{"error": "..."}`;
+  litellm `model="ollama_chat/<name>"`, `api_base=upstream.root_url`.
+
+One FIFO script of `FakeReply`s drives all three dialects: text, tool calls, finish reasons,
+usage, error statuses, hangs and drops are rendered in whichever dialect the request came in.
+Tests and benchmarks point litellm at it so the server's LLM adapter runs through the real
+`litellm.acompletion(..., stream=True)` code path, with no mocking.
 
 In-process use (uvicorn runs in a background thread with its own event loop)::
 
@@ -12,6 +22,9 @@ In-process use (uvicorn runs in a background thread with its own event loop)::
         upstream.script(FakeReply.error(500), FakeReply.error(500), FakeReply(text="finally"))
         ...
         assert upstream.requests[-1]["messages"][-1]["role"] == "tool"
+        # Any dialect: the raw body plus a normalised, OpenAI-shaped view of the messages.
+        assert upstream.recorded[-1].dialect == "anthropic"
+        assert upstream.recorded[-1].messages[-1]["role"] == "tool"
 
 Standalone (for benchmarks in another process)::
 
@@ -22,7 +35,7 @@ A standalone server can be scripted over HTTP via the `/__fake__/...` control en
 `POST /__fake__/config` with `{"token_delay": seconds}`, `GET /__fake__/requests`,
 `GET /__fake__/stats`).
 
-When the script queue is empty every chat completion gets the default reply: an echo,
+When the script queue is empty every chat request gets the default reply: an echo,
 "Echo: <last user message text>".
 """
 
@@ -57,6 +70,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 DEFAULT_MODELS = ("fake-model", "fake-embed")
+OPENAI, ANTHROPIC, OLLAMA = "openai", "anthropic", "ollama"
+DIALECTS = (OPENAI, ANTHROPIC, OLLAMA)
 
 # Scope key under which our protocol subclass stashes the asyncio transport, so a scripted
 # "connection drop" can really close the socket mid-response (ASGI has no API for that).
@@ -72,6 +87,23 @@ _ERRORS: dict[int, tuple[str, str | None, str]] = {
     502: ("server_error", None, "Bad gateway."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
+
+# Anthropic error types for the injected statuses: (type, message).
+_ANTHROPIC_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("authentication_error", "invalid x-api-key"),
+    403: ("permission_error", "Your API key does not have permission to use this resource."),
+    404: ("not_found_error", "The requested resource could not be found."),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your rate limit."),
+    500: ("api_error", "Internal server error"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+# Finish reasons in a script are OpenAI's; each dialect names them its own way.
+_ANTHROPIC_STOP = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}
+# Ollama says "stop" after tool calls too (there is no "tool_calls" done_reason).
+_OLLAMA_DONE = {"stop": "stop", "tool_calls": "stop", "length": "length"}
 
 _WORD_RE = re.compile(r"\w+")
 # A "token" for streaming: a word with its leading whitespace, like " world" in GPT tokenizers.
@@ -94,19 +126,23 @@ class FakeToolCall:
 
 @dataclass
 class FakeReply:
-    """A scripted chat-completion reply, consumed FIFO by the next chat request.
+    """A scripted chat reply, consumed FIFO by the next chat request of any dialect.
 
-    Content: `text` and/or `tool_calls` (text is streamed first). `finish_reason` defaults to
-    "tool_calls" when there are tool calls, else "stop". `usage` overrides the computed usage.
+    Content: `text` and/or `tool_calls` (text is streamed first). `finish_reason` (OpenAI's
+    names; translated per dialect: Anthropic `end_turn`/`tool_use`/`max_tokens`, Ollama
+    `stop`/`length`) defaults to "tool_calls" when there are tool calls, else "stop". `usage`
+    (OpenAI keys `prompt_tokens`/`completion_tokens`) overrides the computed usage.
 
     Failures (checked in this order):
       - `hang_seconds`: send nothing for that long (ends early if the client disconnects or
         the server stops); a client that is still waiting afterwards gets the normal reply.
-      - `status`: reply with that HTTP status and an OpenAI error body (`Retry-After` header
-        when `retry_after` is set) instead of a completion.
-      - `drop_after_chunks`: close the TCP connection after that many SSE chunks (the first,
-        role-only chunk counts; 0: before any response bytes; non-stream requests are always
-        dropped before the response).
+      - `status`: reply with that HTTP status and the dialect's error body (`Retry-After`
+        header when `retry_after` is set) instead of a completion. `error_type` overrides the
+        error type (OpenAI `type`, Anthropic `error.type`).
+      - `drop_after_chunks`: close the TCP connection after that many stream chunks (SSE
+        chunks/events or NDJSON lines; the first, role-only chunk or `message_start` counts;
+        0: before any response bytes; non-stream requests are always dropped before the
+        response).
     """
 
     text: str | None = None
@@ -196,17 +232,135 @@ def _content_text(content: Any) -> str:
 
 
 def echo_reply(body: dict[str, Any]) -> FakeReply:
-    """The default reply: echo the last user message."""
+    """The default reply: echo the last user message (any dialect)."""
     last = ""
     for message in body.get("messages") or []:
         if isinstance(message, dict) and message.get("role") == "user":
-            last = _content_text(message.get("content"))
+            text = _content_text(message.get("content"))
+            if text or isinstance(message.get("content"), str):
+                last = text  # (an Anthropic user turn of only tool results is not a question)
     return FakeReply(text=f"Echo: {last}")
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
+def normalise_messages(dialect: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A request's messages in OpenAI's shape, whatever the dialect it was sent in.
+
+    Anthropic: the top-level `system` becomes a system message, `tool_use` blocks become
+    `tool_calls` (arguments JSON-encoded), each `tool_result` block becomes a `tool` message.
+    Ollama: tool-call arguments (dicts) are JSON-encoded; `tool` messages carry no call id.
+    Text content is flattened to a string.
+    """
+    if dialect == OPENAI:
+        return list(body.get("messages") or [])
+    out: list[dict[str, Any]] = []
+    if dialect == ANTHROPIC and body.get("system"):
+        out.append({"role": "system", "content": _content_text(body["system"])})
+    for message in body.get("messages") or []:
+        role = message.get("role")
+        content = message.get("content")
+        if dialect == OLLAMA:
+            norm: dict[str, Any] = {"role": role, "content": content or ""}
+            if message.get("tool_calls"):
+                norm["tool_calls"] = [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": _json_text(c["function"].get("arguments")),
+                        },
+                    }
+                    for c in message["tool_calls"]
+                ]
+            out.append(norm)
+            continue
+        if isinstance(content, str):
+            out.append({"role": role, "content": content})
+            continue
+        blocks = [b for b in content or [] if isinstance(b, dict)]
+        text = _content_text(blocks)
+        calls = [
+            {
+                "id": b.get("id"),
+                "type": "function",
+                "function": {"name": b.get("name"), "arguments": _json_text(b.get("input"))},
+            }
+            for b in blocks
+            if b.get("type") == "tool_use"
+        ]
+        results = [
+            {
+                "role": "tool",
+                "tool_call_id": b.get("tool_use_id"),
+                "content": _content_text(b.get("content")),
+            }
+            for b in blocks
+            if b.get("type") == "tool_result"
+        ]
+        out.extend(results)
+        if text or calls or not results:
+            norm = {"role": role, "content": text}
+            if calls:
+                norm["tool_calls"] = calls
+            out.append(norm)
+    return out
+
+
+def last_tool_output(body: dict[str, Any]) -> str:
+    """The text of the tool output a request ends with, in any dialect (for scripted callables,
+    which get the raw body): OpenAI's and Ollama's last `tool` message, or the last
+    `tool_result` block of Anthropic's final user turn."""
+    messages = body.get("messages") or []
+    content = messages[-1].get("content") if messages else None
+    if isinstance(content, list):
+        results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if results:
+            return _content_text(results[-1].get("content"))
+    return _content_text(content)
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value if value is not None else {})
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One chat request as received: its dialect, path, headers and raw JSON body."""
+
+    dialect: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The messages in OpenAI's shape (see `normalise_messages`)."""
+        return normalise_messages(self.dialect, self.body)
+
+    @property
+    def tool_names(self) -> list[str]:
+        """Names of the tools offered to the model, in order."""
+        names = []
+        for tool in self.body.get("tools") or []:
+            function = tool.get("function")
+            names.append(function["name"] if isinstance(function, dict) else tool.get("name"))
+        return names
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.body.get("stream"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dialect": self.dialect, "path": self.path, "body": self.body}
+
+
+def _sse(data: dict[str, Any] | str, event: str | None = None) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return f"data: {payload}\n\n".encode()
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {payload}\n\n".encode()
+
+
+def _ndjson(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
 
 def _make_protocol_class(owner: FakeUpstream) -> type[asyncio.Protocol]:
@@ -243,7 +397,7 @@ def _make_protocol_class(owner: FakeUpstream) -> type[asyncio.Protocol]:
 
 
 class FakeUpstream:
-    """The fake OpenAI-compatible server. See the module docstring."""
+    """The fake LLM server (OpenAI, Anthropic and Ollama dialects). See the module docstring."""
 
     def __init__(
         self,
@@ -269,7 +423,7 @@ class FakeUpstream:
         # Everything below is shared between the test thread and the server thread.
         self._lock = threading.Lock()
         self._queue: collections.deque[ScriptItem] = collections.deque()
-        self._requests: list[dict[str, Any]] = []
+        self._requests: list[RecordedRequest] = []
         self._embedding_requests: list[dict[str, Any]] = []
         self._embedding_failures: collections.deque[int] = collections.deque()
         self._connections = 0
@@ -284,7 +438,14 @@ class FakeUpstream:
 
     @property
     def base_url(self) -> str:
+        """The OpenAI-style base URL (with `/v1`)."""
         return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The server root: litellm's `api_base` for Anthropic (it appends `/v1/messages`) and
+        Ollama (it appends `/api/chat`)."""
+        return f"http://{self.host}:{self.port}"
 
     def script(self, *replies: ScriptItem) -> None:
         """Queue replies (or callables `body -> FakeReply`) for the next chat requests, FIFO."""
@@ -308,12 +469,22 @@ class FakeUpstream:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Snapshot of every chat-completion request body received, oldest first."""
+        """Snapshot of every chat request's raw JSON body (any dialect), oldest first."""
+        with self._lock:
+            return [r.body for r in self._requests]
+
+    @property
+    def last_request(self) -> dict[str, Any]:
+        return self.last_recorded.body
+
+    @property
+    def recorded(self) -> list[RecordedRequest]:
+        """Every chat request with its dialect, path and headers (`.messages`: normalised)."""
         with self._lock:
             return list(self._requests)
 
     @property
-    def last_request(self) -> dict[str, Any]:
+    def last_recorded(self) -> RecordedRequest:
         with self._lock:
             if not self._requests:
                 raise AssertionError("the fake upstream has received no chat request")
@@ -435,9 +606,10 @@ class FakeUpstream:
         with self._lock:
             self._connections += 1
 
-    def _next_reply(self, body: dict[str, Any]) -> FakeReply:
+    def _next_reply(self, record: RecordedRequest) -> FakeReply:
+        body = record.body
         with self._lock:
-            self._requests.append(body)
+            self._requests.append(record)
             item = self._queue.popleft() if self._queue else None
         if item is None:
             return self.default_reply(body)
@@ -461,7 +633,12 @@ class FakeUpstream:
             return
 
         if method == "POST" and path == "/v1/chat/completions":
-            await self._chat(scope, receive, send, data)
+            await self._chat(scope, receive, send, self._record(OPENAI, scope, data))
+        elif method == "POST" and path.endswith("/messages"):
+            # /v1/messages; litellm given an api_base ending in /v1 sends /v1/v1/messages.
+            await self._chat(scope, receive, send, self._record(ANTHROPIC, scope, data))
+        elif path.startswith(("/api/", "/v1/api/")):
+            await self._ollama(scope, receive, send, method, path.removeprefix("/v1"), data)
         elif method == "POST" and path == "/v1/embeddings":
             await self._embeddings(send, data)
         elif method == "GET" and path == "/v1/models":
@@ -473,6 +650,29 @@ class FakeUpstream:
             await self._control(send, method, path.removeprefix("/__fake__/"), data)
         else:
             await _send_error(send, 404, f"Unknown endpoint {method} {path}.", code="not_found")
+
+    @staticmethod
+    def _record(dialect: str, scope: Scope, body: Any) -> RecordedRequest:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if not isinstance(body, dict):
+            body = {"_body": body}
+        return RecordedRequest(dialect, scope["path"], headers, body)
+
+    async def _ollama(
+        self, scope: Scope, receive: Receive, send: Send, method: str, path: str, data: Any
+    ) -> None:
+        if method == "POST" and path == "/api/chat":
+            await self._chat(scope, receive, send, self._record(OLLAMA, scope, data))
+        elif method == "GET" and path == "/api/tags":
+            tags = [_ollama_tag(m) for m in self.models]
+            await _send_json(send, 200, {"models": tags})
+        elif method == "POST" and path == "/api/show":
+            # litellm reads tool support from the template and the context length from here.
+            await _send_json(send, 200, _ollama_show(str(data.get("name") or data.get("model"))))
+        elif method == "GET" and path == "/api/version":
+            await _send_json(send, 200, {"version": "0.12.0"})
+        else:
+            await _send_json(send, 404, {"error": f"unknown endpoint {method} {path}"})
 
     @staticmethod
     def _model_obj(model_id: str) -> dict[str, Any]:
@@ -491,7 +691,8 @@ class FakeUpstream:
                 self.token_delay = float(data["token_delay"])
             await _send_json(send, 200, {"token_delay": self.token_delay})
         elif method == "GET" and what == "requests":
-            await _send_json(send, 200, {"requests": self.requests})
+            log = [r.to_dict() for r in self.recorded]
+            await _send_json(send, 200, {"requests": [r["body"] for r in log], "log": log})
         elif method == "GET" and what == "stats":
             stats = {
                 "requests": len(self.requests),
@@ -539,29 +740,32 @@ class FakeUpstream:
             },
         )
 
-    async def _chat(self, scope: Scope, receive: Receive, send: Send, data: dict[str, Any]) -> None:
-        reply = self._next_reply(data)
+    async def _chat(
+        self, scope: Scope, receive: Receive, send: Send, record: RecordedRequest
+    ) -> None:
+        dialect, data = record.dialect, record.body
+        reply = self._next_reply(record)
 
         if reply.hang_seconds is not None and reply.hang_seconds > 0:
             outcome = await self._hang(receive, reply.hang_seconds)
             if outcome == "disconnected":
                 return
             if outcome == "stopping":
-                await _send_error(
-                    send, 503, "The fake upstream is shutting down.", etype="server_error"
+                await _send_dialect_error(
+                    send, dialect, 503, "The fake upstream is shutting down.", "server_error"
                 )
                 return
         if reply.status is not None:
-            etype, code, msg = _ERRORS.get(reply.status, ("api_error", None, "Injected error."))
             headers = []
             if reply.retry_after is not None:
                 headers.append((b"retry-after", _fmt_seconds(reply.retry_after).encode()))
-            await _send_error(
+            await _send_dialect_error(
                 send,
+                dialect,
                 reply.status,
-                reply.error_message or msg,
-                etype=reply.error_type or etype,
-                code=reply.error_code or code,
+                reply.error_message,
+                reply.error_type,
+                code=reply.error_code,
                 headers=headers,
             )
             return
@@ -571,32 +775,29 @@ class FakeUpstream:
             await _drop(scope, receive)
             return
 
-        rendered = _RenderedReply(reply, data)
+        rendered = _RenderedReply(reply, data, dialect)
         if not data.get("stream"):
-            await _send_json(send, 200, rendered.completion())
+            await _send_json(send, 200, rendered.body())
             return
 
-        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         delay = self.token_delay if reply.token_delay is None else reply.token_delay
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-request-id", rendered.id.encode()),
-                ],
-            }
-        )
-        for sent, payload in enumerate(rendered.chunks(include_usage)):
+        content_type = b"application/x-ndjson" if dialect == OLLAMA else b"text/event-stream"
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+        if dialect == OPENAI:
+            headers.append((b"x-request-id", rendered.id.encode()))
+        elif dialect == ANTHROPIC:
+            headers.append((b"request-id", f"req_{uuid.uuid4().hex[:24]}".encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for sent, payload in enumerate(rendered.stream()):
             if reply.drop_after_chunks is not None and sent >= reply.drop_after_chunks:
                 await _drop(scope, receive)
                 return
             if sent and delay > 0:
                 await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": _sse(payload), "more_body": True})
-        await send({"type": "http.response.body", "body": _sse("[DONE]"), "more_body": False})
+            await send({"type": "http.response.body", "body": payload, "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": rendered.stream_end(), "more_body": False}
+        )
 
     async def _hang(self, receive: Receive, seconds: float) -> str:
         """Wait up to `seconds`: "elapsed", or "disconnected"/"stopping" if that came first."""
@@ -621,16 +822,21 @@ class FakeUpstream:
 
 
 class _RenderedReply:
-    """A FakeReply rendered for one request: the non-stream body or the stream's chunks."""
+    """A FakeReply rendered for one request in its dialect: the non-stream body or the
+    stream's chunks (bytes: SSE events, or NDJSON lines for Ollama)."""
 
-    def __init__(self, reply: FakeReply, request: dict[str, Any]) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    def __init__(self, reply: FakeReply, request: dict[str, Any], dialect: str = OPENAI) -> None:
+        self.dialect = dialect
+        self.request = request
+        prefix = {OPENAI: "chatcmpl-", ANTHROPIC: "msg_", OLLAMA: ""}[dialect]
+        self.id = f"{prefix}{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model = str(request.get("model", "fake-model"))
         self.text = reply.text
         self.text_tokens: list[str] = _STREAM_TOKEN_RE.findall(reply.text) if reply.text else []
+        call_prefix = "toolu_" if dialect == ANTHROPIC else "call_"
         self.calls = [
-            (c.id or f"call_{uuid.uuid4().hex[:24]}", c.name, c.arguments_json())
+            (c.id or f"{call_prefix}{uuid.uuid4().hex[:24]}", c.name, c.arguments_json())
             for c in reply.tool_calls
         ]
         size = max(1, reply.arg_chunk_chars)
@@ -641,6 +847,33 @@ class _RenderedReply:
         self.finish_reason = reply.finish_reason or ("tool_calls" if self.calls else "stop")
         completion_tokens = len(self.text_tokens) + sum(map(len, self.fragments))
         self.usage = reply.usage or _usage(request, completion_tokens)
+
+    # ------------------------------------------------------------- any dialect
+
+    def body(self) -> dict[str, Any]:
+        if self.dialect == ANTHROPIC:
+            return self.anthropic_message()
+        if self.dialect == OLLAMA:
+            return self.ollama_final(self.ollama_message(self.text or "", with_calls=True))
+        return self.completion()
+
+    def stream(self) -> Iterator[bytes]:
+        if self.dialect == ANTHROPIC:
+            for name, event in self.anthropic_events():
+                yield _sse(event, event=name)
+        elif self.dialect == OLLAMA:
+            for line in self.ollama_lines():
+                yield _ndjson(line)
+        else:
+            include = bool((self.request.get("stream_options") or {}).get("include_usage"))
+            for chunk in self.chunks(include):
+                yield _sse(chunk)
+
+    def stream_end(self) -> bytes:
+        """The last bytes of a complete stream (OpenAI's `[DONE]`; nothing for the others)."""
+        return _sse("[DONE]") if self.dialect == OPENAI else b""
+
+    # ------------------------------------------------------------- OpenAI
 
     def completion(self) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
@@ -688,15 +921,148 @@ class _RenderedReply:
             "system_fingerprint": "fp_fake",
         }
 
+    # ------------------------------------------------------------- Anthropic
+
+    @property
+    def stop_reason(self) -> str:
+        return _ANTHROPIC_STOP.get(self.finish_reason, self.finish_reason)
+
+    def anthropic_message(self) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if self.text:
+            content.append({"type": "text", "text": self.text})
+        for cid, name, args in self.calls:
+            content.append({"type": "tool_use", "id": cid, "name": name, "input": _loads(args)})
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": self.stop_reason,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": self.usage.get("prompt_tokens", 0),
+                "output_tokens": self.usage.get("completion_tokens", 0),
+            },
+        }
+
+    def anthropic_events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event name, data) pairs, as the Messages API streams them."""
+        start = {**self.anthropic_message(), "content": [], "stop_reason": None}
+        start["usage"] = {"input_tokens": self.usage.get("prompt_tokens", 0), "output_tokens": 1}
+        yield "message_start", {"type": "message_start", "message": start}
+        yield "ping", {"type": "ping"}
+        index = 0
+        if self.text_tokens:
+            block = {"type": "text", "text": ""}
+            yield "content_block_start", _block_start(index, block)
+            for token in self.text_tokens:
+                yield "content_block_delta", _block_delta(index, "text_delta", text=token)
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
+        for (cid, name, _), frags in zip(self.calls, self.fragments, strict=True):
+            block = {"type": "tool_use", "id": cid, "name": name, "input": {}}
+            yield "content_block_start", _block_start(index, block)
+            for frag in frags:
+                yield "content_block_delta", _block_delta(index, "input_json_delta", frag)
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
+        delta = {"stop_reason": self.stop_reason, "stop_sequence": None}
+        usage = {"output_tokens": self.usage.get("completion_tokens", 0)}
+        yield "message_delta", {"type": "message_delta", "delta": delta, "usage": usage}
+        yield "message_stop", {"type": "message_stop"}
+
+    # ------------------------------------------------------------- Ollama
+
+    def ollama_message(self, content: str, *, with_calls: bool = False) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if with_calls and self.calls:
+            message["tool_calls"] = [
+                {"function": {"name": name, "arguments": _loads(args)}}
+                for _, name, args in self.calls
+            ]
+        return message
+
+    def ollama_chunk(self, message: dict[str, Any]) -> dict[str, Any]:
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(self.created))
+        return {"model": self.model, "created_at": created_at, "message": message, "done": False}
+
+    def ollama_final(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.ollama_chunk(message),
+            "done": True,
+            "done_reason": _OLLAMA_DONE.get(self.finish_reason, self.finish_reason),
+            "total_duration": 1_000_000,
+            "load_duration": 1_000,
+            "prompt_eval_count": self.usage.get("prompt_tokens", 0),
+            "prompt_eval_duration": 1_000,
+            "eval_count": self.usage.get("completion_tokens", 0),
+            "eval_duration": 1_000,
+        }
+
+    def ollama_lines(self) -> Iterator[dict[str, Any]]:
+        """Ollama streams text token by token, and tool calls whole, in one chunk."""
+        for token in self.text_tokens:
+            yield self.ollama_chunk(self.ollama_message(token))
+        if self.calls:
+            yield self.ollama_chunk(self.ollama_message("", with_calls=True))
+        yield self.ollama_final(self.ollama_message(""))
+
+
+def _block_start(index: int, block: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "content_block_start", "index": index, "content_block": block}
+
+
+def _block_delta(
+    index: int, kind: str, partial_json: str | None = None, text: str | None = None
+) -> dict[str, Any]:
+    delta = {"type": kind, "text": text} if text is not None else {"type": kind}
+    if partial_json is not None:
+        delta["partial_json"] = partial_json
+    return {"type": "content_block_delta", "index": index, "delta": delta}
+
+
+def _loads(arguments: str) -> Any:
+    """Tool arguments as JSON for dialects that send objects (broken JSON stays a string)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
+
 
 def _usage(request: dict[str, Any], completion_tokens: int) -> dict[str, int]:
     messages = request.get("messages") or []
     # ~4 tokens of per-message overhead, like the real chat format.
     prompt = _count_words(messages) + 4 * len(messages) + _count_words(request.get("tools"))
+    prompt += _count_words(request.get("system"))  # Anthropic's top-level system prompt
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
+    }
+
+
+def _ollama_tag(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": "2025-01-01T00:00:00Z",
+        "size": 1,
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": {"format": "gguf", "family": "llama", "parameter_size": "1B"},
+    }
+
+
+def _ollama_show(name: str) -> dict[str, Any]:
+    return {
+        "modelfile": f"FROM {name}",
+        "parameters": "",
+        # litellm decides tool support by looking for "tools" in the template.
+        "template": "{{ if .Tools }}[AVAILABLE_TOOLS] {{ .Tools }}{{ end }}{{ .Prompt }}",
+        "details": {"format": "gguf", "family": "llama", "parameter_size": "1B"},
+        "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
+        "capabilities": ["completion", "tools"],
     }
 
 
@@ -733,6 +1099,40 @@ async def _send_error(
 ) -> None:
     error = {"message": message, "type": etype, "param": None, "code": code}
     await _send_json(send, status, {"error": error}, headers)
+
+
+async def _send_dialect_error(
+    send: Send,
+    dialect: str,
+    status: int,
+    message: str | None = None,
+    etype: str | None = None,
+    *,
+    code: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """An error response shaped like the dialect's real API (defaults per status)."""
+    if dialect == ANTHROPIC:
+        default_type, default_msg = _ANTHROPIC_ERRORS.get(
+            status, ("api_error" if status >= 500 else "invalid_request_error", "Injected error.")
+        )
+        error = {"type": etype or default_type, "message": message or default_msg}
+        await _send_json(send, status, {"type": "error", "error": error}, headers)
+    elif dialect == OLLAMA:
+        default = _ERRORS.get(status, ("", None, "Injected error."))[2]
+        await _send_json(send, status, {"error": message or default}, headers)
+    else:
+        default_etype, default_code, default_msg = _ERRORS.get(
+            status, ("api_error", None, "Injected error.")
+        )
+        await _send_error(
+            send,
+            status,
+            message or default_msg,
+            etype=etype or default_etype,
+            code=code or default_code,
+            headers=headers,
+        )
 
 
 async def _drop(scope: Scope, receive: Receive) -> None:

@@ -21,7 +21,15 @@ import httpx
 import litellm
 import pytest
 
-from tests.fake_upstream import FakeReply, FakeToolCall, FakeUpstream, fake_embedding
+from tests.fake_upstream import (
+    FakeReply,
+    FakeToolCall,
+    FakeUpstream,
+    RecordedRequest,
+    echo_reply,
+    fake_embedding,
+    last_tool_output,
+)
 
 MODEL = "openai/fake-model"
 HI = [{"role": "user", "content": "hi"}]
@@ -395,6 +403,15 @@ def test_control_endpoints_script_a_standalone_process() -> None:
             assert stats["requests"] == 1 and stats["pending"] == 0
             logged = client.get(f"{root}/__fake__/requests").json()["requests"]
             assert logged == [body]
+            # The same script drives the other dialects.
+            assert client.post(f"{root}/__fake__/script", json={"text": "hej"}).status_code == 200
+            message = client.post(f"{root}/v1/messages", json={"messages": HI}).json()
+            assert message["content"] == [{"type": "text", "text": "hej"}]
+            log = client.get(f"{root}/__fake__/requests").json()["log"]
+            assert [(r["dialect"], r["path"]) for r in log] == [
+                ("openai", "/v1/chat/completions"),
+                ("anthropic", "/v1/messages"),
+            ]
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
@@ -405,3 +422,349 @@ def _tool(name: str) -> dict[str, Any]:
         "type": "function",
         "function": {"name": name, "parameters": {"type": "object", "properties": {}}},
     }
+
+
+# ----------------------------------------------------------------- Anthropic Messages dialect
+
+CLAUDE = "anthropic/claude-fake"
+OLLAMA_MODEL = "ollama_chat/llama-fake"
+
+
+async def provider_chunks(upstream: FakeUpstream, model: str, **kwargs: Any) -> list[Any]:
+    kwargs.setdefault("messages", HI)
+    response = await litellm.acompletion(
+        model=model,
+        api_base=upstream.root_url,
+        api_key="fake",
+        stream=True,
+        stream_options={"include_usage": True},
+        num_retries=0,
+        **kwargs,
+    )
+    return [chunk async for chunk in response]
+
+
+def tool_calls_of(chunks: list[Any]) -> dict[int, dict[str, Any]]:
+    """Tool-call deltas reassembled per index, as the adapter does."""
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            call = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = call["id"] or tc.id
+            call["name"] += tc.function.name or ""
+            call["arguments"] += tc.function.arguments or ""
+    return calls
+
+
+def usage_of(chunks: list[Any]) -> tuple[int, int]:
+    (usage,) = [c.usage for c in chunks if getattr(c, "usage", None)]
+    return usage.prompt_tokens, usage.completion_tokens
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        name, data = block.split("\n")
+        events.append((name.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
+    return events
+
+
+async def test_anthropic_stream_through_litellm(upstream: FakeUpstream) -> None:
+    upstream.script(
+        FakeReply(
+            text="Let me check.",
+            tool_calls=[
+                FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_1"),
+                FakeToolCall("search", {"query": "opengrove", "limit": 5}),
+            ],
+            usage={"prompt_tokens": 12, "completion_tokens": 9},
+        )
+    )
+    messages = [{"role": "system", "content": "Be terse."}, *HI]
+    chunks = await provider_chunks(
+        upstream, CLAUDE, messages=messages, tools=[_tool("get_weather"), _tool("search")]
+    )
+    assert text_of(chunks) == "Let me check."
+    calls = tool_calls_of(chunks)
+    assert [calls[i]["name"] for i in (0, 1)] == ["get_weather", "search"]
+    assert calls[0]["id"] == "toolu_1" and calls[1]["id"].startswith("toolu_")
+    assert json.loads(calls[1]["arguments"]) == {"query": "opengrove", "limit": 5}
+    assert finish_reasons(chunks) == ["tool_calls"]  # Anthropic's stop_reason "tool_use"
+    assert usage_of(chunks) == (12, 9)
+
+    record = upstream.last_recorded
+    assert (record.dialect, record.path, record.stream) == ("anthropic", "/v1/messages", True)
+    assert record.headers["x-api-key"] == "fake" and record.headers["anthropic-version"]
+    assert record.body["system"] == [{"type": "text", "text": "Be terse."}]
+    assert record.tool_names == ["get_weather", "search"]
+    assert record.messages == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "hi"},
+    ]
+    assert upstream.last_request is record.body
+
+
+async def test_anthropic_raw_sse_events(upstream: FakeUpstream) -> None:
+    upstream.script(FakeReply(text="a b", tool_calls=[FakeToolCall("f", {"x": 1})]))
+    body = {"model": "claude-fake", "max_tokens": 64, "stream": True, "messages": HI}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{upstream.root_url}/v1/messages", json=body)
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["request-id"].startswith("req_")
+    events = sse_events(response.text)
+    assert all(name == data["type"] for name, data in events)
+    assert [name for name, _ in events] == [
+        "message_start",
+        "ping",
+        "content_block_start",
+        *["content_block_delta"] * 2,
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    start = events[0][1]["message"]
+    assert start["id"].startswith("msg_") and start["role"] == "assistant"
+    assert start["content"] == [] and start["usage"]["input_tokens"] > 0
+    assert events[2][1]["content_block"] == {"type": "text", "text": ""}
+    assert events[3][1]["delta"] == {"type": "text_delta", "text": "a"}
+    tool_block = events[6][1]
+    assert tool_block["index"] == 1 and tool_block["content_block"]["type"] == "tool_use"
+    assert tool_block["content_block"]["name"] == "f"
+    assert events[7][1]["delta"] == {"type": "input_json_delta", "partial_json": '{"x": 1}'}
+    message_delta = events[-2][1]
+    assert message_delta["delta"]["stop_reason"] == "tool_use"
+    assert message_delta["usage"]["output_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("finish", "stop_reason"),
+    [
+        (None, "tool_use"),
+        ("stop", "end_turn"),
+        ("length", "max_tokens"),
+        ("stop_sequence", "stop_sequence"),  # not an OpenAI name: passed through
+    ],
+)
+async def test_anthropic_non_stream_message(
+    upstream: FakeUpstream, finish: str | None, stop_reason: str
+) -> None:
+    upstream.script(
+        FakeReply(text="done", tool_calls=[FakeToolCall("f", {"x": 1})], finish_reason=finish)
+    )
+    body = {"model": "claude-fake", "max_tokens": 64, "messages": HI}
+    async with httpx.AsyncClient() as client:
+        # litellm sends /v1/messages; a bare /messages and a doubled /v1/v1/messages also work.
+        response = await client.post(f"{upstream.base_url}/v1/messages", json=body)
+    message = response.json()
+    assert message["type"] == "message" and message["stop_reason"] == stop_reason
+    assert message["content"][0] == {"type": "text", "text": "done"}
+    assert message["content"][1]["type"] == "tool_use"
+    assert message["content"][1]["input"] == {"x": 1}
+    assert message["usage"]["input_tokens"] > 0 and message["usage"]["output_tokens"] > 0
+    assert upstream.last_recorded.path == "/v1/v1/messages"
+
+
+async def test_anthropic_non_stream_through_litellm(upstream: FakeUpstream) -> None:
+    upstream.script(FakeReply(tool_calls=[FakeToolCall("lookup", {"id": 7}, id="toolu_7")]))
+    response = await litellm.acompletion(
+        model=CLAUDE, api_base=upstream.root_url, api_key="fake", messages=HI, num_retries=0
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls[0].id == "toolu_7"
+    assert json.loads(choice.message.tool_calls[0].function.arguments) == {"id": 7}
+    assert response.usage.prompt_tokens > 0 and response.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "exception"),
+    [
+        (400, "invalid_request_error", litellm.BadRequestError),
+        (401, "authentication_error", litellm.AuthenticationError),
+        (429, "rate_limit_error", litellm.RateLimitError),
+        (500, "api_error", litellm.InternalServerError),
+        (529, "overloaded_error", litellm.InternalServerError),
+    ],
+)
+async def test_anthropic_errors(
+    upstream: FakeUpstream, status: int, error_type: str, exception: type[Exception]
+) -> None:
+    upstream.script(FakeReply.error(status, retry_after=3))
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{upstream.root_url}/messages", json={"messages": HI})
+    assert response.status_code == status and response.headers["retry-after"] == "3"
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == error_type
+    assert body["error"]["message"]
+
+    upstream.script(FakeReply.error(status))
+    with pytest.raises(exception) as excinfo:
+        await provider_chunks(upstream, CLAUDE)
+    assert error_type in str(excinfo.value)
+
+
+# ----------------------------------------------------------------- Ollama native chat dialect
+
+
+async def test_ollama_stream_through_litellm(upstream: FakeUpstream) -> None:
+    litellm.register_model(
+        {"ollama/llama-fake": {"litellm_provider": "ollama", "supports_function_calling": True}}
+    )
+    upstream.script(
+        FakeReply(
+            text="Let me check.",
+            tool_calls=[
+                FakeToolCall("get_weather", {"city": "Paris"}),
+                FakeToolCall("get_weather", {"city": "Oslo"}),
+            ],
+            usage={"prompt_tokens": 21, "completion_tokens": 4},
+        )
+    )
+    chunks = await provider_chunks(upstream, OLLAMA_MODEL, tools=[_tool("get_weather")])
+    assert text_of(chunks) == "Let me check."
+    calls = tool_calls_of(chunks)
+    assert [json.loads(calls[i]["arguments"]) for i in (0, 1)] == [
+        {"city": "Paris"},
+        {"city": "Oslo"},
+    ]
+    assert calls[0]["id"] and calls[0]["id"] != calls[1]["id"]  # litellm makes up uuids
+    assert finish_reasons(chunks) == ["stop"]  # Ollama has no "tool_calls" done_reason
+    assert usage_of(chunks) == (21, 4)
+    record = upstream.last_recorded
+    assert (record.dialect, record.path) == ("ollama", "/api/chat")
+    assert record.headers["authorization"] == "Bearer fake"
+    assert record.tool_names == ["get_weather"] and "format" not in record.body
+
+
+async def test_ollama_raw_ndjson_lines(upstream: FakeUpstream) -> None:
+    upstream.script(FakeReply(text="a b", tool_calls=[FakeToolCall("f", {"x": 1})]))
+    body = {"model": "llama-fake", "stream": True, "messages": HI, "options": {}}
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{upstream.root_url}/api/chat", json=body)
+    assert response.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line["message"]["content"] for line in lines] == ["a", " b", "", ""]
+    assert [line["done"] for line in lines] == [False, False, False, True]
+    assert all(line["model"] == "llama-fake" and line["created_at"] for line in lines)
+    assert lines[2]["message"]["tool_calls"] == [{"function": {"name": "f", "arguments": {"x": 1}}}]
+    final = lines[-1]
+    assert final["done_reason"] == "stop"
+    assert final["prompt_eval_count"] > 0 and final["eval_count"] > 0
+
+
+async def test_ollama_non_stream_and_model_endpoints(upstream: FakeUpstream) -> None:
+    upstream.script(FakeReply(text="cut", finish_reason="length"))
+    async with httpx.AsyncClient(base_url=upstream.root_url) as client:
+        reply = (await client.post("/api/chat", json={"model": "m", "messages": HI})).json()
+        tags = (await client.get("/api/tags")).json()
+        show = (await client.post("/api/show", json={"name": "llama-fake"})).json()
+        missing = await client.get("/api/nope")
+    assert reply["done"] is True and reply["done_reason"] == "length"
+    assert reply["message"] == {"role": "assistant", "content": "cut"}
+    assert {t["name"] for t in tags["models"]} == {"fake-model", "fake-embed"}
+    assert "tools" in show["template"].lower() and "tools" in show["capabilities"]
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+async def test_ollama_errors(upstream: FakeUpstream) -> None:
+    upstream.script(FakeReply.error(500, "model crashed"))
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{upstream.root_url}/api/chat", json={"messages": HI})
+    assert response.status_code == 500 and response.json() == {"error": "model crashed"}
+
+    # litellm 1.80 reports any Ollama HTTP error as APIConnectionError (status 500); the
+    # provider's status survives only in the chained exception.
+    upstream.script(FakeReply.error(429))
+    with pytest.raises(litellm.APIConnectionError) as excinfo:
+        await provider_chunks(upstream, OLLAMA_MODEL)
+    chained = excinfo.value.__cause__ or excinfo.value.__context__
+    assert getattr(chained, "status_code", None) == 429
+
+
+# ----------------------------------------------------------------- across dialects
+
+RAW_CHAT = {
+    "openai": ("/v1/chat/completions", {"model": "m"}),
+    "anthropic": ("/v1/messages", {"model": "m", "max_tokens": 64}),
+    "ollama": ("/api/chat", {"model": "m", "options": {}}),
+}
+
+
+@pytest.mark.parametrize("dialect", sorted(RAW_CHAT))
+async def test_drop_mid_stream_in_every_dialect(upstream: FakeUpstream, dialect: str) -> None:
+    path, body = RAW_CHAT[dialect]
+    upstream.script(FakeReply.drop(after_chunks=2, text="one two three four five"))
+    received: list[str] = []
+    async with httpx.AsyncClient() as client:
+        body = {**body, "stream": True, "messages": HI}
+        async with client.stream("POST", f"{upstream.root_url}{path}", json=body) as r:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async for line in r.aiter_lines():
+                    if line.startswith(("data:", "{")):
+                        received.append(line)
+    assert len(received) == 2
+    assert upstream.last_recorded.dialect == dialect
+
+
+@pytest.mark.parametrize("model", [CLAUDE, OLLAMA_MODEL])
+async def test_hang_and_echo_in_other_dialects(upstream: FakeUpstream, model: str) -> None:
+    upstream.script(FakeReply.hang(30))
+    # litellm 1.80 wraps an Ollama timeout in APIConnectionError.
+    with pytest.raises((litellm.Timeout, litellm.APIConnectionError), match="Timeout"):
+        await provider_chunks(upstream, model, timeout=0.5)
+    assert text_of(await provider_chunks(upstream, model)) == "Echo: hi"
+
+
+def test_normalised_messages_of_an_anthropic_tool_turn() -> None:
+    body = {
+        "system": [{"type": "text", "text": "Be terse."}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Weather?"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "c1", "name": "w", "input": {"city": "Rome"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "warm"}],
+            },
+        ],
+    }
+    record = RecordedRequest("anthropic", "/v1/messages", {}, body)
+    assert record.messages == [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "Weather?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "w", "arguments": '{"city": "Rome"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "warm"},
+    ]
+    assert last_tool_output(body) == "warm"
+    assert echo_reply(body).text == "Echo: Weather?"  # a turn of tool results is no question
+    ollama = {
+        "messages": [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "w", "arguments": {"a": 1}}}],
+            },
+            {"role": "tool", "content": "out"},
+        ]
+    }
+    normalised = RecordedRequest("ollama", "/api/chat", {}, ollama).messages
+    assert normalised[0]["tool_calls"][0]["function"] == {"name": "w", "arguments": '{"a": 1}'}
+    assert last_tool_output(ollama) == "out"
