@@ -38,7 +38,11 @@ def upstream(fake_upstream: FakeUpstream) -> Iterator[FakeUpstream]:
 
 
 def server_env(database_url: str, upstream: FakeUpstream, data_dir: Path) -> dict[str, str]:
-    """Settings for a test server whose models all live on the fake upstream."""
+    """Settings for a test server whose models all live on the fake upstream.
+
+    One alias per wire dialect the fake speaks: `fake-model` (OpenAI chat completions),
+    `fake-anthropic` (Anthropic Messages) and `fake-ollama` (Ollama's native /api/chat).
+    """
     model_config = data_dir / "models.yaml"
     model_config.parent.mkdir(parents=True, exist_ok=True)
     model_config.write_text(
@@ -46,6 +50,14 @@ def server_env(database_url: str, upstream: FakeUpstream, data_dir: Path) -> dic
         "  - name: fake-model\n"
         "    model: openai/fake-model\n"
         f"    api_base: {upstream.base_url}\n"
+        "    api_key_env: FAKE_UPSTREAM_KEY\n"
+        "  - name: fake-anthropic\n"
+        "    model: anthropic/claude-fake\n"
+        f"    api_base: {upstream.root_url}\n"  # litellm appends /v1/messages
+        "    api_key_env: FAKE_UPSTREAM_KEY\n"
+        "  - name: fake-ollama\n"
+        "    model: ollama_chat/llama-fake\n"
+        f"    api_base: {upstream.root_url}\n"  # litellm appends /api/chat
         "    api_key_env: FAKE_UPSTREAM_KEY\n"
     )
     return {

@@ -3,24 +3,11 @@ stores, the step records the results, and the answer cites the right file."""
 
 from __future__ import annotations
 
-import io
-from typing import Any
-
 import openai
 import pytest
 
 from tests.fake_upstream import FakeReply, FakeToolCall, FakeUpstream
-
-
-def upload(client: openai.OpenAI, name: str, text: str) -> Any:
-    return client.files.create(file=(name, io.BytesIO(text.encode())), purpose="assistants")
-
-
-def cite_first_result(body: dict[str, Any]) -> FakeReply:
-    """The fake model answers from the tool output it was given, citing its first marker."""
-    output = body["messages"][-1]["content"]
-    marker = output.split("\n")[2]  # "Search results …", blank line, then the first marker
-    return FakeReply(text=f"The launch code is in the manual {marker}.")
+from tests.helpers import cite_first_result, upload
 
 
 def test_file_search_run_cites_the_right_file(

@@ -11,20 +11,8 @@ import pytest
 from openai import AssistantEventHandler
 
 from tests.fake_upstream import FakeReply, FakeToolCall, FakeUpstream
+from tests.helpers import WEATHER, texts
 from tests.spec_check import validate_schema, validate_sse_stream
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture
@@ -32,13 +20,6 @@ def assistant(client: openai.OpenAI) -> Any:
     return client.beta.assistants.create(
         model="fake-model", instructions="You are terse.", tools=[WEATHER]
     )
-
-
-def texts(client: openai.OpenAI, thread_id: str) -> list[tuple[str, str]]:
-    return [
-        (m.role, m.content[0].text.value)
-        for m in client.beta.threads.messages.list(thread_id, order="asc")
-    ]
 
 
 def test_create_and_poll_completes(

@@ -19,7 +19,8 @@ def test_health(base_url: str) -> None:
 
 def test_models(client: openai.OpenAI) -> None:
     models = client.models.list()
-    assert [m.id for m in models.data] == ["gpt-4o", "fake-model"]
+    # Configured names, then the aliases of the model config file.
+    assert [m.id for m in models.data] == ["gpt-4o", "fake-model", "fake-anthropic", "fake-ollama"]
     assert client.models.retrieve("fake-model").id == "fake-model"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")

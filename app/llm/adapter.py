@@ -109,7 +109,10 @@ _RETRYABLE = (
 def _classify(exc: Exception) -> LLMError:
     if isinstance(exc, LLMError):
         return exc
-    if isinstance(exc, litellm.RateLimitError):
+    # litellm reports Ollama's HTTP errors as APIConnectionError (status 500); the provider's
+    # own error, with the real status, is the chained exception.
+    chained = exc.__cause__ or exc.__context__
+    if isinstance(exc, litellm.RateLimitError) or getattr(chained, "status_code", None) == 429:
         return LLMError("rate_limit_exceeded", f"The model provider is rate limiting: {exc}")
     if isinstance(exc, litellm.ContextWindowExceededError | litellm.ContentPolicyViolationError):
         return LLMError("invalid_prompt", str(exc))
@@ -118,6 +121,20 @@ def _classify(exc: Exception) -> LLMError:
     if isinstance(exc, litellm.APIConnectionError):
         return LLMError("server_error", f"Could not reach the model provider: {exc}")
     return LLMError("server_error", f"The model provider returned an error: {exc}")
+
+
+def _native_ollama_tools(model: str) -> None:
+    """Make litellm send tools to Ollama natively. For a model missing from its model map,
+    litellm asks OLLAMA_API_BASE's /api/show (not the route's api_base) whether the model
+    takes tools; when that fails it silently swaps the tools for a JSON-mode prompt (and sets
+    `litellm.add_function_to_prompt` process-wide). Ollama itself rejects tools clearly (400)
+    for a model that cannot use them."""
+    provider, _, name = model.partition("/")
+    if provider in ("ollama", "ollama_chat") and name:
+        info = litellm.model_cost.setdefault(
+            f"ollama/{name}", {"litellm_provider": "ollama", "mode": "chat"}
+        )
+        info.setdefault("supports_function_calling", True)
 
 
 def _call_kwargs(request: ChatRequest, timeout: float) -> dict[str, Any]:
@@ -153,6 +170,8 @@ async def stream_chat(
 ) -> AsyncIterator[StreamEvent]:
     policy = policy or RetryPolicy()
     kwargs = _call_kwargs(request, policy.timeout)
+    if request.tools:
+        _native_ollama_tools(request.route.litellm_model)
     for attempt in range(1, policy.attempts + 1):
         emitted = False
         try:
