@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,10 +30,21 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+PYPROJECT = ROOT / "pyproject.toml"
+README = ROOT / "README.md"
 SCHEMA_FILE = Path(__file__).resolve().parent / "compose" / "compose-spec.json"
 SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
 
-APP_SERVICES = ("api", "worker")
+# Two API services, one fixed host port each (a port range with deploy.replicas
+# races in Compose v2: "port is already allocated").
+API_SERVICES = ("api-1", "api-2")
+API_ANCHOR = "opengrove-api"
+APP_SERVICES = (*API_SERVICES, "worker")
+BIND_ADDRESS_VAR = "OPENGROVE_BIND_ADDRESS"
+DEFAULT_BIND_ADDRESS = "127.0.0.1"
+UP_COMMAND = "docker compose up -d --build"
+# `env_file: [{path, required: false}]` needs this Compose release or newer.
+MIN_COMPOSE_VERSION = "2.24.0"
 DB_SERVICE = "postgres"
 QDRANT_SERVICE = "qdrant"
 QDRANT_DEFAULT_HTTP_PORT = 6333
@@ -142,20 +154,35 @@ def cli_option(argv: list[str], name: str) -> str | None:
     return None
 
 
-def container_ports(service: dict[str, Any]) -> list[int]:
-    ports: list[int] = []
+def port_entries(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """A service's `ports` as long-syntax dicts (host_ip, published, target, protocol).
+
+    Short syntax: [HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL] (no IPv6 literals here).
+    """
+    out: list[dict[str, Any]] = []
     for p in service.get("ports") or []:
         if isinstance(p, dict):
-            ports.append(int(p["target"]))
-        else:
-            ports.append(int(str(p).rsplit(":", 1)[-1].split("/")[0]))
-    return ports
+            out.append(dict(p))
+            continue
+        text, _, protocol = str(p).partition("/")
+        parts = text.split(":")
+        entry: dict[str, Any] = {"target": parts[-1], "protocol": protocol or "tcp"}
+        if len(parts) >= 2:
+            entry["published"] = parts[-2]
+        if len(parts) >= 3:
+            entry["host_ip"] = parts[-3]
+        out.append(entry)
+    return out
 
 
-def published_range(spec: Any) -> range:
-    text = str(spec)
-    lo, _, hi = text.partition("-")
-    return range(int(lo), int(hi or lo) + 1)
+def container_ports(service: dict[str, Any]) -> list[int]:
+    return [int(p["target"]) for p in port_entries(service)]
+
+
+def fixed_port(spec: Any) -> int | None:
+    """The published port if it is one fixed number (not a range, not random)."""
+    text = str(spec).strip() if spec is not None else ""
+    return int(text) if text.isdigit() else None
 
 
 def healthcheck_text(service: dict[str, Any]) -> str:
@@ -190,13 +217,27 @@ def check_structure(doc: dict[str, Any]) -> list[str]:
     if problems:
         return problems
 
-    api, worker = services["api"], services["worker"]
-    if (api.get("deploy") or {}).get("replicas") != 2:
-        problems.append("api must run 2 replicas (deploy.replicas: 2)")
+    api, worker = services[API_SERVICES[0]], services["worker"]
     if not api.get("build"):
-        problems.append("api must be built from this repository")
+        problems.append(f"{API_SERVICES[0]} must be built from this repository")
+    for name in API_SERVICES[1:]:
+        if {k: v for k, v in services[name].items() if k != "ports"} != {
+            k: v for k, v in api.items() if k != "ports"
+        }:
+            problems.append(f"{name} differs from {API_SERVICES[0]} in more than its ports")
+    for sname, svc in services.items():
+        replicas = (svc.get("deploy") or {}).get("replicas", 1)
+        if svc.get("ports") and replicas != 1:
+            problems.append(
+                f"{sname} publishes ports with deploy.replicas: {replicas} "
+                "(races on host ports; use one service per port)"
+            )
+        if svc.get("ports") and sname not in API_SERVICES:
+            problems.append(f"{sname} must not publish ports to the host")
     if worker.get("image") != api.get("image") or worker.get("build") != api.get("build"):
-        problems.append("worker must use the api's image/build")
+        problems.append("worker must use the API services' image/build")
+    if environment_of(worker).get("OPENGROVE_RUN_WORKERS", "true").lower() in ("false", "0"):
+        problems.append("worker must not set OPENGROVE_RUN_WORKERS=false")
     if worker.get("command") not in (["opengrove", "worker"], "opengrove worker"):
         problems.append(f"worker command must be `opengrove worker`, got {worker.get('command')!r}")
     if not str(services[DB_SERVICE].get("image", "")).startswith("postgres:16"):
@@ -281,25 +322,57 @@ def check_app_env(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_ports_and_image(doc: dict[str, Any]) -> list[str]:
-    """api container port == OPENGROVE_PORT == Dockerfile EXPOSE/CMD/HEALTHCHECK."""
+def check_ports_and_image(
+    doc: dict[str, Any], bind_address: str = DEFAULT_BIND_ADDRESS
+) -> list[str]:
+    """Each API service: one fixed published port (distinct across services) on
+    `bind_address`, container port == OPENGROVE_PORT == Dockerfile EXPOSE/CMD/HEALTHCHECK."""
     problems: list[str] = []
     facts = dockerfile_facts()
-    api = doc["services"]["api"]
+    published: dict[int, str] = {}
+    for name in API_SERVICES:
+        problems += _check_api_service(doc, name, facts, bind_address, published)
+    volumes = [a for k, a in facts["instructions"] if k == "VOLUME"]
+    for name in API_SERVICES:
+        data_dir = environment_of(doc["services"][name]).get("OPENGROVE_DATA_DIR")
+        if not any(data_dir in exec_form(v) for v in volumes):
+            problems.append(f"Dockerfile does not declare VOLUME {data_dir}")
+    return problems
+
+
+def _check_api_service(
+    doc: dict[str, Any],
+    name: str,
+    facts: dict[str, Any],
+    bind_address: str,
+    published: dict[int, str],
+) -> list[str]:
+    problems: list[str] = []
+    api = doc["services"][name]
     env = environment_of(api)
     port = int(env.get("OPENGROVE_PORT", "0"))
 
+    if env.get("OPENGROVE_RUN_WORKERS", "true").lower() not in ("false", "0"):
+        problems.append(f"{name}: OPENGROVE_RUN_WORKERS must be false (the worker runs them)")
+    entries = port_entries(api)
+    if len(entries) != 1:
+        problems.append(f"{name} must publish exactly one port, has {len(entries)}")
     targets = container_ports(api)
-    if targets != [port]:
-        problems.append(f"api container ports {targets} != [OPENGROVE_PORT={port}]")
-    replicas = (api.get("deploy") or {}).get("replicas", 1)
-    for p in api.get("ports") or []:
-        if isinstance(p, dict) and "published" in p:
-            if len(published_range(p["published"])) < replicas:
-                problems.append("api published port range is smaller than its replica count")
-        elif not isinstance(p, dict) and str(p).count(":") >= 1:
-            if len(published_range(str(p).rsplit(":", 1)[0].split(":")[-1])) < replicas:
-                problems.append("api published port range is smaller than its replica count")
+    if any(t != port for t in targets):
+        problems.append(f"{name} container ports {targets} != [OPENGROVE_PORT={port}]")
+    for entry in entries:
+        host_port = fixed_port(entry.get("published"))
+        if host_port is None:
+            problems.append(
+                f"{name} published port {entry.get('published')!r} is not one fixed port"
+            )
+        elif host_port in published:
+            problems.append(f"{name} and {published[host_port]} both publish port {host_port}")
+        else:
+            published[host_port] = name
+        host_ip = entry.get("host_ip") or "0.0.0.0"
+        if host_ip != bind_address:
+            problems.append(f"{name} is bound to host_ip {host_ip!r}, expected {bind_address!r}")
     if facts["expose"] != [port]:
         problems.append(f"Dockerfile EXPOSE {facts['expose']} != [{port}]")
 
@@ -307,11 +380,11 @@ def check_ports_and_image(doc: dict[str, Any]) -> list[str]:
     if isinstance(cmd, str):
         cmd = shlex.split(cmd)
     if cmd[:2] != ["opengrove", "serve"]:
-        problems.append(f"api runs {cmd!r}, not `opengrove serve`")
+        problems.append(f"{name} runs {cmd!r}, not `opengrove serve`")
     if cli_option(cmd, "--port") not in (None, str(port)):
-        problems.append(f"api serves on --port {cli_option(cmd, '--port')} != {port}")
+        problems.append(f"{name} serves on --port {cli_option(cmd, '--port')} != {port}")
     if cli_option(cmd, "--data-dir") not in (None, env.get("OPENGROVE_DATA_DIR")):
-        problems.append("api --data-dir != OPENGROVE_DATA_DIR")
+        problems.append(f"{name} --data-dir != OPENGROVE_DATA_DIR")
 
     if "healthcheck" in api:
         hc_text = healthcheck_text(api)
@@ -321,22 +394,36 @@ def check_ports_and_image(doc: dict[str, Any]) -> list[str]:
         hc_text = ""
     m = re.search(r"https?://(?:127\.0\.0\.1|localhost):(\d+)(/[^\s'\"]*)", hc_text)
     if not m:
-        problems.append("api healthcheck does not request http://127.0.0.1:<port>/health")
+        problems.append(f"{name} healthcheck does not request http://127.0.0.1:<port>/health")
     else:
         if int(m.group(1)) != port:
-            problems.append(f"healthcheck port {m.group(1)} != {port}")
+            problems.append(f"{name} healthcheck port {m.group(1)} != {port}")
         if m.group(2) != "/health":
-            problems.append(f"healthcheck path {m.group(2)} != /health")
+            problems.append(f"{name} healthcheck path {m.group(2)} != /health")
     if "curl" in hc_text or "wget" in hc_text:
-        problems.append("healthcheck uses curl/wget, which python:3.11-slim does not have")
+        problems.append(f"{name} healthcheck uses curl/wget, which python:3.11-slim does not have")
 
     data_dir = env.get("OPENGROVE_DATA_DIR")
     mounts = [str(v).split(":")[1] for v in api.get("volumes") or [] if ":" in str(v)]
     if data_dir not in mounts:
-        problems.append(f"OPENGROVE_DATA_DIR={data_dir} is not a mounted volume in api")
-    volumes = [a for k, a in facts["instructions"] if k == "VOLUME"]
-    if not any(data_dir in exec_form(v) for v in volumes):
-        problems.append(f"Dockerfile does not declare VOLUME {data_dir}")
+        problems.append(f"OPENGROVE_DATA_DIR={data_dir} is not a mounted volume in {name}")
+    return problems
+
+
+def check_build_system(pyproject: dict[str, Any]) -> list[str]:
+    """[build-system] requires: every build requirement pinned to one exact version."""
+    build = pyproject.get("build-system") or {}
+    requires = build.get("requires")
+    if not requires:
+        return ["[build-system] requires is missing"]
+    problems: list[str] = []
+    for req in requires:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==\d+(\.\d+)*", req.replace(" ", "")):
+            problems.append(f"build requirement {req!r} is not pinned exactly (name==X.Y.Z)")
+    backend = str(build.get("build-backend", ""))
+    names = {re.split(r"[=<>!~ \[]", r, maxsplit=1)[0].lower() for r in requires}
+    if backend.split(".")[0] not in names:
+        problems.append(f"build-backend {backend!r} is not among the pinned requirements")
     return problems
 
 
@@ -443,18 +530,51 @@ def test_compose_file_validates_against_compose_spec(compose: dict[str, Any]) ->
 
 
 def test_compose_file_validates_with_variables_set() -> None:
-    env = {"POSTGRES_PASSWORD": "s3", "OPENGROVE_MODELS": "llama3", "OPENGROVE_DB_POOL_SIZE": "5"}
+    env = {
+        "POSTGRES_PASSWORD": "s3",
+        "OPENGROVE_MODELS": "llama3",
+        "OPENGROVE_DB_POOL_SIZE": "5",
+        BIND_ADDRESS_VAR: "0.0.0.0",
+    }
     assert schema_errors(load_compose(env)) == []
+
+
+def compose_header() -> str:
+    """The leading comment block of docker-compose.yml, without the `#`s."""
+    lines = []
+    for line in COMPOSE_FILE.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:])
+    return "\n".join(lines)
+
+
+def uses_optional_env_file(doc: dict[str, Any]) -> bool:
+    """`env_file: [{path, required: false}]`: Docker Compose v2.24.0 or newer only."""
+    return any(
+        isinstance(entry, dict) and "required" in entry
+        for svc in doc["services"].values()
+        for entry in (svc.get("env_file") if isinstance(svc.get("env_file"), list) else [])
+    )
+
+
+def test_compose_header_states_command_and_minimum_version(compose: dict[str, Any]) -> None:
+    header = compose_header()
+    assert re.search(rf"^\s+{re.escape(UP_COMMAND)}\s*$", header, re.M), header
+    assert uses_optional_env_file(compose)
+    assert f"v{MIN_COMPOSE_VERSION} or newer" in header
+    assert f"{BIND_ADDRESS_VAR}=0.0.0.0" in header
 
 
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        ("services.api.deploy.replicas", [2]),
-        ("services.api.deploy.not_a_deploy_key", 2),
-        ("services.api.depends_on.postgres.condition", "service_ready"),
+        ("services.api-1.deploy", {"replicas": [2]}),
+        ("services.api-1.deploy", {"not_a_deploy_key": 2}),
+        ("services.api-1.depends_on.postgres.condition", "service_ready"),
         ("services.postgres.healthcheck.interval", 5),
-        ("services.api.ports", "8000:8000"),
+        ("services.api-1.ports", "8000:8000"),
+        ("services.api-2.ports.0.host_ip", ["127.0.0.1"]),
         ("services.worker.not_a_compose_key", True),
         ("volumes.bad name", {}),
     ],
@@ -492,6 +612,44 @@ def test_ports_agree_with_dockerfile(compose: dict[str, Any]) -> None:
     assert check_ports_and_image(compose) == []
 
 
+def test_ports_bind_to_loopback_by_default(compose: dict[str, Any]) -> None:
+    for name in API_SERVICES:
+        assert [p.get("host_ip") for p in port_entries(compose["services"][name])] == [
+            DEFAULT_BIND_ADDRESS
+        ]
+    assert sorted(
+        fixed_port(p["published"])
+        for name in API_SERVICES
+        for p in port_entries(compose["services"][name])
+    ) == [8000, 8001]
+
+
+def test_bind_address_variable_exposes_the_api() -> None:
+    exposed = load_compose({BIND_ADDRESS_VAR: "0.0.0.0"})
+    assert check_ports_and_image(exposed, bind_address="0.0.0.0") == []
+    # ... and the default check notices it: the variable really reaches host_ip.
+    problems = check_ports_and_image(exposed)
+    assert sum("host_ip '0.0.0.0'" in p for p in problems) == len(API_SERVICES), problems
+
+
+def test_api_services_share_one_anchor() -> None:
+    """api-1 and api-2 merge the same YAML anchor, so they cannot drift apart."""
+    root = yaml.compose(COMPOSE_FILE.read_text())
+    assert isinstance(root, yaml.MappingNode)
+
+    def child(node: yaml.Node, key: str) -> yaml.Node:
+        assert isinstance(node, yaml.MappingNode)
+        return next(v for k, v in node.value if k.value == key)
+
+    services = child(root, "services")
+    anchor = child(root, f"x-{API_ANCHOR}")
+    for name in API_SERVICES:
+        merged = child(child(services, name), "<<")
+        assert merged is anchor, f"{name} does not merge x-{API_ANCHOR}"
+        own_keys = {k.value for k, _ in child(services, name).value} - {"<<"}
+        assert own_keys == {"ports"}, f"{name} overrides more than its ports: {own_keys}"
+
+
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_settings_parse_compose_env(compose: dict[str, Any], clean_env: None, service: str) -> None:
     env = environment_of(compose["services"][service])
@@ -503,6 +661,8 @@ def test_settings_parse_compose_env(compose: dict[str, Any], clean_env: None, se
     assert settings.data_dir == Path("/data")
     assert settings.port == 8000
     assert settings.run_migrations_on_start is False
+    # API services leave runs to the worker service.
+    assert settings.run_workers is (service not in API_SERVICES)
     assert settings.models and all(settings.models)
 
 
@@ -515,31 +675,31 @@ def test_settings_rewrite_plain_postgresql_url(clean_env: None) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("services.api.environment.OPENGROVE_BOGUS", "1", "not in app.config.ENV_VARS"),
+        ("services.api-1.environment.OPENGROVE_BOGUS", "1", "not in app.config.ENV_VARS"),
         (
             "services.worker.environment.DATABASE_URL",
             "postgresql+asyncpg://opengrove:opengrove@db:5432/opengrove",
             "host 'db'",
         ),
         (
-            "services.api.environment.DATABASE_URL",
+            "services.api-1.environment.DATABASE_URL",
             "postgresql+asyncpg://opengrove:opengrove@postgres:5433/opengrove",
             "port",
         ),
         (
-            "services.api.environment.DATABASE_URL",
+            "services.api-1.environment.DATABASE_URL",
             "postgresql+asyncpg://app:opengrove@postgres:5432/opengrove",
             "user",
         ),
         (
-            "services.api.environment.DATABASE_URL",
+            "services.api-1.environment.DATABASE_URL",
             "postgresql+asyncpg://opengrove:opengrove@postgres:5432/other",
             "database",
         ),
         ("services.postgres.environment.POSTGRES_PASSWORD", "changed", "password"),
         ("services.worker.environment.QDRANT_URL", "http://qdrant:6334", "QDRANT_URL"),
         ("services.qdrant.environment.QDRANT__SERVICE__HTTP_PORT", "7000", "QDRANT_URL"),
-        ("services.api.environment.QDRANT_URL", None, "QDRANT_URL not set"),
+        ("services.api-1.environment.QDRANT_URL", None, "QDRANT_URL not set"),
     ],
 )
 def test_env_check_catches_mismatch(
@@ -552,39 +712,89 @@ def test_env_check_catches_mismatch(
     assert any(expected in p for p in problems), problems
 
 
+LOOPBACK = "${OPENGROVE_BIND_ADDRESS:-127.0.0.1}"
+
+
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("services.api.environment.OPENGROVE_PORT", "9000", "container ports"),
-        ("services.api.ports", [{"target": 9000, "published": "8000-8001"}], "container ports"),
-        ("services.api.ports", [{"target": 8000, "published": "8000"}], "replica count"),
-        ("services.api.command", ["opengrove", "serve", "--port", "9000"], "--port 9000"),
+        ("services.api-1.environment.OPENGROVE_PORT", "9000", "container ports"),
+        ("services.api-2.ports", [{"target": 9000, "published": "8001"}], "container ports"),
+        ("services.api-1.environment.OPENGROVE_RUN_WORKERS", "true", "OPENGROVE_RUN_WORKERS"),
+        ("services.api-2.environment.OPENGROVE_RUN_WORKERS", None, "OPENGROVE_RUN_WORKERS"),
         (
-            "services.api.healthcheck",
+            "services.api-1.ports",
+            [{"target": 8000, "published": "8000-8001", "host_ip": "127.0.0.1"}],
+            "not one fixed port",
+        ),
+        ("services.api-2.ports", [{"target": 8000, "host_ip": "127.0.0.1"}], "not one fixed port"),
+        ("services.api-2.ports.0.published", "8000", "both publish port 8000"),
+        ("services.api-1.ports", [], "exactly one port"),
+        ("services.api-1.ports", ["127.0.0.1:8000:8000", "127.0.0.1:8002:8000"], "exactly one"),
+        ("services.api-1.ports.0.host_ip", None, "host_ip '0.0.0.0'"),
+        ("services.api-2.ports", ["8001:8000"], "host_ip '0.0.0.0'"),
+        ("services.api-2.ports", ["127.0.0.1:8001:8000"], None),
+        ("services.api-1.command", ["opengrove", "serve", "--port", "9000"], "--port 9000"),
+        (
+            "services.api-1.healthcheck",
             {"test": ["CMD", "curl", "-f", "http://127.0.0.1:8000/health"]},
             "curl",
         ),
         (
-            "services.api.healthcheck",
+            "services.api-2.healthcheck",
             {"test": ["CMD", "python", "http://127.0.0.1:8001/health"]},
             "healthcheck port",
         ),
-        ("services.api.volumes", ["opengrove-data:/var/opengrove"], "not a mounted volume"),
+        ("services.api-2.volumes", ["opengrove-data:/var/opengrove"], "not a mounted volume"),
     ],
 )
 def test_port_check_catches_mismatch(
-    compose: dict[str, Any], path: str, value: Any, expected: str
+    compose: dict[str, Any], path: str, value: Any, expected: str | None
 ) -> None:
-    compose["services"]["api"]["environment"] = dict(compose["services"]["api"]["environment"])
+    # environment is shared through YAML anchors: unshare it so one service changes.
+    for name in API_SERVICES:
+        compose["services"][name]["environment"] = dict(compose["services"][name]["environment"])
     problems = check_ports_and_image(mutated(compose, path, value))
-    assert any(expected in p for p in problems), problems
+    if expected is None:  # an equivalent spelling (short syntax) that must pass
+        assert problems == []
+    else:
+        assert any(expected in p for p in problems), problems
+
+
+def test_port_entries_parse_short_and_long_syntax() -> None:
+    svc = {
+        "ports": [
+            "8000",
+            "8001:8000",
+            "127.0.0.1:8002:8000/udp",
+            {"target": 8000, "published": "8003", "host_ip": LOOPBACK},
+        ]
+    }
+    assert port_entries(svc) == [
+        {"target": "8000", "protocol": "tcp"},
+        {"target": "8000", "published": "8001", "protocol": "tcp"},
+        {"target": "8000", "published": "8002", "host_ip": "127.0.0.1", "protocol": "udp"},
+        {"target": 8000, "published": "8003", "host_ip": LOOPBACK},
+    ]
+    assert [fixed_port(s) for s in ("8000", 8001, "8000-8001", None, "")] == [
+        8000,
+        8001,
+        None,
+        None,
+        None,
+    ]
 
 
 @pytest.mark.parametrize(
     ("path", "value", "expected"),
     [
-        ("services.api.deploy.replicas", 1, "2 replicas"),
+        ("services.api-2", None, "'api-2' missing"),
+        ("services.api-1.deploy", {"replicas": 2}, "deploy.replicas: 2"),
+        ("services.api-2.image", "opengrove:other", "api-2 differs from api-1"),
+        ("services.api-2.restart", "no", "api-2 differs from api-1"),
+        ("services.postgres.ports", ["5432:5432"], "postgres must not publish"),
         ("services.worker.command", ["opengrove", "serve"], "opengrove worker"),
+        ("services.worker.environment.OPENGROVE_RUN_WORKERS", "false", "worker must not"),
         ("services.worker.depends_on.qdrant.condition", "service_started", "qdrant"),
         ("services.qdrant.healthcheck", {"disable": True}, "no healthcheck"),
         ("services.postgres.healthcheck.test", ["CMD", "true"], "pg_isready"),
@@ -639,13 +849,93 @@ def test_dockerfile_check_catches_mistakes(
     assert any(expected in p for p in problems), problems
 
 
-def test_dockerignore_keeps_local_state_out() -> None:
-    entries = {
+def dockerignore_entries() -> set[str]:
+    return {
         line.strip().rstrip("/")
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    entries = dockerignore_entries()
     assert {".venv", "data", ".git", ".pytest_cache", ".ruff_cache", ".env"} <= entries
+    # Local tools and throwaway environments: the launcher's private uv (~63 MB),
+    # the SDK compatibility venvs (~35 MB), npm installs, benchmark output, caches.
+    assert {
+        ".tools",
+        ".sdk-compat",
+        "node_modules",
+        "**/node_modules",
+        "tests/sdk_compat/node_modules",
+        "bench/results",
+        "**/__pycache__",
+        ".mypy_cache",
+        ".cache",
+    } <= entries
     # The build needs these: the lockfile, the project metadata and its readme.
     for needed in ("uv.lock", "pyproject.toml", "README.md", "app", "migrations"):
         assert needed not in entries
+    assert not any(e.startswith("!") for e in entries), "no re-includes: keep the list simple"
+
+
+def test_dockerignore_mirrors_gitignored_local_dirs() -> None:
+    """Whatever git ignores as a local directory stays out of the image too."""
+    gitignored = {
+        line.strip().strip("/")
+        for line in (ROOT / ".gitignore").read_text().splitlines()
+        if line.strip().endswith("/") and not line.startswith("#")
+    }
+    entries = dockerignore_entries()
+    missing = {d for d in gitignored if d not in entries and f"**/{d}" not in entries}
+    assert not missing, f".gitignore'd directories missing from .dockerignore: {missing}"
+
+
+# --------------------------------------------------------------------------- tests: build backend
+
+
+def test_build_backend_is_pinned_exactly() -> None:
+    pyproject = tomllib.loads(PYPROJECT.read_text())
+    assert check_build_system(pyproject) == []
+    assert all("==" in req for req in pyproject["build-system"]["requires"])
+
+
+@pytest.mark.parametrize(
+    ("requires", "expected"),
+    [
+        (["hatchling"], "not pinned exactly"),
+        (["hatchling>=1.27"], "not pinned exactly"),
+        (["hatchling~=1.27.0"], "not pinned exactly"),
+        (["hatchling==1.*"], "not pinned exactly"),
+        (["setuptools==80.9.0"], "build-backend"),
+        ([], "missing"),
+    ],
+)
+def test_build_system_check_catches_loose_pins(requires: list[str], expected: str) -> None:
+    pyproject = {"build-system": {"requires": requires, "build-backend": "hatchling.build"}}
+    problems = check_build_system(pyproject)
+    assert any(expected in p for p in problems), problems
+
+
+# --------------------------------------------------------------------------- tests: README
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_readme_production_section_matches_compose_file(compose: dict[str, Any]) -> None:
+    section = readme_section("Production: docker compose")
+    assert UP_COMMAND in section
+    assert re.search(rf"^\s+{re.escape(UP_COMMAND)}\s*$", compose_header(), re.M)
+    assert "v2.24" in section and "docker compose version" in section
+    for name in API_SERVICES:
+        for p in port_entries(compose["services"][name]):
+            assert f"{DEFAULT_BIND_ADDRESS}:{p['published']}" in section, (name, p)
+    for mention in (BIND_ADDRESS_VAR, "worker", "migrate", "PostgreSQL", "Qdrant", ".env"):
+        assert mention in section, mention
+    assert "POSTGRES_PASSWORD" in section
+    assert "8000-8001" not in section and "8000\u20138001" not in section, "stale port range"
