@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Integer, Select, String, event, update
+from sqlalchemy import JSON, BigInteger, Integer, Select, String, event, text, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -54,6 +54,11 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached (for /health)."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def lease(
         self, key: Any, candidates: Select[Any], values: dict[str, Any], returning: Sequence[Any]

@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.llm.routing import ModelRouter
+
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.db.sessionmaker() as session:
@@ -15,3 +17,10 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 
 Session = Annotated[AsyncSession, Depends(get_session)]
+
+
+def get_model_router(request: Request) -> ModelRouter:
+    return request.app.state.model_router
+
+
+Models = Annotated[ModelRouter, Depends(get_model_router)]

@@ -216,14 +216,33 @@ def validation_error_to_api_error(errors: list[dict[str, Any]], body: Any = None
     )
 
 
+def _body_not_parsed_as_json(errors: list[dict[str, Any]]) -> bool:
+    """FastAPI hands a body that was not sent as JSON to validation as raw bytes."""
+    return any(
+        tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes)
+        for err in errors
+    )
+
+
+def not_json_error(content_type: str | None) -> APIError:
+    sent = f"'Content-Type: {content_type}'" if content_type else "no Content-Type header"
+    return InvalidRequest(
+        "The request body must be JSON, sent with the header 'Content-Type: application/json' "
+        f"(this request had {sent}). With curl: -H 'Content-Type: application/json'."
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error_to_api_error(list(exc.errors()), exc.body))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if _body_not_parsed_as_json(errors):
+            return error_response(not_json_error(request.headers.get("content-type")))
+        return error_response(validation_error_to_api_error(errors, exc.body))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

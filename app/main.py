@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.assistants.router import router as assistants_router
@@ -99,23 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health", include_in_schema=False)
     async def health() -> JSONResponse:
-        checks: dict[str, str] = {}
-        try:
-            async with app.state.db.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"error: {exc.__class__.__name__}"
-        try:
-            await app.state.index.ping()
-            checks["vector_index"] = "ok"
-        except Exception as exc:
-            checks["vector_index"] = f"error: {exc.__class__.__name__}"
-        healthy = all(value == "ok" for value in checks.values())
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", **checks},
-            status_code=200 if healthy else 503,
-        )
+        # "starting" (200) while slow parts load: requests that need them wait for them.
+        healthy, checks = await app.state.runtime.health()
+        return JSONResponse(checks, status_code=200 if healthy else 503)
 
     app.add_middleware(RequestIdMiddleware)
     return app

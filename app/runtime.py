@@ -11,18 +11,14 @@ from dataclasses import dataclass, field
 
 from app.config import Settings
 from app.db import Database
+from app.llm import adapter
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
-from app.retrieval.index import VectorIndex
+from app.retrieval.index import LazyIndex, create_index
 from app.runs.events import EventHub, PostgresListener
 from app.runs.executor import RunExecutor
-from app.vector_stores.ingestion import (
-    IngestionWorker,
-    cleanup_expired,
-    create_embedder,
-    create_index,
-)
+from app.vector_stores.ingestion import IngestionWorker, cleanup_expired, create_embedder
 
 logger = logging.getLogger("opengrove")
 HOUSEKEEPING_SECONDS = 60.0
@@ -36,10 +32,11 @@ class Runtime:
     router: ModelRouter = field(default_factory=ModelRouter)
     executor: RunExecutor | None = None
     listener: PostgresListener | None = None
-    index: VectorIndex | None = None
+    index: LazyIndex | None = None
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
     _housekeeping: asyncio.Task[None] | None = None
+    _preload: asyncio.Task[object] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, run_workers: bool) -> Runtime:
@@ -50,13 +47,17 @@ class Runtime:
         runtime = cls(
             settings=settings,
             db=Database(url, settings.db_pool_size),
-            router=ModelRouter.from_file(settings.model_config_file),
+            router=ModelRouter.from_file(settings.model_config_file, settings.models),
         )
         if not runtime.db.is_sqlite:
             # Cross-process wake-ups: new runs for workers, new events for streams.
             runtime.listener = PostgresListener(url, runtime.hub)
             await runtime.listener.start()
+        # Slow parts load in the background: the API answers while they do.
         runtime.index = create_index(settings)
+        runtime.index.open_in_background()
+        if settings.preload_llm:
+            runtime._preload = asyncio.create_task(adapter.load(), name="preload-llm")
         runtime.embedder = create_embedder(settings)
         runtime.ingestion = IngestionWorker(runtime.db, runtime.index, settings, runtime.embedder)
         await runtime.ingestion.start()
@@ -85,9 +86,41 @@ class Runtime:
             except Exception:
                 logger.exception("housekeeping failed")
 
+    async def health(self) -> tuple[bool, dict[str, str]]:
+        """(healthy, checks) for /health; a part still loading reports "starting"."""
+        checks: dict[str, str] = {}
+        try:
+            await self.db.ping()
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {exc.__class__.__name__}"
+        assert self.index is not None
+        if not self.index.is_open:
+            opening = self.index.opening_error()
+            checks["vector_index"] = f"error: {opening}" if opening else "starting"
+        else:
+            try:
+                await self.index.ping()
+                checks["vector_index"] = "ok"
+            except Exception as exc:
+                checks["vector_index"] = f"error: {exc.__class__.__name__}"
+        if adapter.is_loaded():
+            checks["llm"] = "loaded"
+        else:
+            checks["llm"] = "starting" if self._preload is not None else "loads on first run"
+        healthy = not any(value.startswith("error") for value in checks.values())
+        starting = any(value == "starting" for value in checks.values())
+        checks = {
+            "status": "starting" if healthy and starting else "ok" if healthy else "unavailable",
+            **checks,
+        }
+        return healthy, checks
+
     async def stop(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self._preload is not None:
+            self._preload.cancel()
         if self.executor is not None:
             await self.executor.stop()
             # litellm's logging task must be idle before the loop closes (see the function).

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
@@ -45,6 +43,10 @@ FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", max_length
 
 def _check_json_schema(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is not None:
+        # Imported here: only requests carrying a schema pay for jsonschema's import.
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
         try:
             Draft202012Validator.check_schema(value)
         except SchemaError as exc:

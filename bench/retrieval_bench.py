@@ -7,7 +7,7 @@ Everything runs on 127.0.0.1 / a temp dir, in two processes:
     `/v1/embeddings` (deterministic hashed bag-of-words vectors, --embedding-dim);
   * this process: chunking (app.retrieval.chunking), embeddings through the real
     `Embedder` (litellm.aembedding, default batch 64 / concurrency 1 as the server's
-    create_embedder) and `VectorIndex` over qdrant-client local mode under a temp dir.
+    create_embedder) and `QdrantIndex` over qdrant-client local mode under a temp dir.
 
 Corpus: deterministic pseudo-documents. The vocabulary is the first --vocab whole-word
 tokens (" word", 3-12 lowercase letters) of tiktoken's o200k_base in merge-rank order,
@@ -62,7 +62,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from app.retrieval import lexical
 from app.retrieval.chunking import Chunk, chunk_text, get_encoding
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
-from app.retrieval.index import VectorIndex
+from app.retrieval.qdrant_index import QdrantIndex
 from bench.upstream import Upstream
 
 STORE = "vs_bench"
@@ -216,7 +216,7 @@ class Context:
 
 async def ingest_files(
     ctx: Context,
-    index: VectorIndex,
+    index: QdrantIndex,
     target_chunks: int,
     words_per_file: tuple[int, int],
     dense: bool,
@@ -264,7 +264,7 @@ async def ingest_files(
 
 async def ingestion_phase(ctx: Context, root: Path, dense: bool, rep: int) -> Ingest:
     mode = "hybrid" if dense else "lexical"
-    index = VectorIndex(
+    index = QdrantIndex(
         path=root / f"ingest_{mode}_{rep}", dense_dim=ctx.args.embedding_dim if dense else None
     )
     try:
@@ -294,7 +294,7 @@ def pct(values: list[float], q: int) -> float:
 
 
 async def search_phase(
-    ctx: Context, index: VectorIndex, size: int, queries: list[str], budget_s: float, warm: bool
+    ctx: Context, index: QdrantIndex, size: int, queries: list[str], budget_s: float, warm: bool
 ) -> list[Latency]:
     """Lexical then hybrid over the same queries. Each mode gets its share of the budget
     (hybrid costs ~2.5x lexical in local mode) and starts no query it cannot finish in
@@ -323,7 +323,7 @@ async def search_phase(
     return out
 
 
-async def delete_scan_seconds(index: VectorIndex, repeat: int = 3) -> float:
+async def delete_scan_seconds(index: QdrantIndex, repeat: int = 3) -> float:
     """Median cost of upsert_chunks' first step for a new file: deleting its (absent)
     old chunks, which in local mode scans every stored point's payload."""
     times = []
@@ -345,7 +345,7 @@ class Scale:
 
 async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]:
     args = ctx.args
-    index = VectorIndex(path=root / "scale", dense_dim=args.embedding_dim)
+    index = QdrantIndex(path=root / "scale", dense_dim=args.embedding_dim)
     results: list[Scale] = []
     queries: list[str] = []
     words = args.scale_file_chunks * (args.max_chunk_tokens - args.overlap) * 9 // 10

@@ -68,6 +68,8 @@ def server_env(database_url: str, upstream: FakeUpstream, data_dir: Path) -> dic
         # Plain model names reach litellm's OpenAI provider through its own environment.
         "OPENAI_API_BASE": upstream.base_url,
         "OPENAI_API_KEY": "fake-key",
+        # Loaded before the server reports ready, so no test's first run pays for the import.
+        "OPENGROVE_PRELOAD_LLM": "true",
         "OPENGROVE_LLM_TIMEOUT": "2",
         "OPENGROVE_LLM_ATTEMPTS": "3",
         "OPENGROVE_LLM_RETRY_DELAY": "0.05",

@@ -54,7 +54,9 @@ class ServerProcess:
                     return self
             else:
                 try:
-                    if httpx.get(f"{self.base_url}/health", timeout=1).status_code == 200:
+                    # 200 with "starting" already serves; tests want every part loaded.
+                    health = httpx.get(f"{self.base_url}/health", timeout=1)
+                    if health.status_code == 200 and health.json().get("status") == "ok":
                         return self
                 except httpx.HTTPError:
                     pass

@@ -24,7 +24,6 @@ from app.retrieval.chunking import (
 )
 from app.retrieval.embeddings import Embedder, EmbeddingError, _vectors, drain_litellm_logging
 from app.retrieval.filters import build_filter
-from app.retrieval.index import VectorIndex, _idf_sum
 from app.retrieval.parsing import (
     OPENAI_FILE_SEARCH_EXTENSIONS,
     InvalidFileError,
@@ -32,6 +31,7 @@ from app.retrieval.parsing import (
     extract_text,
     is_supported,
 )
+from app.retrieval.qdrant_index import QdrantIndex, _idf_sum
 from tests.fake_upstream import FakeUpstream, fake_embedding
 
 DIM = 64
@@ -301,15 +301,15 @@ def embed(text: str) -> list[float]:
 
 
 @pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
-    idx = VectorIndex(path=tmp_path / "qdrant", dense_dim=DIM)
+async def index(tmp_path: Path) -> AsyncIterator[QdrantIndex]:
+    idx = QdrantIndex(path=tmp_path / "qdrant", dense_dim=DIM)
     await idx.ensure_collection()
     yield idx
     await idx.close()
 
 
 async def _add(
-    index: VectorIndex,
+    index: QdrantIndex,
     store: str,
     file_id: str,
     text: str,
@@ -324,7 +324,7 @@ async def _add(
     )
 
 
-async def test_parsed_documents_are_searchable(index: VectorIndex, tmp_path: Path) -> None:
+async def test_parsed_documents_are_searchable(index: QdrantIndex, tmp_path: Path) -> None:
     for number, (filename, (build, _)) in enumerate(sorted(DOCUMENTS.items())):
         path = tmp_path / filename
         build(path)
@@ -341,7 +341,7 @@ async def test_parsed_documents_are_searchable(index: VectorIndex, tmp_path: Pat
     assert await index.search(["vs_docs"], "cobalt", max_num_results=3) == []
 
 
-async def test_tenancy_and_hit_fields(index: VectorIndex) -> None:
+async def test_tenancy_and_hit_fields(index: QdrantIndex) -> None:
     await _add(index, "vs_a", "f1", "Lemurs eat tamarind fruit.", {"lang": "en"})
     await _add(index, "vs_b", "f2", "Lemurs of Madagascar.", {"lang": "fr"})
     hits = await index.search(["vs_a"], "lemurs")
@@ -354,7 +354,7 @@ async def test_tenancy_and_hit_fields(index: VectorIndex) -> None:
     assert await index.search(["vs_a"], "   ...  ") == []
 
 
-async def test_attribute_filters(index: VectorIndex) -> None:
+async def test_attribute_filters(index: QdrantIndex) -> None:
     docs = [
         ("r1", {"author": "ada", "year": 2021, "draft": False, "region.code": "eu"}),
         ("r2", {"author": "bob", "year": 2023, "draft": True, "region.code": "us"}),
@@ -398,7 +398,7 @@ async def test_attribute_filters(index: VectorIndex) -> None:
     assert await ids({"type": "and", "filters": [compound, before_2022]}) == {"r1", "r4"}
 
 
-async def test_datetime_range_filter(index: VectorIndex) -> None:
+async def test_datetime_range_filter(index: QdrantIndex) -> None:
     await _add(index, "vs_d", "old", "Meeting minutes.", {"date": "2023-01-05T00:00:00Z"})
     await _add(index, "vs_d", "new", "Meeting minutes.", {"date": "2024-06-01T00:00:00Z"})
     flt = {"type": "gt", "key": "date", "value": "2024-01-01T00:00:00Z"}
@@ -423,7 +423,7 @@ def test_invalid_filters(flt: dict[str, Any]) -> None:
         build_filter(flt)
 
 
-async def test_score_threshold(index: VectorIndex) -> None:
+async def test_score_threshold(index: QdrantIndex) -> None:
     await _add(index, "vs_s", "full", "Quantum pineapple harvest report.", dense=False)
     await _add(index, "vs_s", "partial", "Quantum physics lecture notes.", dense=False)
     for i in range(5):  # make "quantum" common so it weighs less than the rare terms
@@ -443,14 +443,14 @@ async def test_score_threshold(index: VectorIndex) -> None:
         await index.search(["vs_s"], "quantum", max_num_results=0)
 
 
-async def test_max_num_results(index: VectorIndex) -> None:
+async def test_max_num_results(index: QdrantIndex) -> None:
     for i in range(12):
         await _add(index, "vs_m", f"m{i}", f"Shared keyword mango {i}.")
     assert len(await index.search(["vs_m"], "mango", max_num_results=5)) == 5
     assert len(await index.search(["vs_m"], "mango", dense_query=embed("mango"))) == 10
 
 
-async def test_local_idf_matches_probes(index: VectorIndex) -> None:
+async def test_local_idf_matches_probes(index: QdrantIndex) -> None:
     """The local-mode IDF shortcut (qdrant-client internals) agrees with real probes."""
     await _add(index, "vs_i", "a", "alpha beta gamma alpha")
     await _add(index, "vs_i", "b", "alpha delta")
@@ -463,7 +463,7 @@ async def test_local_idf_matches_probes(index: VectorIndex) -> None:
     assert _idf_sum(terms, responses) == pytest.approx(local, rel=1e-5)
 
 
-async def test_hybrid_rrf_in_local_mode(index: VectorIndex) -> None:
+async def test_hybrid_rrf_in_local_mode(index: QdrantIndex) -> None:
     await _add(index, "vs_h", "lex", "Tariff schedule for imported bicycles.")
     # Lexically unrelated to the query, but given the query's own embedding.
     await index.upsert_chunks(
@@ -490,7 +490,7 @@ async def test_hybrid_rrf_in_local_mode(index: VectorIndex) -> None:
         await index.search(["vs_h"], "tariff", dense_query=[1.0, 0.0])
 
 
-async def test_delete_and_reindex(index: VectorIndex) -> None:
+async def test_delete_and_reindex(index: QdrantIndex) -> None:
     long_text = " ".join(f"token{i} walnut" for i in range(400))
     assert await _add(index, "vs_x", "doc", long_text) > 1
     await _add(index, "vs_y", "doc", "walnut in another store")
@@ -519,7 +519,7 @@ async def test_delete_and_reindex(index: VectorIndex) -> None:
 async def test_scores_stay_valid_after_deletes(tmp_path: Path) -> None:
     """Local-mode IDF counts must forget deleted chunks (qdrant-client issue #1426)."""
     path = tmp_path / "idf"
-    index = VectorIndex(path=path)
+    index = QdrantIndex(path=path)
     for i in range(4):
         await _add(index, "vs", f"f{i}", "identical hazelnut text", dense=False)
     for i in range(3):
@@ -533,7 +533,7 @@ async def test_scores_stay_valid_after_deletes(tmp_path: Path) -> None:
     )  # fmt: skip
     await index.close()
     # Reopening rebuilds the counts from disk: the raw BM25 score must not change.
-    reopened = VectorIndex(path=path)
+    reopened = QdrantIndex(path=path)
     again = await reopened.client.query_points(
         reopened.collection_name, query=lexical.query_vector(lexical.query_terms("hazelnut")),
         using="lexical",
@@ -543,7 +543,7 @@ async def test_scores_stay_valid_after_deletes(tmp_path: Path) -> None:
     await reopened.close()
 
 
-async def test_update_attributes(index: VectorIndex) -> None:
+async def test_update_attributes(index: QdrantIndex) -> None:
     await _add(index, "vs_u", "f", "Zebra crossing guide.", {"status": "draft"})
     await index.update_attributes("vs_u", "f", {"status": "final", "version": 2})
     flt = {"type": "eq", "key": "status", "value": "final"}
@@ -551,7 +551,7 @@ async def test_update_attributes(index: VectorIndex) -> None:
     assert [h.attributes for h in hits] == [{"status": "final", "version": 2}]
 
 
-async def test_upsert_validation(index: VectorIndex) -> None:
+async def test_upsert_validation(index: QdrantIndex) -> None:
     chunks = chunk_text("one chunk", 100, 0)
     with pytest.raises(ValueError, match="dense vectors"):
         await index.upsert_chunks("vs", "f", "f.txt", chunks, None, [])
@@ -561,8 +561,8 @@ async def test_upsert_validation(index: VectorIndex) -> None:
 
 async def test_shared_local_client_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "shared"
-    first = VectorIndex(path=path)
-    second = VectorIndex(path=path)  # a second client on the path would hit the file lock
+    first = QdrantIndex(path=path)
+    second = QdrantIndex(path=path)  # a second client on the path would hit the file lock
     assert first.client is second.client
     await _add(first, "vs", "f", "Persistent narwhal.", dense=False)
     assert [h.file_id for h in await second.search(["vs"], "narwhal")] == ["f"]
@@ -570,10 +570,10 @@ async def test_shared_local_client_and_reopen(tmp_path: Path) -> None:
     assert await second.count_chunks("vs") == 1  # still open for the other holder
     await second.close()
 
-    reopened = VectorIndex(path=path)
+    reopened = QdrantIndex(path=path)
     assert [h.file_id for h in await reopened.search(["vs"], "narwhal")] == ["f"]
     # The collection has no dense vector: asking for one must fail clearly.
-    with_dense = VectorIndex(path=path, dense_dim=DIM)
+    with_dense = QdrantIndex(path=path, dense_dim=DIM)
     with pytest.raises(RuntimeError, match="no dense vector"):
         await with_dense.ensure_collection()
     await with_dense.close()
@@ -582,9 +582,9 @@ async def test_shared_local_client_and_reopen(tmp_path: Path) -> None:
 
 def test_constructor_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        VectorIndex()
+        QdrantIndex()
     with pytest.raises(ValueError):
-        VectorIndex(url="http://localhost:6333", path=tmp_path)
+        QdrantIndex(url="http://localhost:6333", path=tmp_path)
 
 
 def test_tokenizer() -> None:

@@ -23,7 +23,7 @@ weights, no plural folding or no stopword list each moved recall@5 by at most 0.
 recall@5 here is the share of queries with at least one relevant chunk in the top 5
 (all of a query's relevant chunks hold the same answer, so one suffices).
 
-Everything is real: a local-mode Qdrant under tmp_path through VectorIndex, and dense
+Everything is real: a local-mode Qdrant under tmp_path through QdrantIndex, and dense
 vectors fetched through Embedder -> litellm.aembedding -> the FakeUpstream HTTP server
 (deterministic hashed bag-of-words embeddings: they track word overlap, not meaning, so
 "hybrid" here measures the fusion plumbing more than semantic recall).
@@ -48,7 +48,8 @@ import pytest
 
 from app.retrieval.chunking import chunk_text
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
-from app.retrieval.index import SearchHit, VectorIndex
+from app.retrieval.index import SearchHit
+from app.retrieval.qdrant_index import QdrantIndex
 from tests.fake_upstream import FakeUpstream
 
 # Use litellm's bundled model-cost map instead of fetching it (no traffic off 127.0.0.1).
@@ -136,7 +137,7 @@ async def test_recall_at_5_lexical_and_hybrid(
     embedder = Embedder(
         "openai/fake-embed", api_base=embedding_upstream.base_url, api_key="sk-test"
     )
-    index = VectorIndex(path=tmp_path / "qdrant", dense_dim=DIM)
+    index = QdrantIndex(path=tmp_path / "qdrant", dense_dim=DIM)
     started = time.perf_counter()
     try:
         chunk_texts: dict[str, list[str]] = {}

@@ -475,15 +475,13 @@ def test_unreachable_upstream_fails_with_reason(
     run = client.beta.threads.runs.create(
         thread_id=thread.id, assistant_id=assistant.id, model="fake-model"
     )
-    # fake-model is routed to the fake upstream; an unknown provider model fails cleanly instead.
+    # fake-model is routed to the fake upstream; a model litellm cannot route is refused.
     wait_status(client, thread.id, run.id, {"completed", "failed"})
-    bad = client.beta.threads.runs.create_and_poll(
-        thread_id=thread.id,
-        assistant_id=assistant.id,
-        model="nonexistent-provider/xyz",
-        poll_interval_ms=50,
-    )
-    assert bad.status == "failed" and bad.last_error.code == "server_error"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.beta.threads.runs.create(
+            thread_id=thread.id, assistant_id=assistant.id, model="nonexistent-provider/xyz"
+        )
+    assert refused.value.code == "model_not_found"
 
 
 def test_run_list_retrieve_modify(

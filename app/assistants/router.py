@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from app.assistants import service
 from app.assistants.schemas import AssistantCreate, AssistantObject, AssistantUpdate
-from app.deps import Session
+from app.deps import Models, Session
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject
 
@@ -14,7 +14,10 @@ router = APIRouter(prefix="/assistants", tags=["assistants"])
 
 
 @router.post("")
-async def create_assistant(body: AssistantCreate, session: Session) -> AssistantObject:
+async def create_assistant(
+    body: AssistantCreate, session: Session, models: Models
+) -> AssistantObject:
+    await models.require_known(body.model)
     return AssistantObject.from_row(await service.create_assistant(session, body))
 
 
@@ -33,8 +36,10 @@ async def get_assistant(assistant_id: str, session: Session) -> AssistantObject:
 
 @router.post("/{assistant_id}")
 async def modify_assistant(
-    assistant_id: str, body: AssistantUpdate, session: Session
+    assistant_id: str, body: AssistantUpdate, session: Session, models: Models
 ) -> AssistantObject:
+    if body.model is not None:
+        await models.require_known(body.model)
     return AssistantObject.from_row(await service.update_assistant(session, assistant_id, body))
 
 

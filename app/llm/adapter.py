@@ -12,23 +12,58 @@ import asyncio
 import logging
 import os
 import random
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
-# litellm would otherwise fetch its model price map from the internet at import time.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 import httpx
-import litellm
 
-from app.llm.routing import ModelRoute
+from app.llm.routing import ModelRoute, unknown_model_message
 
-litellm.telemetry = False
-# We register no litellm callbacks; its per-chunk success logging only costs CPU per token.
-litellm.disable_streaming_logging = True
-litellm.drop_params = True  # providers that lack a parameter (e.g. parallel_tool_calls) still work
 logger = logging.getLogger("opengrove.llm")
+
+# Importing litellm takes seconds and ~150 MB: it is loaded on the first model call (in a
+# thread, so the event loop keeps serving), or at start with OPENGROVE_PRELOAD_LLM.
+_litellm: ModuleType | None = None
+_load_lock = threading.Lock()
+_LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
+
+
+def _import_litellm() -> ModuleType:
+    global _litellm
+    with _load_lock:
+        if _litellm is None:
+            # litellm would otherwise fetch its model price map from the internet at import.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            import litellm
+
+            litellm.telemetry = False
+            litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" banners
+            # We register no litellm callbacks; per-chunk success logging only costs CPU.
+            litellm.disable_streaming_logging = True
+            litellm.drop_params = True  # providers lacking a parameter still work
+            for name in _LITELLM_LOGGERS:
+                # litellm gives its loggers coloured handlers of their own: lines would show
+                # twice, with escape codes. Ours (the root handler) is enough.
+                lib_logger = logging.getLogger(name)
+                lib_logger.handlers.clear()
+                lib_logger.propagate = True
+                lib_logger.setLevel(logging.WARNING)
+            _litellm = litellm
+        return _litellm
+
+
+async def load() -> ModuleType:
+    """litellm, imported in a worker thread the first time."""
+    if _litellm is not None:
+        return _litellm
+    return await asyncio.to_thread(_import_litellm)
+
+
+def is_loaded() -> bool:
+    return _litellm is not None
 
 
 @dataclass
@@ -93,20 +128,21 @@ class RetryPolicy:
     timeout: float = 60.0
 
 
-_RETRYABLE = (
-    TimeoutError,
-    httpx.TimeoutException,
-    httpx.NetworkError,
-    litellm.RateLimitError,
-    litellm.Timeout,
-    litellm.APIConnectionError,
-    litellm.InternalServerError,
-    litellm.ServiceUnavailableError,
-    litellm.BadGatewayError,
-)
+def _retryable(litellm: ModuleType) -> tuple[type[BaseException], ...]:
+    return (
+        TimeoutError,
+        httpx.TimeoutException,
+        httpx.NetworkError,
+        litellm.RateLimitError,
+        litellm.Timeout,
+        litellm.APIConnectionError,
+        litellm.InternalServerError,
+        litellm.ServiceUnavailableError,
+        litellm.BadGatewayError,
+    )
 
 
-def _classify(exc: Exception) -> LLMError:
+def _classify(litellm: ModuleType, exc: Exception) -> LLMError:
     if isinstance(exc, LLMError):
         return exc
     # litellm reports Ollama's HTTP errors as APIConnectionError (status 500); the provider's
@@ -123,7 +159,48 @@ def _classify(exc: Exception) -> LLMError:
     return LLMError("server_error", f"The model provider returned an error: {exc}")
 
 
-def _native_ollama_tools(model: str) -> None:
+def _is_secret_variable(name: str) -> bool:
+    return any(word in name for word in ("KEY", "TOKEN", "SECRET"))
+
+
+def provider_of(litellm: ModuleType, route: ModelRoute) -> str | None:
+    """The litellm provider for a route, or None when litellm cannot place the model."""
+    try:
+        return str(litellm.get_llm_provider(route.litellm_model, api_base=route.api_base)[1])
+    except Exception:  # litellm raises BadRequestError for a model it cannot place
+        return None
+
+
+_route_problems: dict[ModelRoute, str | None] = {}
+
+
+async def check_model(route: ModelRoute) -> str | None:
+    """Why a route cannot be called (unknown model, missing credentials), or None if it can."""
+    if route not in _route_problems:
+        _route_problems[route] = _route_problem(await load(), route)
+    return _route_problems[route]
+
+
+def _route_problem(litellm: ModuleType, route: ModelRoute) -> str | None:
+    provider = provider_of(litellm, route)
+    if provider is None:
+        return unknown_model_message(route.name)
+    if route.api_key:
+        return None
+    try:
+        missing = litellm.validate_environment(model=route.litellm_model)["missing_keys"]
+    except Exception:
+        return None  # litellm cannot tell for this provider: let the call decide
+    secrets = [name for name in missing if _is_secret_variable(name)]
+    if secrets:
+        return (
+            f"No API key for provider '{provider}': set {' and '.join(secrets)} or configure "
+            "the model in OPENGROVE_MODEL_CONFIG."
+        )
+    return None
+
+
+def _native_ollama_tools(litellm: ModuleType, model: str) -> None:
     """Make litellm send tools to Ollama natively. For a model missing from its model map,
     litellm asks OLLAMA_API_BASE's /api/show (not the route's api_base) whether the model
     takes tools; when that fails it silently swaps the tools for a JSON-mode prompt (and sets
@@ -169,9 +246,14 @@ async def stream_chat(
     request: ChatRequest, policy: RetryPolicy | None = None
 ) -> AsyncIterator[StreamEvent]:
     policy = policy or RetryPolicy()
+    litellm = await load()
+    problem = await check_model(request.route)
+    if problem is not None:
+        raise LLMError("server_error", problem)
     kwargs = _call_kwargs(request, policy.timeout)
     if request.tools:
-        _native_ollama_tools(request.route.litellm_model)
+        _native_ollama_tools(litellm, request.route.litellm_model)
+    retryable_errors = _retryable(litellm)
     for attempt in range(1, policy.attempts + 1):
         emitted = False
         try:
@@ -221,10 +303,10 @@ async def stream_chat(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            retryable = isinstance(exc, _RETRYABLE) and not emitted
+            retryable = isinstance(exc, retryable_errors) and not emitted
             if not retryable or attempt == policy.attempts:
                 logger.warning("model call failed (attempt %d): %r", attempt, exc)
-                raise _classify(exc) from exc
+                raise _classify(litellm, exc) from exc
             delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2
             logger.info(
@@ -235,6 +317,6 @@ async def stream_chat(
 
 def count_tokens(model: str, messages: list[dict[str, Any]]) -> int:
     try:
-        return int(litellm.token_counter(model=model, messages=messages))
+        return int(_import_litellm().token_counter(model=model, messages=messages))
     except Exception:  # unknown tokenizer for an exotic model: a rough estimate is enough here
         return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)

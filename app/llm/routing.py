@@ -13,10 +13,13 @@ Plain names use litellm's own environment (OPENAI_API_KEY, OPENAI_API_BASE, ANTH
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from app.errors import InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -27,14 +30,34 @@ class ModelRoute:
     api_key: str | None = None
 
 
+def unknown_model_message(name: str) -> str:
+    return (
+        f"The model '{name}' does not exist on this server: use a model alias from "
+        "OPENGROVE_MODEL_CONFIG or a model litellm can route, such as 'gpt-4o', "
+        "'anthropic/claude-sonnet-4-5' or 'ollama_chat/llama3.1'."
+    )
+
+
 class ModelRouter:
-    def __init__(self, aliases: dict[str, ModelRoute] | None = None) -> None:
+    def __init__(
+        self, aliases: dict[str, ModelRoute] | None = None, listed: Iterable[str] = ()
+    ) -> None:
         self.aliases = aliases or {}
+        self.listed = frozenset(listed)  # OPENGROVE_MODELS: known without asking litellm
+
+    async def require_known(self, name: str) -> None:
+        """400 `model_not_found` for a model no alias names and litellm cannot route."""
+        if name in self.aliases or name in self.listed:
+            return
+        from app.llm import adapter  # litellm loads on first need (in a thread)
+
+        if adapter.provider_of(await adapter.load(), self.route(name)) is None:
+            raise InvalidRequest(unknown_model_message(name), param="model", code="model_not_found")
 
     @classmethod
-    def from_file(cls, path: Path | None) -> ModelRouter:
+    def from_file(cls, path: Path | None, listed: Iterable[str] = ()) -> ModelRouter:
         if path is None:
-            return cls()
+            return cls(listed=listed)
         data = yaml.safe_load(Path(path).read_text()) or {}
         aliases: dict[str, ModelRoute] = {}
         for entry in data.get("models", []):
@@ -45,7 +68,7 @@ class ModelRouter:
                 api_base=entry.get("api_base"),
                 api_key=os.environ.get(key_env) if key_env else entry.get("api_key"),
             )
-        return cls(aliases)
+        return cls(aliases, listed)
 
     def route(self, model: str) -> ModelRoute:
         return self.aliases.get(model) or ModelRoute(name=model, litellm_model=model)

@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse
 
-from app.deps import Session
+from app.deps import Models, Session
 from app.pagination import ListParams, list_params
 from app.runs import service
 from app.runs.events import next_seq
@@ -34,8 +34,10 @@ def _stream(request: Request, run_id: str, after_seq: int = -1) -> EventSourceRe
 
 @router.post("/runs", response_model=None)
 async def create_thread_and_run(
-    body: ThreadAndRunCreate, session: Session, request: Request
+    body: ThreadAndRunCreate, session: Session, request: Request, models: Models
 ) -> RunObject | EventSourceResponse:
+    if body.model is not None:
+        await models.require_known(body.model)
     run = await service.create_thread_and_run(session, request.app.state.hub, body, [])
     if body.stream:
         return _stream(request, run.id)
@@ -48,8 +50,11 @@ async def create_run(
     body: RunCreate,
     session: Session,
     request: Request,
+    models: Models,
     include: IncludeParam = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> RunObject | EventSourceResponse:
+    if body.model is not None:
+        await models.require_known(body.model)
     run = await service.create_run(session, request.app.state.hub, thread_id, body, list(include))
     if body.stream:
         return _stream(request, run.id)

@@ -47,29 +47,6 @@ DEFAULT_LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 
 
-def create_index(settings: Any) -> VectorIndex:
-    """The process-wide Qdrant index: a server at QDRANT_URL, else local under the data dir.
-
-    With an embedding model configured, points also get a dense vector of
-    `embedding_dimensions` (required then: the collection's vector size is fixed).
-    """
-    dense_dim: int | None = None
-    if getattr(settings, "embedding_model", None):
-        dense_dim = getattr(settings, "embedding_dimensions", None)
-        if not dense_dim:
-            raise ValueError(
-                "An embedding model is configured but its dimensions are not: set "
-                "OPENGROVE_EMBEDDING_DIMENSIONS to the model's output size."
-            )
-    if settings.qdrant_url:
-        return VectorIndex(
-            url=settings.qdrant_url,
-            api_key=getattr(settings, "qdrant_api_key", None),
-            dense_dim=dense_dim,
-        )
-    return VectorIndex(path=settings.qdrant_path, dense_dim=dense_dim)
-
-
 def create_embedder(settings: Any) -> Embedder | None:
     """An Embedder for the configured embedding model, or None (lexical search only)."""
     model = getattr(settings, "embedding_model", None)
@@ -135,8 +112,6 @@ class IngestionWorker:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Fail fast on a collection that does not match the configuration.
-        await self.index.ensure_collection()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="ingestion-claim"),
             asyncio.create_task(self._renew_loop(), name="ingestion-lease"),
