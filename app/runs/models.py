@@ -69,6 +69,14 @@ class Run(OpenAIObjectMixin, Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     include: Mapped[list[Any]] = mapped_column(JSONType, default=list)
+    # No event with a higher sequence number has been published: the executor reserves a
+    # block ahead of the deltas it publishes before persisting, so a run resumed after a
+    # crash numbers its events past anything a client may have seen.
+    next_event_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # How often the run's worker died while executing it (resumed each time, up to a limit).
+    interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Model turns closed (their messages and steps final); a resumed run redoes the next one.
+    turns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RunStep(OpenAIObjectMixin, Base):
