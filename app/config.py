@@ -96,6 +96,13 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_LLM_RETRY_DELAY"),
         description="First backoff delay in seconds; doubles per attempt.",
     )
+    llm_fast_path: bool = Field(
+        default=True,
+        validation_alias=_env("OPENGROVE_LLM_FAST_PATH"),
+        description="Stream OpenAI-format providers (litellm's openai and hosted_vllm) over "
+        "a direct keep-alive HTTP connection instead of litellm.acompletion (same requests, "
+        "retries and errors, a fraction of the CPU); false sends every call through litellm.",
+    )
     run_workers: bool = Field(
         default=True,
         validation_alias=_env("OPENGROVE_RUN_WORKERS"),

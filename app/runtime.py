@@ -125,6 +125,7 @@ class Runtime:
             await self.executor.stop()
             # litellm's logging task must be idle before the loop closes (see the function).
             await drain_litellm_logging()
+            await adapter.aclose()  # the LLM fast path's shared HTTP connections
         if self.ingestion is not None:
             await self.ingestion.stop()
         if self.index is not None:

@@ -4,11 +4,17 @@ One path for every run: `stream_chat` always streams, and yields normalised even
 (text deltas, tool-call deltas, then one `Finish` with the finish_reason and usage read
 from the chunks themselves). Failures before the first chunk are retried with backoff;
 anything else surfaces as `LLMError` with an OpenAI `last_error` code.
+
+litellm resolves every route. Routes its OpenAI-format providers serve (`openai`,
+`hosted_vllm`) are streamed by `openai_wire` over a shared keep-alive connection, with the
+same request body, retries and errors but without litellm's per-chunk overhead; everything
+else (and everything, with OPENGROVE_LLM_FAST_PATH=false) goes through `litellm.acompletion`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -20,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from app.llm import openai_wire
 from app.llm.routing import ModelRoute, unknown_model_message
 
 logger = logging.getLogger("opengrove.llm")
@@ -214,15 +221,46 @@ def _native_ollama_tools(litellm: ModuleType, model: str) -> None:
         info.setdefault("supports_function_calling", True)
 
 
-def _call_kwargs(request: ChatRequest, timeout: float) -> dict[str, Any]:
+_wire_routes: dict[ModelRoute, openai_wire.WireRoute | None] = {}
+
+
+def fast_path_enabled() -> bool:
+    from app.config import get_settings
+
+    return get_settings().llm_fast_path
+
+
+def wire_route(litellm: ModuleType, route: ModelRoute) -> openai_wire.WireRoute | None:
+    """How the fast path calls a route (cached per route), or None if litellm must."""
+    if route not in _wire_routes:
+        _wire_routes[route] = openai_wire.resolve(litellm, route)
+    return _wire_routes[route]
+
+
+async def takes_fast_path(route: ModelRoute) -> bool:
+    """Whether calls to this route stream through `openai_wire` rather than litellm."""
+    return fast_path_enabled() and wire_route(await load(), route) is not None
+
+
+async def aclose() -> None:
+    """Close the fast path's shared HTTP clients (at shutdown)."""
+    await openai_wire.aclose()
+
+
+def _call_kwargs(litellm: ModuleType, request: ChatRequest, timeout: float) -> dict[str, Any]:
+    provider = provider_of(litellm, request.route)
     kwargs: dict[str, Any] = {
         "model": request.route.litellm_model,
         "messages": request.messages,
         "stream": True,
         "stream_options": {"include_usage": True},
         # No read timeout for litellm: its aiohttp transport turns it into a limit on the whole
-        # stream, failing long answers. We bound the wait for each chunk instead.
-        "timeout": httpx.Timeout(timeout, read=None),
+        # stream, failing long answers. We bound the wait for each chunk instead. Providers
+        # litellm gives no httpx timeout take a number (its own fallback, 600, is an int that
+        # its OpenAI-compatible providers such as hosted_vllm reject).
+        "timeout": httpx.Timeout(timeout, read=None)
+        if provider is not None and litellm.supports_httpx_timeout(provider)
+        else 600.0,
         "num_retries": 0,  # retries are ours, so they never replay a half-streamed answer
     }
     if request.route.api_base:
@@ -250,55 +288,26 @@ async def stream_chat(
     problem = await check_model(request.route)
     if problem is not None:
         raise LLMError("server_error", problem)
-    kwargs = _call_kwargs(request, policy.timeout)
-    if request.tools:
-        _native_ollama_tools(litellm, request.route.litellm_model)
+    wire = wire_route(litellm, request.route) if fast_path_enabled() else None
+    kwargs: dict[str, Any] = {}
+    if wire is None:
+        kwargs = _call_kwargs(litellm, request, policy.timeout)
+        if request.tools:
+            _native_ollama_tools(litellm, request.route.litellm_model)
     retryable_errors = _retryable(litellm)
     for attempt in range(1, policy.attempts + 1):
         emitted = False
+        events = (
+            openai_wire.stream(litellm, wire, request, policy.timeout)
+            if wire is not None
+            else _litellm_stream(litellm, kwargs, policy.timeout)
+        )
         try:
-            async with asyncio.timeout(policy.timeout):
-                response = await litellm.acompletion(**kwargs)
-            chunks = aiter(response)
-            finish_reason: str | None = None
-            usage: Usage | None = None
-            saw_tool_call = False
-            while True:
-                try:
-                    # An idle limit per chunk: a stalled provider fails, a long answer does not.
-                    async with asyncio.timeout(policy.timeout):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                chunk_usage = getattr(chunk, "usage", None)
-                if chunk_usage is not None and getattr(chunk_usage, "prompt_tokens", None):
-                    usage = Usage(
-                        chunk_usage.prompt_tokens or 0, chunk_usage.completion_tokens or 0
-                    )
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                delta = choice.delta
-                if delta is not None:
-                    if delta.content:
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if not emitted and not isinstance(event, Finish):
                         emitted = True
-                        yield TextDelta(delta.content)
-                    for call in delta.tool_calls or []:
-                        emitted = saw_tool_call = True
-                        function = call.function
-                        yield ToolCallDelta(
-                            index=call.index or 0,
-                            id=call.id,
-                            name=getattr(function, "name", None) if function else None,
-                            arguments=(getattr(function, "arguments", None) or "")
-                            if function
-                            else "",
-                        )
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
-            if finish_reason is None:
-                finish_reason = "tool_calls" if saw_tool_call else "stop"
-            yield Finish(finish_reason, usage)
+                    yield event
             return
         except asyncio.CancelledError:
             raise
@@ -313,6 +322,49 @@ async def stream_chat(
                 "model call failed (attempt %d), retrying in %.2fs: %s", attempt, delay, exc
             )
             await asyncio.sleep(delay)
+
+
+async def _litellm_stream(
+    litellm: ModuleType, kwargs: dict[str, Any], idle_timeout: float
+) -> AsyncIterator[StreamEvent]:
+    """One streamed call through `litellm.acompletion`."""
+    async with asyncio.timeout(idle_timeout):
+        response = await litellm.acompletion(**kwargs)
+    chunks = aiter(response)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    saw_tool_call = False
+    while True:
+        try:
+            # An idle limit per chunk: a stalled provider fails, a long answer does not.
+            async with asyncio.timeout(idle_timeout):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            break
+        chunk_usage = getattr(chunk, "usage", None)
+        if chunk_usage is not None and getattr(chunk_usage, "prompt_tokens", None):
+            usage = Usage(chunk_usage.prompt_tokens or 0, chunk_usage.completion_tokens or 0)
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        delta = choice.delta
+        if delta is not None:
+            if delta.content:
+                yield TextDelta(delta.content)
+            for call in delta.tool_calls or []:
+                saw_tool_call = True
+                function = call.function
+                yield ToolCallDelta(
+                    index=call.index or 0,
+                    id=call.id,
+                    name=getattr(function, "name", None) if function else None,
+                    arguments=(getattr(function, "arguments", None) or "") if function else "",
+                )
+        if choice.finish_reason:
+            finish_reason = choice.finish_reason
+    if finish_reason is None:
+        finish_reason = "tool_calls" if saw_tool_call else "stop"
+    yield Finish(finish_reason, usage)
 
 
 def count_tokens(model: str, messages: list[dict[str, Any]]) -> int:
