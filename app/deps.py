@@ -1,26 +1,67 @@
-"""FastAPI dependencies shared by the routers."""
+"""FastAPI dependencies shared by the routers, all drawn from the one `Runtime` built at start."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import Settings as AppSettings
+from app.db import Database
 from app.llm.routing import ModelRouter
+from app.retrieval.index import VectorIndex
+from app.runs.service import RunSignals
+
+if TYPE_CHECKING:
+    from app.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.db.sessionmaker() as session:
+    async with get_runtime(request).db.sessionmaker() as session:
         yield session
 
 
 Session = Annotated[AsyncSession, Depends(get_session)]
 
 
+def get_database(request: Request) -> Database:
+    return get_runtime(request).db
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+
+
+def get_settings_dep(request: Request) -> AppSettings:
+    return get_runtime(request).settings
+
+
+Settings = Annotated[AppSettings, Depends(get_settings_dep)]
+
+
 def get_model_router(request: Request) -> ModelRouter:
-    return request.app.state.model_router
+    return get_runtime(request).router
 
 
 Models = Annotated[ModelRouter, Depends(get_model_router)]
+
+
+def get_run_signals(request: Request) -> RunSignals:
+    return get_runtime(request).signals
+
+
+Signals = Annotated[RunSignals, Depends(get_run_signals)]
+
+
+def get_index(request: Request) -> VectorIndex:
+    index = get_runtime(request).index
+    assert index is not None
+    return index
+
+
+Index = Annotated[VectorIndex, Depends(get_index)]

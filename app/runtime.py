@@ -1,6 +1,8 @@
-"""What a process needs at run time: database, event hub, model router, run executor.
+"""What a process needs at run time, built once at start and handed to everything else:
+database, event hub, run dispatcher, model router, vector index, tools, run worker.
 
-Shared by `serve` (API, with workers in-process by default) and `worker` (no API).
+Shared by `serve` (API, with workers in-process by default) and `worker` (no API). Routers
+reach these parts through the typed dependencies in `app.deps`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.index import LazyIndex, create_index
+from app.runs.dispatch import RunDispatcher
 from app.runs.events import EventHub, PostgresListener
-from app.runs.executor import RunExecutor
+from app.runs.execution import ExecutionContext
+from app.runs.service import RunSignals
+from app.runs.worker import RunWorker
+from app.tools import builtin_tools
 from app.vector_stores.ingestion import IngestionWorker, cleanup_expired, create_embedder
 
 logger = logging.getLogger("opengrove")
@@ -29,8 +35,9 @@ class Runtime:
     settings: Settings
     db: Database
     hub: EventHub = field(default_factory=EventHub)
+    dispatcher: RunDispatcher = field(default_factory=RunDispatcher)
     router: ModelRouter = field(default_factory=ModelRouter)
-    executor: RunExecutor | None = None
+    worker: RunWorker | None = None
     listener: PostgresListener | None = None
     index: LazyIndex | None = None
     embedder: Embedder | None = None
@@ -51,7 +58,7 @@ class Runtime:
         )
         if not runtime.db.is_sqlite:
             # Cross-process wake-ups: new runs for workers, new events for streams.
-            runtime.listener = PostgresListener(url, runtime.hub)
+            runtime.listener = PostgresListener(url, runtime.hub.wake, runtime.dispatcher.queued)
             await runtime.listener.start()
         # Slow parts load in the background: the API answers while they do.
         runtime.index = create_index(settings)
@@ -62,10 +69,26 @@ class Runtime:
         runtime.ingestion = IngestionWorker(runtime.db, runtime.index, settings, runtime.embedder)
         await runtime.ingestion.start()
         if run_workers:
-            runtime.executor = RunExecutor(
-                runtime.db, runtime.hub, settings, runtime.router, runtime.index, runtime.embedder
+            context = ExecutionContext(
+                hub=runtime.hub,
+                router=runtime.router,
+                tools=builtin_tools(runtime.index, runtime.embedder),
+                policy=adapter.RetryPolicy(
+                    attempts=settings.llm_attempts,
+                    base_delay=settings.llm_retry_base_delay,
+                    timeout=settings.llm_timeout,
+                ),
+                max_run_steps=settings.max_run_steps,
+                expiry_seconds=settings.run_expiry_seconds,
             )
-            await runtime.executor.start()
+            runtime.worker = RunWorker(
+                runtime.db,
+                runtime.dispatcher,
+                context,
+                concurrency=settings.worker_concurrency,
+                lease_seconds=settings.run_lease_seconds,
+            )
+            await runtime.worker.start()
         runtime._housekeeping = asyncio.create_task(runtime._housekeep(), name="housekeeping")
         logger.info(
             "opengrove ready: database=%s, workers=%s",
@@ -85,6 +108,10 @@ class Runtime:
                     logger.info("housekeeping: %s", done)
             except Exception:
                 logger.exception("housekeeping failed")
+
+    @property
+    def signals(self) -> RunSignals:
+        return RunSignals(self.hub, self.dispatcher, self.settings.run_expiry_seconds)
 
     async def health(self) -> tuple[bool, dict[str, str]]:
         """(healthy, checks) for /health; a part still loading reports "starting"."""
@@ -121,8 +148,8 @@ class Runtime:
             self._housekeeping.cancel()
         if self._preload is not None:
             self._preload.cancel()
-        if self.executor is not None:
-            await self.executor.stop()
+        if self.worker is not None:
+            await self.worker.stop()
             # litellm's logging task must be idle before the loop closes (see the function).
             await drain_litellm_logging()
             await adapter.aclose()  # the LLM fast path's shared HTTP connections

@@ -1,15 +1,21 @@
 """Run events as data: numbered, persisted to `run_events`, delivered to subscribers.
 
-Writers (the API when it creates or resumes a run, the executor while it holds the run's
-lease) number a run's events and persist them in the same transaction as the state they
-announce, then publish them to subscribers in this process at once. Token deltas are
-published at once and persisted at the next commit. Subscribers in other processes read
-the log, woken by PostgreSQL NOTIFY (or by polling on SQLite).
+Writers (the API when it creates, cancels or resumes a run; the executor while it holds the
+run's lease) number a run's events from `runs.next_event_seq` and persist them in the same
+transaction as the state they announce, then publish them to subscribers in this process.
+Token deltas are published at once and persisted at the next commit, in one row per commit
+(a batch), so a late subscriber replays exactly the events a live one saw.
+
+The executor publishes deltas before persisting them, so it first reserves a block of
+numbers on the run row: if its process dies, the run resumes numbering past the block and
+writes a `RESUMED` marker there, and subscribers skip the numbers the lost attempt used.
+Subscribers in other processes read the log, woken by PostgreSQL NOTIFY (polling on SQLite).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections import defaultdict
@@ -18,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
-from app.runs.models import RunEvent
+from app.runs.models import Run, RunEvent
 
 logger = logging.getLogger("opengrove.events")
 
@@ -39,9 +45,16 @@ FINAL_EVENTS = frozenset(
         "thread.run.requires_action",
     }
 )
+BATCH = "batch"  # a row holding consecutive deltas: data is [[event, data], ...]
+RESUMED = "resumed"  # a resumed run continues here; numbers before it may be unused
+RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
 
 
-@dataclass(frozen=True)
+def dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     seq: int
     event: str
@@ -57,10 +70,6 @@ class EventHub:
 
     def __init__(self) -> None:
         self._queues: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
-        self._run_listeners: list[Callable[[str], None]] = []
-        self._cancel_listeners: list[Callable[[str], None]] = []
-        self._local_worker: Callable[[Any], bool] | None = None
-        self._withdraw: Callable[[str], None] | None = None
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -82,114 +91,163 @@ class EventHub:
     def wake(self, run_id: str) -> None:
         self.publish(run_id, [_WAKE])
 
-    def on_run_queued(self, callback: Callable[[str], None]) -> None:
-        self._run_listeners.append(callback)
-
-    def run_queued(self, run_id: str = "") -> None:
-        for callback in self._run_listeners:
-            callback(run_id)
-
-    def set_local_worker(
-        self, take: Callable[[Any], bool], withdraw: Callable[[str], None]
-    ) -> None:
-        self._local_worker = take
-        self._withdraw = withdraw
-
-    def offer(self, run: Any) -> bool:
-        """Lease a run to this process's executor before it is first committed, sparing the
-        claim round trip; it starts on `run_queued(run.id)` after the commit. False when
-        there is no executor here or it is full."""
-        return self._local_worker(run) if self._local_worker is not None else False
-
-    def withdraw(self, run_id: str) -> None:
-        """The offered run was never committed."""
-        if self._withdraw is not None:
-            self._withdraw(run_id)
-
-    def on_cancel_requested(self, callback: Callable[[str], None]) -> None:
-        self._cancel_listeners.append(callback)
-
-    def cancel_requested(self, run_id: str) -> None:
-        for callback in self._cancel_listeners:
-            callback(run_id)
-
-
-async def next_seq(session: AsyncSession, run_id: str) -> int:
-    last = await session.scalar(select(func.max(RunEvent.seq)).where(RunEvent.run_id == run_id))
-    return 0 if last is None else last + 1
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(queues) for queues in self._queues.values())
 
 
 class EventWriter:
-    """Numbers one run's events; persists them with the caller's transaction."""
+    """Numbers one run's events; persists them with the caller's transaction.
 
-    def __init__(self, hub: EventHub, run_id: str, first_seq: int) -> None:
+    `reserving` writers (the executor) publish deltas before they are persisted, inside a
+    block of numbers reserved on the run row; others keep `runs.next_event_seq` exact.
+    """
+
+    def __init__(
+        self, hub: EventHub, run_id: str, next_seq: int, *, reserving: bool = False
+    ) -> None:
         self.hub = hub
         self.run_id = run_id
-        self.seq = first_seq
-        self._unpersisted: list[Event] = []
-        self._unpublished: list[Event] = []
-
-    @classmethod
-    async def resume(cls, hub: EventHub, session: AsyncSession, run_id: str) -> EventWriter:
-        return cls(hub, run_id, await next_seq(session, run_id))
+        self.seq = next_seq
+        self.reserving = reserving
+        self.stored_next = next_seq  # runs.next_event_seq as this writer last wrote it
+        self._state: list[Event] = []  # persisted with their row, published after commit
+        self._deltas: list[Event] = []  # published already (or held: past the reservation)
+        self._held: list[Event] = []
 
     def _new(self, event: str, data: Any) -> Event:
         item = Event(self.seq, event, data)
         self.seq += 1
-        self._unpersisted.append(item)
         return item
 
     def emit(self, event: str, data: Any) -> None:
         """A state event: published after the transaction that persists it commits."""
-        self._unpublished.append(self._new(event, data))
+        self._flush_deltas_into_state()
+        self._state.append(self._new(event, data))
 
     def emit_delta(self, event: str, data: Any) -> None:
-        """A token delta: published now, persisted with the next commit."""
-        self.hub.publish(self.run_id, [self._new(event, data)])
+        """A token delta: published now (within the reservation), persisted at next commit."""
+        item = self._new(event, data)
+        self._deltas.append(item)
+        if self.reserving and item.seq < self.stored_next and not self._held:
+            self.hub.publish(self.run_id, [item])
+        else:
+            self._held.append(item)
 
     @property
     def has_unpersisted(self) -> bool:
-        return bool(self._unpersisted)
+        return bool(self._state or self._deltas)
 
-    async def commit(self, session: AsyncSession, *, run_queued: bool = False) -> None:
+    @property
+    def must_commit(self) -> bool:
+        """Deltas wait for a reservation: commit soon."""
+        return bool(self._held)
+
+    def _flush_deltas_into_state(self) -> None:
+        if self._deltas:
+            first = self._deltas[0].seq
+            rows = [[d.event, d.data] for d in self._deltas]
+            self._state.append(Event(first, BATCH, rows))
+            self._deltas = []
+
+    def resumed_marker(self) -> None:
+        """Mark where a resumed run's numbering continues (never sent to clients)."""
+        self._state.append(self._new(RESUMED, None))
+
+    async def commit(self, session: AsyncSession, *, notify_run_queued: bool = False) -> None:
         """Persist pending events with the session's changes, commit, then publish."""
-        if self._unpersisted:
+        self._flush_deltas_into_state()
+        rows = self._state
+        if rows:
             # One executemany, no RETURNING: far cheaper than adding ORM rows one by one.
             await session.execute(
                 insert(RunEvent),
                 [
-                    {"run_id": self.run_id, "seq": e.seq, "event": e.event, "data": e.data}
-                    for e in self._unpersisted
+                    {"run_id": self.run_id, "seq": e.seq, "event": e.event, "data": dumps(e.data)}
+                    for e in rows
                 ],
             )
+        if self.reserving:
+            renew = self.seq + RESERVE_BLOCK // 2 > self.stored_next
+            wanted = self.seq + RESERVE_BLOCK if renew else self.stored_next
+        else:
+            wanted = self.seq
+        if wanted != self.stored_next:
+            await session.execute(
+                update(Run)
+                .where(Run.id == self.run_id)
+                .values(next_event_seq=wanted)
+                .execution_options(synchronize_session=False)
+            )
+            self.stored_next = wanted
         if session.bind.dialect.name == "postgresql":
             # Delivered by PostgreSQL on commit, to every process listening (ours included;
             # the payload names the sender so this process can ignore its own).
             notices = []
-            if self._unpersisted:
+            if rows:
                 notices.append(func.pg_notify(EVENTS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
-            if run_queued:
+            if notify_run_queued:
                 notices.append(func.pg_notify(RUNS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
             if notices:
                 await session.execute(select(*notices))
         await session.commit()
-        self._unpersisted.clear()
-        published, self._unpublished = self._unpublished, []
+        self._state = []
+        published = [e for e in rows if e.event not in (BATCH, RESUMED)] + self._held
+        self._held = []
+        published.sort(key=lambda e: e.seq)
         self.hub.publish(self.run_id, published)
-        if run_queued:
-            self.hub.run_queued(self.run_id)
+
+    def discard_unpublished(self) -> None:
+        """The transaction rolled back: forget events nobody has seen. Deltas already
+        published stay (the log must replay what live subscribers saw)."""
+        self._flush_deltas_into_state()
+        kept = [e for e in self._state if e.event in (BATCH, RESUMED)]
+        dropped = [e for e in self._state if e.event not in (BATCH, RESUMED)] + self._held
+        self._held = []
+        if not dropped:
+            return
+        first_dropped = min(e.seq for e in dropped)
+        if all(e.seq < first_dropped for e in kept):
+            self._state = kept
+            self.seq = first_dropped  # numbers stay contiguous: reuse the dropped ones
+        # else: a dropped event sits between published ones; keep all rather than leave a gap
+
+    def release(self) -> None:
+        """The executor lets go of the run: from now on next_event_seq must be exact."""
+        self.reserving = False
+
+
+def _expand(rows: list[tuple[int, str, str]]) -> list[Event]:
+    events: list[Event] = []
+    for seq, event, data in rows:
+        if event == BATCH:
+            events.extend(
+                Event(seq + i, name, payload) for i, (name, payload) in enumerate(json.loads(data))
+            )
+        else:
+            events.append(Event(seq, event, json.loads(data) if data is not None else None))
+    return events
 
 
 async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
+    # The row holding after_seq may be a batch that holds later events too: start there.
+    holding = (
+        select(func.max(RunEvent.seq))
+        .where(RunEvent.run_id == run_id, RunEvent.seq <= after_seq)
+        .scalar_subquery()
+    )
     async with db.sessionmaker() as session:
         rows = (
             await session.execute(
                 select(RunEvent.seq, RunEvent.event, RunEvent.data)
-                .where(RunEvent.run_id == run_id, RunEvent.seq > after_seq)
+                .where(
+                    RunEvent.run_id == run_id,
+                    RunEvent.seq >= func.coalesce(holding, after_seq + 1),
+                )
                 .order_by(RunEvent.seq)
             )
         ).all()
-    return [Event(seq, event, data) for seq, event, data in rows]
+    return [e for e in _expand([tuple(r) for r in rows]) if e.seq > after_seq]
 
 
 async def follow(
@@ -204,8 +262,13 @@ async def follow(
         pending = await load_events(db, run_id, last)
         while True:
             for item in pending:
-                if item.seq != last + 1:
+                if item.seq <= last:
                     continue
+                if item.event == RESUMED:
+                    last = item.seq  # the numbers before it belonged to a lost attempt
+                    continue
+                if item.seq != last + 1:
+                    break  # not persisted yet: wait for the log to catch up
                 last = item.seq
                 yield item
                 if item.event in FINAL_EVENTS:
@@ -217,7 +280,7 @@ async def follow(
             if item is _WAKE or item.seq > last + 1:
                 # Written by another process, or we missed some: the log has them.
                 pending = await load_events(db, run_id, last)
-                if item is not _WAKE and item.seq > last + 1 and item not in pending:
+                if item is not _WAKE and item not in pending:
                     pending.append(item)
                     pending.sort(key=lambda e: e.seq)
             else:
@@ -227,11 +290,14 @@ async def follow(
 
 
 class PostgresListener:
-    """One LISTEN connection per process, turning NOTIFYs into hub wake-ups."""
+    """One LISTEN connection per process: other processes' events and runs wake us."""
 
-    def __init__(self, url: str, hub: EventHub) -> None:
+    def __init__(
+        self, url: str, on_events: Callable[[str], None], on_run_queued: Callable[[], None]
+    ) -> None:
         self.url = url.replace("postgresql+asyncpg://", "postgresql://")
-        self.hub = hub
+        self.on_events = on_events
+        self.on_run_queued = on_run_queued
         self._conn: asyncpg.Connection | None = None
 
     async def start(self) -> None:
@@ -242,11 +308,11 @@ class PostgresListener:
     def _on_event(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         sender, _, run_id = payload.partition(":")
         if sender != PROCESS_TOKEN:  # our own events reached our subscribers already
-            self.hub.wake(run_id)
+            self.on_events(run_id)
 
     def _on_run(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if not payload.startswith(PROCESS_TOKEN + ":"):
-            self.hub.run_queued()  # another process's run: claim it if we have room
+            self.on_run_queued()  # another process's run: claim it if we have room
 
     async def stop(self) -> None:
         if self._conn is not None:

@@ -117,4 +117,4 @@ class RunEvent(Base):
     )
     seq: Mapped[int] = mapped_column(Integer)
     event: Mapped[str] = mapped_column(String(48))
-    data: Mapped[Any] = mapped_column(JSONType)
+    data: Mapped[str] = mapped_column(Text)  # JSON, as sent: encoded once

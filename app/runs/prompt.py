@@ -1,4 +1,5 @@
-"""What the model sees: the run's instructions, the thread, and this run's own steps."""
+"""What the model sees: the run's instructions, the thread, and this run's own steps,
+cut to `max_prompt_tokens` when the run sets it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.llm.adapter import count_tokens
 from app.runs.models import Run, RunStep
+from app.runs.outcomes import RunIncomplete
 from app.threads.models import Message
 
 
@@ -48,8 +51,23 @@ async def build_prompt(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
     if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
         history = history[-int(strategy["last_messages"]) :]
     prompt.extend({"role": m.role, "content": _chat_content(m.content)} for m in history)
-    prompt.extend(await _run_turns(session, run))
+    if run.turns:  # a run's first turn has no steps of its own yet
+        prompt.extend(await _run_turns(session, run))
     return prompt
+
+
+def fit_prompt(model: str, prompt: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """Drop the oldest conversation messages until the prompt fits `max_prompt_tokens`."""
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    rest = prompt[len(system) :]
+    while len(rest) > 1 and count_tokens(model, system + rest) > budget:
+        rest = rest[1:]
+        # Never start on a tool result whose call was dropped.
+        while rest and rest[0]["role"] == "tool":
+            rest = rest[1:]
+    if count_tokens(model, system + rest) > budget:
+        raise RunIncomplete("max_prompt_tokens")
+    return system + rest
 
 
 async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:

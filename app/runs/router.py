@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
-from app.deps import Models, Session
+from app.deps import DatabaseDep, Models, Session, Signals
+from app.errors import InvalidRequest
 from app.pagination import ListParams, list_params
 from app.runs import service
-from app.runs.events import next_seq
 from app.runs.schemas import (
     RunCreate,
     RunObject,
@@ -28,19 +28,15 @@ IncludeParam = Annotated[
 ]
 
 
-def _stream(request: Request, run_id: str, after_seq: int = -1) -> EventSourceResponse:
-    return run_event_stream(request.app.state.db, request.app.state.hub, run_id, after_seq)
-
-
 @router.post("/runs", response_model=None)
 async def create_thread_and_run(
-    body: ThreadAndRunCreate, session: Session, request: Request, models: Models
+    body: ThreadAndRunCreate, session: Session, signals: Signals, db: DatabaseDep, models: Models
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model)
-    run = await service.create_thread_and_run(session, request.app.state.hub, body, [])
+    run = await service.create_thread_and_run(session, signals, body, [])
     if body.stream:
-        return _stream(request, run.id)
+        return run_event_stream(db, signals.hub, run.id)
     return RunObject(**render_run(run))
 
 
@@ -49,15 +45,16 @@ async def create_run(
     thread_id: str,
     body: RunCreate,
     session: Session,
-    request: Request,
+    signals: Signals,
+    db: DatabaseDep,
     models: Models,
     include: IncludeParam = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model)
-    run = await service.create_run(session, request.app.state.hub, thread_id, body, list(include))
+    run = await service.create_run(session, signals, thread_id, body, list(include))
     if body.stream:
-        return _stream(request, run.id)
+        return run_event_stream(db, signals.hub, run.id)
     return RunObject(**render_run(run))
 
 
@@ -68,9 +65,32 @@ async def list_runs(
     return (await service.list_runs(session, thread_id, params)).to_response(render_run)
 
 
-@router.get("/{thread_id}/runs/{run_id}")
-async def get_run(thread_id: str, run_id: str, session: Session) -> RunObject:
-    return RunObject(**render_run(await service.get_run(session, thread_id, run_id)))
+@router.get("/{thread_id}/runs/{run_id}", response_model=None)
+async def get_run(
+    thread_id: str,
+    run_id: str,
+    session: Session,
+    signals: Signals,
+    db: DatabaseDep,
+    stream: bool = False,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> RunObject | EventSourceResponse:
+    """`?stream=true` (an extension) follows the run's events from the start, or after the
+    `Last-Event-ID` header's event: a client whose stream broke resumes where it was."""
+    run = await service.get_run(session, thread_id, run_id)
+    if not stream:
+        return RunObject(**render_run(run))
+    after = -1
+    if last_event_id:
+        try:
+            after = int(last_event_id)
+        except ValueError:
+            raise InvalidRequest(
+                f"Invalid Last-Event-ID {last_event_id!r}: expected an event id from this "
+                "run's stream.",
+                param="Last-Event-ID",
+            ) from None
+    return run_event_stream(db, signals.hub, run.id, after)
 
 
 @router.post("/{thread_id}/runs/{run_id}")
@@ -79,20 +99,23 @@ async def modify_run(thread_id: str, run_id: str, body: RunUpdate, session: Sess
 
 
 @router.post("/{thread_id}/runs/{run_id}/cancel")
-async def cancel_run(thread_id: str, run_id: str, session: Session, request: Request) -> RunObject:
-    run = await service.cancel_run(session, request.app.state.hub, thread_id, run_id)
+async def cancel_run(thread_id: str, run_id: str, session: Session, signals: Signals) -> RunObject:
+    run = await service.cancel_run(session, signals, thread_id, run_id)
     return RunObject(**render_run(run))
 
 
 @router.post("/{thread_id}/runs/{run_id}/submit_tool_outputs", response_model=None)
 async def submit_tool_outputs(
-    thread_id: str, run_id: str, body: SubmitToolOutputs, session: Session, request: Request
+    thread_id: str,
+    run_id: str,
+    body: SubmitToolOutputs,
+    session: Session,
+    signals: Signals,
+    db: DatabaseDep,
 ) -> RunObject | EventSourceResponse:
-    # Nobody else writes a run's events while it waits for outputs, so this is where ours start.
-    first_seq = await next_seq(session, run_id)
-    run = await service.submit_tool_outputs(session, request.app.state.hub, thread_id, run_id, body)
+    run, first_seq = await service.submit_tool_outputs(session, signals, thread_id, run_id, body)
     if body.stream:
-        return _stream(request, run.id, first_seq - 1)
+        return run_event_stream(db, signals.hub, run.id, first_seq - 1)
     return RunObject(**render_run(run))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -9,10 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.service import get_assistant
-from app.config import get_settings
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, now
 from app.pagination import ListParams, Page, paginate
+from app.runs.dispatch import RunDispatcher
 from app.runs.events import EventHub, EventWriter
 from app.runs.models import ACTIVE_STATUSES, Run, RunStep
 from app.runs.schemas import (
@@ -31,9 +32,13 @@ from app.threads.service import create_thread_rows, get_thread, new_message
 from app.vector_stores.thread_stores import attach_to_thread_store
 
 
-def run_expiry_seconds() -> int:
-    """As on OpenAI: a run waiting (queued, or for tool outputs) 10 minutes expires."""
-    return get_settings().run_expiry_seconds
+@dataclass(frozen=True)
+class RunSignals:
+    """Where run changes are announced: events to streams, new runs to workers."""
+
+    hub: EventHub
+    dispatcher: RunDispatcher
+    expiry_seconds: int  # a run waiting (queued, or for tool outputs) this long expires
 
 
 async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
@@ -47,6 +52,7 @@ async def _build_run(
     thread_id: str,
     body: RunCreate | ThreadAndRunCreate,
     include: list[str],
+    expiry_seconds: int,
 ) -> Run:
     assistant = await get_assistant(session, body.assistant_id)
     instructions = body.instructions if body.instructions is not None else assistant.instructions
@@ -60,7 +66,7 @@ async def _build_run(
         thread_id=thread_id,
         assistant_id=assistant.id,
         status="queued",
-        expires_at=created + run_expiry_seconds(),
+        expires_at=created + expiry_seconds,
         model=body.model or assistant.model,
         instructions=instructions or "",
         tools=dump_tools(body.tools) if body.tools is not None else assistant.tools,
@@ -83,21 +89,26 @@ async def _build_run(
         ),
         reasoning_effort=body.reasoning_effort or assistant.reasoning_effort,
         include=include,
+        # Set here, not left to server defaults: the object is handed to a worker as it is.
+        interruptions=0,
+        turns=0,
     )
 
 
 async def _commit_new_run(
-    session: AsyncSession, hub: EventHub, run: Run, writer: EventWriter
+    session: AsyncSession, signals: RunSignals, run: Run, writer: EventWriter
 ) -> Run:
-    hub.offer(run)
+    signals.dispatcher.offer(run)
     session.add(run)
     writer.emit("thread.run.created", render_run(run))
     writer.emit("thread.run.queued", render_run(run))
+    run.next_event_seq = writer.stored_next = writer.seq  # inserted with the row
     try:
-        await writer.commit(session, run_queued=True)
+        await writer.commit(session, notify_run_queued=True)
+        signals.dispatcher.queued(run.id)
     except IntegrityError:
         # The partial unique index: this thread already has an active run.
-        hub.withdraw(run.id)
+        signals.dispatcher.withdraw(run.id)
         await session.rollback()
         active = await active_run_id(session, run.thread_id)
         raise InvalidRequest(
@@ -107,30 +118,34 @@ async def _commit_new_run(
 
 
 async def create_run(
-    session: AsyncSession, hub: EventHub, thread_id: str, body: RunCreate, include: list[str]
+    session: AsyncSession,
+    signals: RunSignals,
+    thread_id: str,
+    body: RunCreate,
+    include: list[str],
 ) -> Run:
     thread = await get_thread(session, thread_id)
     active = await active_run_id(session, thread_id)
     if active is not None:
         raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
-    run = await _build_run(session, thread_id, body, include)
+    run = await _build_run(session, thread_id, body, include, signals.expiry_seconds)
     messages = [new_message(thread_id, message) for message in body.additional_messages or []]
     session.add_all(messages)
     await attach_to_thread_store(session, thread, messages)
-    return await _commit_new_run(session, hub, run, EventWriter(hub, run.id, 0))
+    return await _commit_new_run(session, signals, run, EventWriter(signals.hub, run.id, 0))
 
 
 async def create_thread_and_run(
-    session: AsyncSession, hub: EventHub, body: ThreadAndRunCreate, include: list[str]
+    session: AsyncSession, signals: RunSignals, body: ThreadAndRunCreate, include: list[str]
 ) -> Run:
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
     thread = await create_thread_rows(session, thread_body)
-    run = await _build_run(session, thread.id, body, include)
-    writer = EventWriter(hub, run.id, 0)
+    run = await _build_run(session, thread.id, body, include, signals.expiry_seconds)
+    writer = EventWriter(signals.hub, run.id, 0)
     writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
-    return await _commit_new_run(session, hub, run, writer)
+    return await _commit_new_run(session, signals, run, writer)
 
 
 async def get_run(session: AsyncSession, thread_id: str, run_id: str) -> Run:
@@ -154,9 +169,11 @@ async def update_run(session: AsyncSession, thread_id: str, run_id: str, body: R
     return run
 
 
-async def cancel_run(session: AsyncSession, hub: EventHub, thread_id: str, run_id: str) -> Run:
+async def cancel_run(
+    session: AsyncSession, signals: RunSignals, thread_id: str, run_id: str
+) -> Run:
     run = await get_run(session, thread_id, run_id)
-    writer = await EventWriter.resume(hub, session, run.id)
+    writer = EventWriter(signals.hub, run.id, run.next_event_seq)
     # Nobody executes a queued run without a lease, nor one waiting for tool outputs:
     # those end now. A run being executed is asked to stop and ends at its next chunk.
     if run.status == "requires_action" or (run.status == "queued" and run.lease_owner is None):
@@ -172,7 +189,8 @@ async def cancel_run(session: AsyncSession, hub: EventHub, thread_id: str, run_i
     if run.status in ("queued", "in_progress") and await transition(session, run, "cancelling"):
         # The executor owns this run's event stream: it announces cancelling and cancelled.
         await session.commit()
-        hub.cancel_requested(run.id)  # an executor in this process stops at once; others poll
+        # A worker in this process stops at once; others notice when they poll.
+        signals.dispatcher.cancel_requested(run.id)
         return run
     if run.status == "cancelling":
         return run
@@ -226,8 +244,13 @@ async def finish_run(
 
 
 async def submit_tool_outputs(
-    session: AsyncSession, hub: EventHub, thread_id: str, run_id: str, body: SubmitToolOutputs
-) -> Run:
+    session: AsyncSession,
+    signals: RunSignals,
+    thread_id: str,
+    run_id: str,
+    body: SubmitToolOutputs,
+) -> tuple[Run, int]:
+    """Resume the run with the outputs; returns it and the number of its first new event."""
     run = await get_run(session, thread_id, run_id)
     if run.status != "requires_action" or not run.required_action:
         raise InvalidRequest(
@@ -262,7 +285,8 @@ async def submit_tool_outputs(
         )
         .order_by(RunStep.seq.desc())
     )
-    writer = await EventWriter.resume(hub, session, run.id)
+    writer = EventWriter(signals.hub, run.id, run.next_event_seq)
+    first_seq = writer.seq
     if not await transition(session, run, "queued", required_action=None):
         raise InvalidRequest(
             f'Runs in status "{run.status}" do not accept tool outputs.', param="run_id"
@@ -279,8 +303,9 @@ async def submit_tool_outputs(
         step.completed_at = now()
         writer.emit("thread.run.step.completed", render_step(step))
     writer.emit("thread.run.queued", render_run(run))
-    await writer.commit(session, run_queued=True)
-    return run
+    await writer.commit(session, notify_run_queued=True)
+    signals.dispatcher.queued(run.id)
+    return run, first_seq
 
 
 async def list_steps(

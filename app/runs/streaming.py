@@ -1,22 +1,31 @@
-"""Server-sent events for a run: a subscriber to the run's event log, nothing more."""
+"""Server-sent events for a run: a subscriber to the run's event log, nothing more.
+
+Each event carries its number as the SSE `id`, so a client whose connection broke can resume
+with `GET …/runs/{run_id}?stream=true` and `Last-Event-ID` (the SDKs ignore the ids).
+Keep-alive comments carry an empty `id:`: the openai SDKs turn a bare blank line after an
+id into an event with no data, which they then fail to parse.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.db import Database
-from app.runs.events import EventHub, follow
+from app.runs.events import EventHub, dumps, follow
 
 
 async def _frames(
     db: Database, hub: EventHub, run_id: str, after_seq: int
-) -> AsyncIterator[dict[str, str]]:
+) -> AsyncIterator[ServerSentEvent]:
     async for item in follow(db, hub, run_id, after_seq):
-        yield {"event": item.event, "data": json.dumps(item.data, separators=(",", ":"))}
-    yield {"event": "done", "data": "[DONE]"}
+        yield ServerSentEvent(data=dumps(item.data), event=item.event, id=str(item.seq), sep="\n")
+    yield ServerSentEvent(data="[DONE]", event="done", sep="\n")
+
+
+def _keep_alive() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", id="", sep="\n")
 
 
 def run_event_stream(
@@ -26,5 +35,6 @@ def run_event_stream(
         _frames(db, hub, run_id, after_seq),
         sep="\n",
         ping=15,
+        ping_message_factory=_keep_alive,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -15,12 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.retrieval.embeddings import Embedder
 from app.retrieval.index import SearchHit, VectorIndex
+from app.tools.base import RunContext, ToolResult
 from app.vector_stores.service import mark_vector_stores_active, search_vector_stores
+from app.vector_stores.thread_stores import wait_for_ingestion
 
 TOOL_NAME = "file_search"
 DEFAULT_MAX_RESULTS = 20
 DEFAULT_RANKER = "default_2024_08_21"
 MARKER = re.compile(r"【(\d+):(\d+)†([^】]*)】")
+INGESTION_PATIENCE_SECONDS = 60.0  # a search waits this long for files still being ingested
 
 DEFINITION: dict[str, Any] = {
     "type": "function",
@@ -161,3 +164,62 @@ def citations(text: str, searches: list[list[dict[str, Any]]]) -> list[dict[str,
                 }
             )
     return annotations
+
+
+class FileSearchTool:
+    """The `file_search` strategy: searches the vector stores of the run's assistant and thread."""
+
+    type = TOOL_NAME
+
+    def __init__(
+        self,
+        index: VectorIndex,
+        embedder: Embedder | None,
+        ingestion_patience: float = INGESTION_PATIENCE_SECONDS,
+    ) -> None:
+        self.index = index
+        self.embedder = embedder
+        self.ingestion_patience = ingestion_patience
+
+    async def prepare(self, session: AsyncSession, run: RunContext) -> ActiveFileSearch:
+        store_ids: list[str] = []
+        for resources in run.resources:
+            for store_id in (resources.get("file_search") or {}).get("vector_store_ids", []):
+                if store_id not in store_ids:
+                    store_ids.append(store_id)
+        # Files attached moments ago may still be in ingestion; a search should see them.
+        await wait_for_ingestion(session, store_ids, patience=self.ingestion_patience)
+        return ActiveFileSearch(self, FileSearchSettings.from_tool(run.tool, store_ids))
+
+
+class ActiveFileSearch:
+    name = TOOL_NAME
+    definition = DEFINITION
+
+    def __init__(self, tool: FileSearchTool, settings: FileSearchSettings) -> None:
+        self.tool = tool
+        self.settings = settings
+        self.searches: list[list[dict[str, Any]]] = []  # each call's results, in run order
+
+    def started(self, call_id: str) -> dict[str, Any]:
+        # The client sees a file_search call, never the model's query text.
+        return {"id": call_id, "type": "file_search", "file_search": {}}
+
+    def replay(self, step_call: dict[str, Any]) -> None:
+        self.searches.append(step_call["file_search"].get("results", []))
+
+    async def call(self, session: AsyncSession, call_id: str, arguments: str) -> ToolResult:
+        outcome = await run_file_search(
+            session,
+            self.tool.index,
+            self.tool.embedder,
+            self.settings,
+            call_id,
+            arguments,
+            search_number=len(self.searches),
+        )
+        self.replay(outcome.step_call)
+        return ToolResult(outcome.step_call, outcome.output)
+
+    def annotate(self, text: str) -> list[dict[str, Any]]:
+        return citations(text, self.searches) if self.searches else []

@@ -1,0 +1,406 @@
+"""One leased run, from `in_progress` to its next resting state: the turn loop.
+
+Each turn builds the prompt, streams the model's answer into a message and/or tool calls
+(`app.runs.turn`), and closes: built-in tools run and the loop continues, function calls stop
+the run at `requires_action`, an answer completes it. Every state change goes through
+`advance`: one conditional UPDATE, its events, one commit.
+
+A run whose worker died mid-turn is resumed here by the worker that claims it next: the
+interrupted turn's message and steps are dropped and the turn is made again (so an answer
+is never duplicated); turns closed before the crash, and tool outputs, are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.assistants.models import Assistant
+from app.ids import now
+from app.llm.adapter import (
+    ChatRequest,
+    Finish,
+    LLMError,
+    RetryPolicy,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    count_tokens,
+    stream_chat,
+)
+from app.llm.routing import ModelRouter
+from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
+from app.runs.models import Run, RunStep
+from app.runs.outcomes import RunCancelled, RunIncomplete
+from app.runs.prompt import (
+    build_prompt,
+    fit_prompt,
+    llm_response_format,
+    llm_tool_choice,
+    llm_tools,
+)
+from app.runs.schemas import render_run, render_step
+from app.runs.service import finish_run
+from app.runs.state import transition
+from app.runs.turn import Turn, TurnRecorder
+from app.threads.models import Message, Thread
+from app.tools import ActiveTool, BuiltinTool, RunContext
+
+logger = logging.getLogger("opengrove.runs")
+
+DELTA_FLUSH_SECONDS = 0.25  # how stale the persisted log may be for remote subscribers
+MAX_INTERRUPTIONS = 3  # a run that took its worker down this often is failed
+
+
+@dataclass(frozen=True)
+class ExecutionContext:
+    """What every run execution in a process shares."""
+
+    hub: EventHub
+    router: ModelRouter
+    tools: dict[str, BuiltinTool]
+    policy: RetryPolicy
+    max_run_steps: int
+    expiry_seconds: int
+
+
+class RunExecution:
+    def __init__(
+        self, ctx: ExecutionContext, session: AsyncSession, run: Run, cancel: asyncio.Event
+    ) -> None:
+        self.ctx = ctx
+        self.session = session
+        self.run = run
+        self.cancel = cancel
+        self.writer = EventWriter(ctx.hub, run.id, run.next_event_seq, reserving=True)
+        self.tools: dict[str, ActiveTool] = {}
+        self.recorder = TurnRecorder(session, self.writer, run, self.tools)
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        self.usage.update(run.usage or {})
+        self._last_flush = 0.0
+
+    async def advance(self, status: str, event: str | None = None, **fields: Any) -> bool:
+        """Move the run to `status`, announce it, commit; False if the run was not in a
+        state that allows it (e.g. cancelled meanwhile)."""
+        writer = self.writer
+        after = writer.seq + (1 if event else 0)  # the number after this transition's event
+        resting = status != "in_progress"
+        if resting:
+            writer.release()
+            next_seq = after
+        else:
+            next_seq = max(writer.stored_next, after + RESERVE_BLOCK)
+        if not await transition(self.session, self.run, status, next_event_seq=next_seq, **fields):
+            return False
+        writer.stored_next = next_seq
+        if event:
+            writer.emit(event, render_run(self.run))
+        await writer.commit(self.session)
+        return True
+
+    # ---- the run -----------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        run = self.run
+        try:
+            if run.status == "cancelling" or self.cancel.is_set():
+                raise RunCancelled()
+            if run.status == "in_progress":
+                await self._resume_interrupted()
+            elif not await self.advance(
+                "in_progress",
+                "thread.run.in_progress",
+                started_at=run.started_at or now(),
+                expires_at=now() + self.ctx.expiry_seconds,
+            ):
+                if run.status == "cancelling":  # cancelled between our claim and now
+                    raise RunCancelled()
+                return
+            await self._prepare_tools()
+            await self._loop()
+        except RunCancelled:
+            await self._end("cancelled")
+        except RunIncomplete as exc:
+            await self._end("incomplete", incomplete_details={"reason": exc.reason})
+        except LLMError as exc:
+            await self._end("failed", last_error={"code": exc.code, "message": exc.message})
+        except asyncio.CancelledError:
+            # The server is stopping (not dying): leave the run to be resumed, not failed.
+            await asyncio.shield(self._hand_back())
+            raise
+        except Exception:
+            logger.exception("run %s failed", run.id)
+            await self._end(
+                "failed",
+                last_error={
+                    "code": "server_error",
+                    "message": "The server had an error while processing this run.",
+                },
+            )
+
+    async def _hand_back(self) -> None:
+        """On shutdown: give the lease up at once, so the next worker (this server restarted,
+        or another) resumes the run without waiting; a run handed back is no interruption."""
+        try:
+            await self.session.rollback()
+            await self.session.execute(
+                update(Run)
+                .where(Run.id == self.run.id, Run.lease_owner == self.run.lease_owner)
+                .values(lease_owner=None, lease_expires_at=0.0)
+                .execution_options(synchronize_session=False)
+            )
+            await self.session.commit()
+        except Exception:
+            logger.exception("run %s: could not hand the run back", self.run.id)
+
+    async def _resume_interrupted(self) -> None:
+        run = self.run
+        if run.interruptions >= MAX_INTERRUPTIONS:
+            logger.warning("run %s interrupted %d times: failing it", run.id, run.interruptions)
+            raise LLMError(
+                "server_error",
+                f"The run was interrupted {run.interruptions} times: the worker executing it "
+                "stopped each time.",
+            )
+        logger.info("run %s: resuming after an interruption", run.id)
+        steps = (await self.session.scalars(select(RunStep).where(RunStep.run_id == run.id))).all()
+        unfinished = [s for s in steps if (s.internal or {}).get("turn", -1) >= run.turns]
+        messages = [
+            s.step_details["message_creation"]["message_id"]
+            for s in unfinished
+            if s.type == "message_creation"
+        ]
+        await self.session.execute(
+            delete(Message).where(
+                Message.run_id == run.id,
+                or_(Message.id.in_(messages), Message.status == "in_progress"),
+            )
+        )
+        if unfinished:
+            await self.session.execute(
+                delete(RunStep).where(RunStep.id.in_([s.id for s in unfinished]))
+            )
+        self.writer.resumed_marker()
+        await self.writer.commit(self.session)
+
+    async def _end(self, status: str, **fields: Any) -> None:
+        fields.setdefault("usage", self.usage if self.usage["total_tokens"] else None)
+        step_status = {"cancelled": "cancelled", "failed": "failed", "incomplete": "completed"}
+        message_reason = {
+            "cancelled": "run_cancelled",
+            "failed": "run_failed",
+            "incomplete": "max_tokens",
+        }
+        await self.session.rollback()  # drop anything half-done by the failed step
+        self.writer.discard_unpublished()
+        await self.session.refresh(self.run)
+        self.writer.release()
+        if status == "cancelled" and self.run.status == "cancelling":
+            self.writer.emit("thread.run.cancelling", render_run(self.run))
+        done = await finish_run(
+            self.session,
+            self.run,
+            self.writer,
+            status,
+            step_status=step_status[status],
+            message_reason=message_reason[status],
+            **fields,
+        )
+        if not done and status != "cancelled" and self.run.status == "cancelling":
+            await self._end("cancelled")
+
+    async def _prepare_tools(self) -> None:
+        """The run's built-in tools, and the calls they made in earlier turns."""
+        run = self.run
+        enabled = [t for t in run.tools or [] if t.get("type") in self.ctx.tools]
+        if not enabled:
+            return
+        thread = await self.session.get(Thread, run.thread_id)
+        assistant = await self.session.get(Assistant, run.assistant_id)
+        resources = [
+            owner.tool_resources or {} for owner in (assistant, thread) if owner is not None
+        ]
+        for entry in enabled:
+            context = RunContext(run.id, run.thread_id, entry, resources, run.include or [])
+            active = await self.ctx.tools[entry["type"]].prepare(self.session, context)
+            if active is not None:
+                self.tools[active.name] = active
+        if not self.tools or not run.turns:
+            return
+        steps = (
+            await self.session.scalars(
+                select(RunStep)
+                .where(RunStep.run_id == run.id, RunStep.type == "tool_calls")
+                .order_by(RunStep.seq)
+            )
+        ).all()
+        for step in steps:
+            for call in step.step_details.get("tool_calls", []):
+                tool = self.tools.get(call.get("type", ""))
+                if tool is not None:
+                    tool.replay(call)
+
+    async def _loop(self) -> None:
+        for _ in range(self.ctx.max_run_steps):
+            prompt = await build_prompt(self.session, self.run)
+            request = self._request(prompt)
+            turn = Turn(number=self.run.turns)
+            await self._stream_turn(request, turn)
+            if not await self._close_turn(turn, request):
+                return
+        raise RunIncomplete("max_completion_tokens")
+
+    def _request(self, prompt: list[dict[str, Any]]) -> ChatRequest:
+        run = self.run
+        route = self.ctx.router.route(run.model)
+        max_tokens = None
+        if run.max_prompt_tokens is not None:
+            prompt = fit_prompt(route.litellm_model, prompt, run.max_prompt_tokens)
+        if run.max_completion_tokens is not None:
+            max_tokens = run.max_completion_tokens - self.usage["completion_tokens"]
+            if max_tokens <= 0:
+                raise RunIncomplete("max_completion_tokens")
+        tools = llm_tools(run.tools)
+        tools += [tool.definition for tool in self.tools.values()]
+        return ChatRequest(
+            route=route,
+            messages=prompt,
+            tools=tools,
+            tool_choice=llm_tool_choice(run.tool_choice) if tools else None,
+            parallel_tool_calls=run.parallel_tool_calls if tools else None,
+            response_format=llm_response_format(run.response_format),
+            temperature=run.temperature,
+            top_p=run.top_p,
+            max_tokens=max_tokens,
+        )
+
+    async def _stream_turn(self, request: ChatRequest, turn: Turn) -> None:
+        stream = stream_chat(request, self.ctx.policy).__aiter__()
+        cancelled = asyncio.ensure_future(self.cancel.wait())
+        writer = self.writer
+        try:
+            while True:
+                chunk = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait(
+                    {chunk, cancelled}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if chunk not in done:
+                    chunk.cancel()
+                    # Let the generator unwind before it is closed below.
+                    await asyncio.wait({chunk})
+                    raise RunCancelled()
+                try:
+                    item = chunk.result()
+                except StopAsyncIteration:
+                    return
+                if isinstance(item, TextDelta):
+                    await self.recorder.on_text(turn, item.text)
+                elif isinstance(item, ToolCallDelta):
+                    await self.recorder.on_tool_delta(turn, item)
+                else:
+                    turn.finish = item
+                if writer.must_commit or (
+                    writer.has_unpersisted
+                    and time.monotonic() - self._last_flush > DELTA_FLUSH_SECONDS
+                ):
+                    self._last_flush = time.monotonic()
+                    await writer.commit(self.session)
+        finally:
+            cancelled.cancel()
+            await stream.aclose()
+
+    async def _close_turn(self, turn: Turn, request: ChatRequest) -> bool:
+        """Make the turn's message and steps final; True when the loop goes on."""
+        run = self.run
+        finish = turn.finish or Finish("stop", None)
+        usage = finish.usage or Usage(
+            # The provider sent no usage: estimate it from what was sent and received.
+            count_tokens(run.model, request.messages),
+            count_tokens(run.model, [{"content": "".join(turn.text)}]),
+        )
+        step_usage = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        }
+        self.usage = {key: self.usage[key] + step_usage[key] for key in step_usage}
+        truncated = finish.finish_reason == "length"
+        if turn.message is not None and turn.message.status == "in_progress":
+            assert turn.message_step is not None
+            turn.message_step.usage = step_usage
+            self.recorder.complete_message(
+                turn, "incomplete" if truncated and not turn.calls else "completed"
+            )
+        if turn.calls and not truncated:
+            return await self._close_tool_turn(turn, step_usage)
+        if truncated:
+            raise RunIncomplete("max_completion_tokens")
+        if not await self.advance(
+            "completed", "thread.run.completed", usage=self.usage, turns=turn.number + 1
+        ):
+            raise RunCancelled()
+        return False
+
+    async def _close_tool_turn(self, turn: Turn, step_usage: dict[str, int]) -> bool:
+        """Run built-in tools now; stop at requires_action if the model called functions."""
+        run = self.run
+        step = turn.tool_step
+        assert step is not None
+        step_calls: list[dict[str, Any]] = []
+        llm_calls: list[dict[str, Any]] = []
+        required: list[dict[str, Any]] = []
+        for call in turn.calls.values():
+            llm_call: dict[str, Any] = {
+                "id": call.id,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+            builtin = self.tools.get(call.name)
+            if builtin is not None:
+                result = await builtin.call(self.session, call.id, call.arguments)
+                step_calls.append(result.step_call)
+                llm_call["output"] = result.output
+            else:
+                try:
+                    json.loads(call.arguments or "{}")
+                except json.JSONDecodeError as exc:
+                    # A dropped stream can end mid-arguments; never hand clients broken JSON.
+                    raise LLMError(
+                        "server_error",
+                        f"The model returned malformed arguments for tool '{call.name}'.",
+                    ) from exc
+                function = {"name": call.name, "arguments": call.arguments}
+                step_calls.append(
+                    {"id": call.id, "type": "function", "function": {**function, "output": None}}
+                )
+                required.append({"id": call.id, "type": "function", "function": function})
+            llm_calls.append(llm_call)
+        step.usage = step_usage
+        step.step_details = {"type": "tool_calls", "tool_calls": step_calls}
+        step.internal = {"turn": turn.number, "llm_calls": llm_calls}
+        if not required:
+            step.status = "completed"
+            step.completed_at = now()
+            self.writer.emit("thread.run.step.completed", render_step(step, run.include))
+            run.usage = self.usage
+            run.turns = turn.number + 1
+            await self.writer.commit(self.session)
+            return True
+        action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": required}}
+        if not await self.advance(
+            "requires_action",
+            "thread.run.requires_action",
+            required_action=action,
+            usage=self.usage,
+            turns=turn.number + 1,
+            expires_at=now() + self.ctx.expiry_seconds,
+        ):
+            raise RunCancelled()
+        return False

@@ -1,0 +1,174 @@
+"""One model turn: streamed deltas become an assistant message and/or a tool-calls step.
+
+The first text delta creates the message (and its message_creation step); the first tool-call
+delta creates the tool_calls step. Deltas are published at once and persisted with the next
+commit; the message and steps become final when the turn closes (`app.runs.execution`).
+Rows created here carry the turn's number, so a run resumed after a crash can drop what an
+interrupted turn left behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.ids import new_id, now
+from app.llm.adapter import Finish, ToolCallDelta
+from app.runs.events import EventWriter
+from app.runs.models import Run, RunStep
+from app.runs.schemas import render_step
+from app.threads.models import Message
+from app.threads.schemas import MessageObject
+from app.tools import ActiveTool
+
+
+@dataclass
+class ToolCallState:
+    id: str
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass
+class Turn:
+    """What one model call produced: an assistant message and/or tool calls."""
+
+    number: int
+    message: Message | None = None
+    message_step: RunStep | None = None
+    text: list[str] = field(default_factory=list)
+    tool_step: RunStep | None = None
+    calls: dict[int, ToolCallState] = field(default_factory=dict)
+    finish: Finish | None = None
+
+
+class TurnRecorder:
+    """Turns one model stream's deltas into rows and events."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        writer: EventWriter,
+        run: Run,
+        tools: dict[str, ActiveTool],
+    ) -> None:
+        self.session = session
+        self.writer = writer
+        self.run = run
+        self.tools = tools
+
+    def new_step(self, turn: Turn, step_type: str, details: dict[str, Any]) -> RunStep:
+        run = self.run
+        step = RunStep(
+            id=new_id("step_"),
+            run_id=run.id,
+            thread_id=run.thread_id,
+            assistant_id=run.assistant_id,
+            type=step_type,
+            status="in_progress",
+            step_details=details,
+            metadata_={},
+            internal={"turn": turn.number},
+        )
+        self.session.add(step)
+        self.writer.emit("thread.run.step.created", render_step(step))
+        self.writer.emit("thread.run.step.in_progress", render_step(step))
+        return step
+
+    async def on_text(self, turn: Turn, text: str) -> None:
+        if turn.message is None:
+            run = self.run
+            message = Message(
+                id=new_id("msg_"),
+                thread_id=run.thread_id,
+                role="assistant",
+                content=[],
+                status="in_progress",
+                assistant_id=run.assistant_id,
+                run_id=run.id,
+                attachments=[],
+                metadata_={},
+            )
+            turn.message_step = self.new_step(
+                turn,
+                "message_creation",
+                {"type": "message_creation", "message_creation": {"message_id": message.id}},
+            )
+            self.session.add(message)
+            turn.message = message
+            rendered = MessageObject.from_row(message).model_dump()
+            self.writer.emit("thread.message.created", rendered)
+            self.writer.emit("thread.message.in_progress", rendered)
+            await self.writer.commit(self.session)
+        turn.text.append(text)
+        self.writer.emit_delta(
+            "thread.message.delta",
+            {
+                "id": turn.message.id,
+                "object": "thread.message.delta",
+                "delta": {
+                    "content": [
+                        {"index": 0, "type": "text", "text": {"value": text, "annotations": []}}
+                    ]
+                },
+            },
+        )
+
+    async def on_tool_delta(self, turn: Turn, delta: ToolCallDelta) -> None:
+        if turn.message is not None and turn.message.status == "in_progress":
+            self.complete_message(turn, "completed")
+        if turn.tool_step is None:
+            turn.tool_step = self.new_step(
+                turn, "tool_calls", {"type": "tool_calls", "tool_calls": []}
+            )
+            await self.writer.commit(self.session)
+        if not self.run.parallel_tool_calls and delta.index not in turn.calls and turn.calls:
+            return  # one call per turn was asked for; drop the extras
+        call = turn.calls.get(delta.index)
+        fresh = call is None
+        if call is None:
+            # Our own id for every call: upstreams that reuse ids would break clients.
+            call = turn.calls[delta.index] = ToolCallState(id=new_id("call_"))
+        if delta.name:
+            call.name += delta.name
+        call.arguments += delta.arguments
+        entry: dict[str, Any] = {"index": list(turn.calls).index(delta.index)}
+        builtin = self.tools.get(call.name)
+        if builtin is not None:
+            if not fresh:
+                return
+            entry.update(builtin.started(call.id))
+        else:
+            function: dict[str, Any] = {"arguments": delta.arguments}
+            entry["type"] = "function"
+            if fresh:
+                entry["id"] = call.id
+                function.update(name=call.name, output=None)
+            entry["function"] = function
+        self.writer.emit_delta(
+            "thread.run.step.delta",
+            {
+                "id": turn.tool_step.id,
+                "object": "thread.run.step.delta",
+                "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
+            },
+        )
+
+    def complete_message(self, turn: Turn, status: str) -> None:
+        message = turn.message
+        assert message is not None and turn.message_step is not None
+        text = "".join(turn.text)
+        annotations = [a for tool in self.tools.values() for a in tool.annotate(text)]
+        message.content = [{"type": "text", "text": {"value": text, "annotations": annotations}}]
+        message.status = status
+        if status == "completed":
+            message.completed_at = now()
+        else:
+            message.incomplete_at = now()
+            message.incomplete_details = {"reason": "max_tokens"}
+        self.writer.emit(f"thread.message.{status}", MessageObject.from_row(message).model_dump())
+        turn.message_step.status = "completed"
+        turn.message_step.completed_at = now()
+        self.writer.emit("thread.run.step.completed", render_step(turn.message_step))

@@ -1,0 +1,308 @@
+"""Run workers: claim runs, hold leases on them, and execute each (`app.runs.execution`).
+
+A worker leases every run it executes and renews the leases while it lives. Runs whose lease
+lapsed — their worker died mid-run — are claimed like queued ones and resumed from their last
+closed turn. Leases held by dead processes on this host lapse at once (the lease owner names
+its host and pid), so a restarted server resumes its runs without waiting out the lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from typing import Any
+
+from sqlalchemy import and_, case, inspect, or_, select, update
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app.db import Database
+from app.ids import now
+from app.runs.dispatch import RunDispatcher
+from app.runs.events import EventWriter
+from app.runs.execution import ExecutionContext, RunExecution
+from app.runs.models import Run
+from app.runs.service import finish_run
+
+logger = logging.getLogger("opengrove.runs")
+
+HOST = socket.gethostname().replace("_", "-")
+
+
+def _owner_is_dead(owner: str, me: str) -> bool:
+    """True for a lease owner of this host whose process is gone."""
+    parts = owner.split("_")
+    if len(parts) != 4 or parts[1] != HOST or not parts[2].isdigit():
+        return False  # another host, or another naming: wait for the lease to lapse
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return owner != me  # an earlier process that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class RunWorker:
+    """Executes up to `concurrency` runs at once in this process."""
+
+    def __init__(
+        self,
+        db: Database,
+        dispatcher: RunDispatcher,
+        ctx: ExecutionContext,
+        *,
+        concurrency: int,
+        lease_seconds: float,
+    ) -> None:
+        self.db = db
+        self.ctx = ctx
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.worker_id = f"wrk_{HOST}_{os.getpid()}_{secrets.token_hex(4)}"
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancel: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._offered: dict[str, Run] = {}  # leased to us as they are created, not committed
+        self._handed: list[Run] = []  # committed and ours: start without claiming
+        dispatcher.attach(self)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="run-claim"),
+            asyncio.create_task(self._maintenance_loop(), name="run-maintenance"),
+        ]
+        logger.info("run worker %s started (concurrency %d)", self.worker_id, self.concurrency)
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        running = list(self._tasks.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*self._loops, *running, return_exceptions=True)
+
+    @property
+    def busy(self) -> int:
+        return len(self._tasks) + len(self._handed) + len(self._offered)
+
+    # ---- LocalWorker: what the dispatcher calls ---------------------------------------
+
+    def take(self, run: Run) -> bool:
+        if self.busy >= self.concurrency:
+            return False
+        run.lease_owner = self.worker_id
+        run.lease_expires_at = time.time() + self.lease_seconds
+        self._offered[run.id] = run
+        return True
+
+    def withdraw(self, run_id: str) -> None:
+        self._offered.pop(run_id, None)
+
+    def wake(self, run_id: str | None) -> None:
+        run = self._offered.pop(run_id, None) if run_id else None
+        if run is not None:
+            # Just inserted: what it was created without is NULL in the row. Saying so spares
+            # the executor reading back the row it was handed.
+            for key in inspect(run).unloaded:
+                set_committed_value(run, key, None)
+            self._handed.append(run)
+        self._wake.set()
+
+    def cancel(self, run_id: str) -> None:
+        event = self._cancel.get(run_id)
+        if event is not None:
+            event.set()
+
+    # ---- claiming --------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            handed, self._handed = self._handed, []
+            claimed: list[str] = []
+            try:
+                free = self.concurrency - len(self._tasks) - len(handed)
+                claimed = await self.claim(free) if free > 0 else []
+            except Exception:
+                logger.exception("claiming runs failed")
+            for run in handed:
+                self._start(run.id, run)
+            for run_id in claimed:
+                self._start(run_id, None)
+            if claimed and len(claimed) >= free:
+                continue  # there may be more waiting than we had room for
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    def _start(self, run_id: str, run: Run | None) -> None:
+        self._cancel[run_id] = asyncio.Event()
+        self._tasks[run_id] = asyncio.create_task(self._execute(run_id, run), name=run_id)
+
+    async def claim(self, limit: int) -> list[str]:
+        """Lease up to `limit` runs, oldest first: queued ones, and in-progress ones whose
+        worker died (counted as an interruption; a run handed back at shutdown is not)."""
+        stamp = time.time()
+        lapsed = Run.lease_expires_at < stamp
+        candidates = (
+            select(Run.id)
+            .where(
+                or_(
+                    and_(Run.status == "queued", or_(Run.lease_owner.is_(None), lapsed)),
+                    and_(Run.status == "in_progress", lapsed),
+                )
+            )
+            .order_by(Run.seq)
+            .limit(limit)
+        )
+        values: dict[str, Any] = {
+            "lease_owner": self.worker_id,
+            "lease_expires_at": stamp + self.lease_seconds,
+            "interruptions": case(
+                (
+                    and_(Run.status == "in_progress", Run.lease_owner.is_not(None)),
+                    Run.interruptions + 1,
+                ),
+                else_=Run.interruptions,
+            ),
+        }
+        return [row[0] for row in await self.db.lease(Run.id, candidates, values, [Run.id])]
+
+    # ---- maintenance: leases, cancellation from other processes, expiry ---------------
+
+    async def _maintenance_loop(self) -> None:
+        last_renewal = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                if self._tasks:
+                    await self._poll_cancellations()
+                if time.monotonic() - last_renewal > self.lease_seconds / 3:
+                    last_renewal = time.monotonic()
+                    await self._renew_leases()
+                    await self.recover()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("run maintenance failed")
+
+    async def _poll_cancellations(self) -> None:
+        async with self.db.sessionmaker() as session:
+            ids = (
+                await session.scalars(
+                    select(Run.id).where(Run.id.in_(list(self._tasks)), Run.status == "cancelling")
+                )
+            ).all()
+        for run_id in ids:
+            self.cancel(run_id)
+
+    async def _renew_leases(self) -> None:
+        if not self._tasks:
+            return
+        async with self.db.sessionmaker() as session:
+            await session.execute(
+                update(Run)
+                .where(Run.lease_owner == self.worker_id, Run.id.in_(list(self._tasks)))
+                .values(lease_expires_at=time.time() + self.lease_seconds)
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+
+    async def recover(self) -> None:
+        """Lapse leases of dead processes on this host; end cancelled runs whose worker
+        vanished, and runs past their expiry. (Interrupted runs are resumed by `claim`.)"""
+        stamp = time.time()
+        async with self.db.sessionmaker() as session:
+            owners = (
+                await session.scalars(
+                    select(Run.lease_owner)
+                    .where(
+                        Run.status.in_(("queued", "in_progress", "cancelling")),
+                        Run.lease_owner.like(f"wrk\\_{HOST}\\_%", escape="\\"),
+                        Run.lease_expires_at >= stamp,
+                    )
+                    .distinct()
+                )
+            ).all()
+            dead = [o for o in owners if o and _owner_is_dead(o, self.worker_id)]
+            if dead:
+                await session.execute(
+                    update(Run)
+                    .where(Run.lease_owner.in_(dead))
+                    .values(lease_expires_at=0.0)
+                    .execution_options(synchronize_session=False)
+                )
+                await session.commit()
+                self._wake.set()
+            ending = (
+                await session.scalars(
+                    select(Run).where(
+                        or_(
+                            and_(
+                                Run.status == "cancelling",
+                                Run.lease_owner.is_not(None),
+                                Run.lease_expires_at < stamp,
+                            ),
+                            and_(
+                                Run.status.in_(("queued", "requires_action")),
+                                Run.lease_owner.is_(None),
+                                Run.expires_at < now(),
+                            ),
+                        )
+                    )
+                )
+            ).all()
+            for run in ending:
+                writer = EventWriter(self.ctx.hub, run.id, run.next_event_seq)
+                if run.status == "cancelling":
+                    await finish_run(
+                        session,
+                        run,
+                        writer,
+                        "cancelled",
+                        step_status="cancelled",
+                        message_reason="run_cancelled",
+                    )
+                else:
+                    await finish_run(
+                        session,
+                        run,
+                        writer,
+                        "expired",
+                        step_status="expired",
+                        message_reason="run_expired",
+                    )
+
+    # ---- execution -------------------------------------------------------------------
+
+    async def _execute(self, run_id: str, run: Run | None) -> None:
+        try:
+            async with self.db.sessionmaker() as session:
+                if run is None:
+                    run = await session.get(Run, run_id)
+                else:
+                    run = await session.merge(run, load=False)
+                if run is not None and run.lease_owner == self.worker_id:
+                    await RunExecution(self.ctx, session, run, self._cancel[run_id]).execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("run %s: worker error", run_id)
+        finally:
+            at_capacity = len(self._tasks) >= self.concurrency
+            self._tasks.pop(run_id, None)
+            self._cancel.pop(run_id, None)
+            if at_capacity:
+                self._wake.set()  # a slot opened: look for runs that waited for one

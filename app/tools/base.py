@@ -1,0 +1,56 @@
+"""Built-in tools: what the server runs itself when the model calls them.
+
+The executor knows no tool by name. For each run it asks the registry (`app.tools`) which
+built-in tools the run enables; each `BuiltinTool` strategy returns an `ActiveTool` for that
+run (or None when it has nothing to offer), which the executor offers to the model, calls,
+and asks for annotations on the final answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a tool may know of the run it serves."""
+
+    run_id: str
+    thread_id: str
+    tool: dict[str, Any]  # the run's tool entry, e.g. {"type": "file_search", "file_search": …}
+    # tool_resources of the assistant and of the thread, in that order
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ToolResult:
+    step_call: dict[str, Any]  # the tool call as the run step shows it to clients
+    output: str  # what the model reads back
+
+
+class ActiveTool(Protocol):
+    """One built-in tool, prepared for one run."""
+
+    name: str  # the function name the model calls
+    definition: dict[str, Any]  # the chat-completions tool offered to the model
+
+    def started(self, call_id: str) -> dict[str, Any]:
+        """The step delta's tool call when the model starts calling (no arguments shown)."""
+
+    def replay(self, step_call: dict[str, Any]) -> None:
+        """A call this tool made in an earlier turn of the run (e.g. to number citations)."""
+
+    async def call(self, session: AsyncSession, call_id: str, arguments: str) -> ToolResult: ...
+
+    def annotate(self, text: str) -> list[dict[str, Any]]:
+        """Annotations (e.g. file citations) for the final text of a message."""
+
+
+class BuiltinTool(Protocol):
+    type: str  # the run tool `type` that enables it
+
+    async def prepare(self, session: AsyncSession, run: RunContext) -> ActiveTool | None: ...
