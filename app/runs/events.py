@@ -15,7 +15,6 @@ Subscribers in other processes read the log, woken by PostgreSQL NOTIFY (polling
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from collections import defaultdict
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,10 +48,11 @@ FINAL_EVENTS = frozenset(
 BATCH = "batch"  # a row holding consecutive deltas: data is [[event, data], ...]
 RESUMED = "resumed"  # a resumed run continues here; numbers before it may be unused
 RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
+LOCAL_POLL_SECONDS = 5.0  # a stream of a run executed here looks at the log this seldom
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(data).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,18 @@ class EventHub:
 
     def __init__(self) -> None:
         self._queues: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
+        self._local: set[str] = set()  # runs a worker in this process is about to execute
+
+    def executing_here(self, run_id: str, here: bool = True) -> None:
+        """A worker in this process takes (or lets go of) the run: its events arrive here
+        first, so streams need not poll the log for them."""
+        if here:
+            self._local.add(run_id)
+        else:
+            self._local.discard(run_id)
+
+    def is_local(self, run_id: str) -> bool:
+        return run_id in self._local
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -222,10 +235,11 @@ def _expand(rows: list[tuple[int, str, str]]) -> list[Event]:
     for seq, event, data in rows:
         if event == BATCH:
             events.extend(
-                Event(seq + i, name, payload) for i, (name, payload) in enumerate(json.loads(data))
+                Event(seq + i, name, payload)
+                for i, (name, payload) in enumerate(orjson.loads(data))
             )
         else:
-            events.append(Event(seq, event, json.loads(data) if data is not None else None))
+            events.append(Event(seq, event, orjson.loads(data)))
     return events
 
 
@@ -254,7 +268,8 @@ async def follow(
     db: Database, hub: EventHub, run_id: str, after_seq: int = -1
 ) -> AsyncIterator[Event]:
     """Every event of the run after `after_seq`, in order, until a final event."""
-    # PostgreSQL wakes us when another process writes; SQLite has no such signal.
+    # PostgreSQL wakes us when another process writes; SQLite has no such signal, so a stream
+    # polls the log unless a worker of this process executes the run.
     poll_interval = 0.2 if db.is_sqlite else 2.0
     queue = hub.subscribe(run_id)
     last = after_seq
@@ -274,7 +289,8 @@ async def follow(
                 if item.event in FINAL_EVENTS:
                     return
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=poll_interval)
+                timeout = LOCAL_POLL_SECONDS if hub.is_local(run_id) else poll_interval
+                item = await asyncio.wait_for(queue.get(), timeout=timeout)
             except TimeoutError:
                 item = _WAKE
             if item is _WAKE or item.seq > last + 1:

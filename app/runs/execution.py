@@ -285,6 +285,7 @@ class RunExecution:
         stream = stream_chat(request, self.ctx.policy).__aiter__()
         cancelled = asyncio.ensure_future(self.cancel.wait())
         writer = self.writer
+        self._last_flush = time.monotonic()
         try:
             while True:
                 chunk = asyncio.ensure_future(anext(stream))

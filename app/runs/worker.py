@@ -72,6 +72,7 @@ class RunWorker:
         self._loops: list[asyncio.Task[None]] = []
         self._offered: dict[str, Run] = {}  # leased to us as they are created, not committed
         self._handed: list[Run] = []  # committed and ours: start without claiming
+        self._claim_wanted = True  # set when runs may wait in the database, not in _handed
         dispatcher.attach(self)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -104,10 +105,12 @@ class RunWorker:
         run.lease_owner = self.worker_id
         run.lease_expires_at = time.time() + self.lease_seconds
         self._offered[run.id] = run
+        self.ctx.hub.executing_here(run.id)
         return True
 
     def withdraw(self, run_id: str) -> None:
         self._offered.pop(run_id, None)
+        self.ctx.hub.executing_here(run_id, False)
 
     def wake(self, run_id: str | None) -> None:
         run = self._offered.pop(run_id, None) if run_id else None
@@ -117,6 +120,8 @@ class RunWorker:
             for key in inspect(run).unloaded:
                 set_committed_value(run, key, None)
             self._handed.append(run)
+        else:
+            self._claim_wanted = True  # a run we did not take: look in the database
         self._wake.set()
 
     def cancel(self, run_id: str) -> None:
@@ -130,24 +135,29 @@ class RunWorker:
         while True:
             self._wake.clear()
             handed, self._handed = self._handed, []
-            claimed: list[str] = []
-            try:
-                free = self.concurrency - len(self._tasks) - len(handed)
-                claimed = await self.claim(free) if free > 0 else []
-            except Exception:
-                logger.exception("claiming runs failed")
             for run in handed:
                 self._start(run.id, run)
-            for run_id in claimed:
-                self._start(run_id, None)
-            if claimed and len(claimed) >= free:
-                continue  # there may be more waiting than we had room for
+            claimed: list[str] = []
+            free = self.concurrency - len(self._tasks)
+            if self._claim_wanted and free > 0:
+                self._claim_wanted = False
+                try:
+                    claimed = await self.claim(free)
+                except Exception:
+                    logger.exception("claiming runs failed")
+                for run_id in claimed:
+                    self._start(run_id, None)
+                if claimed and len(claimed) >= free:
+                    self._claim_wanted = True  # there may be more than we had room for
+            if self._handed or (self._claim_wanted and self.concurrency > len(self._tasks)):
+                continue
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
-                pass
+                self._claim_wanted = True  # look now and then: other processes' runs
 
     def _start(self, run_id: str, run: Run | None) -> None:
+        self.ctx.hub.executing_here(run_id)
         self._cancel[run_id] = asyncio.Event()
         self._tasks[run_id] = asyncio.create_task(self._execute(run_id, run), name=run_id)
 
@@ -245,6 +255,7 @@ class RunWorker:
                     .execution_options(synchronize_session=False)
                 )
                 await session.commit()
+                self._claim_wanted = True
                 self._wake.set()
             ending = (
                 await session.scalars(
@@ -304,5 +315,7 @@ class RunWorker:
             at_capacity = len(self._tasks) >= self.concurrency
             self._tasks.pop(run_id, None)
             self._cancel.pop(run_id, None)
+            self.ctx.hub.executing_here(run_id, False)
             if at_capacity:
-                self._wake.set()  # a slot opened: look for runs that waited for one
+                self._claim_wanted = True  # a slot opened: look for runs that waited for one
+                self._wake.set()
