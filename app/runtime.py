@@ -70,6 +70,7 @@ class Runtime:
         await runtime.ingestion.start()
         if run_workers:
             context = ExecutionContext(
+                db=runtime.db,
                 hub=runtime.hub,
                 router=runtime.router,
                 tools=builtin_tools(runtime.index, runtime.embedder),

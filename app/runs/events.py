@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
@@ -48,6 +48,8 @@ FINAL_EVENTS = frozenset(
 BATCH = "batch"  # a row holding consecutive deltas: data is [[event, data], ...]
 RESUMED = "resumed"  # a resumed run continues here; numbers before it may be unused
 RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
+RUN_TABLE: Table = Run.__table__  # type: ignore[assignment]
+EVENT_TABLE: Table = RunEvent.__table__  # type: ignore[assignment]
 LOCAL_POLL_SECONDS = 5.0  # a stream of a run executed here looks at the log this seldom
 
 
@@ -127,6 +129,7 @@ class EventWriter:
         self._state: list[Event] = []  # persisted with their row, published after commit
         self._deltas: list[Event] = []  # published already (or held: past the reservation)
         self._held: list[Event] = []
+        self._written: tuple[int, int] = (0, next_seq)
 
     def _new(self, event: str, data: Any) -> Event:
         item = Event(self.seq, event, data)
@@ -167,14 +170,15 @@ class EventWriter:
         """Mark where a resumed run's numbering continues (never sent to clients)."""
         self._state.append(self._new(RESUMED, None))
 
-    async def commit(self, session: AsyncSession, *, notify_run_queued: bool = False) -> None:
-        """Persist pending events with the session's changes, commit, then publish."""
+    def write(self, conn: Connection, *, notify_run_queued: bool = False) -> None:
+        """Persist pending events inside the caller's transaction (any thread); `published`
+        must follow once it commits."""
         self._flush_deltas_into_state()
         rows = self._state
         if rows:
-            # One executemany, no RETURNING: far cheaper than adding ORM rows one by one.
-            await session.execute(
-                insert(RunEvent),
+            # One executemany, no RETURNING.
+            conn.execute(
+                insert(EVENT_TABLE),
                 [
                     {"run_id": self.run_id, "seq": e.seq, "event": e.event, "data": dumps(e.data)}
                     for e in rows
@@ -186,14 +190,11 @@ class EventWriter:
         else:
             wanted = self.seq
         if wanted != self.stored_next:
-            await session.execute(
-                update(Run)
-                .where(Run.id == self.run_id)
-                .values(next_event_seq=wanted)
-                .execution_options(synchronize_session=False)
+            conn.execute(
+                update(RUN_TABLE).where(RUN_TABLE.c.id == self.run_id).values(next_event_seq=wanted)
             )
-            self.stored_next = wanted
-        if session.bind.dialect.name == "postgresql":
+        self._written = (len(rows), wanted)
+        if conn.dialect.name == "postgresql":
             # Delivered by PostgreSQL on commit, to every process listening (ours included;
             # the payload names the sender so this process can ignore its own).
             notices = []
@@ -202,13 +203,25 @@ class EventWriter:
             if notify_run_queued:
                 notices.append(func.pg_notify(RUNS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
             if notices:
-                await session.execute(select(*notices))
-        await session.commit()
-        self._state = []
+                conn.execute(select(*notices))
+
+    def published(self) -> None:
+        """The transaction that `write` joined committed: publish its events."""
+        count, self.stored_next = self._written
+        rows, self._state = self._state[:count], self._state[count:]
         published = [e for e in rows if e.event not in (BATCH, RESUMED)] + self._held
         self._held = []
         published.sort(key=lambda e: e.seq)
         self.hub.publish(self.run_id, published)
+
+    async def commit(self, session: AsyncSession, *, notify_run_queued: bool = False) -> None:
+        """Persist pending events with the session's changes, commit, then publish."""
+        await session.flush()  # the rows the events refer to go first
+        await session.run_sync(
+            lambda sync: self.write(sync.connection(), notify_run_queued=notify_run_queued)
+        )
+        await session.commit()
+        self.published()
 
     def discard_unpublished(self) -> None:
         """The transaction rolled back: forget events nobody has seen. Deltas already
@@ -243,25 +256,28 @@ def _expand(rows: list[tuple[int, str, str]]) -> list[Event]:
     return events
 
 
-async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
+def event_rows(conn: Connection, run_id: str, after_seq: int) -> list[tuple[int, str, str]]:
+    """The log rows holding the events after `after_seq`."""
     # The row holding after_seq may be a batch that holds later events too: start there.
     holding = (
-        select(func.max(RunEvent.seq))
-        .where(RunEvent.run_id == run_id, RunEvent.seq <= after_seq)
+        select(func.max(EVENT_TABLE.c.seq))
+        .where(EVENT_TABLE.c.run_id == run_id, EVENT_TABLE.c.seq <= after_seq)
         .scalar_subquery()
     )
-    async with db.sessionmaker() as session:
-        rows = (
-            await session.execute(
-                select(RunEvent.seq, RunEvent.event, RunEvent.data)
-                .where(
-                    RunEvent.run_id == run_id,
-                    RunEvent.seq >= func.coalesce(holding, after_seq + 1),
-                )
-                .order_by(RunEvent.seq)
-            )
-        ).all()
-    return [e for e in _expand([tuple(r) for r in rows]) if e.seq > after_seq]
+    query = (
+        select(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
+        .where(
+            EVENT_TABLE.c.run_id == run_id,
+            EVENT_TABLE.c.seq >= func.coalesce(holding, after_seq + 1),
+        )
+        .order_by(EVENT_TABLE.c.seq)
+    )
+    return [(seq, event, data) for seq, event, data in conn.execute(query)]
+
+
+async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
+    rows = await db.transact(event_rows, run_id, after_seq, writes=False)
+    return [e for e in _expand(rows) if e.seq > after_seq]
 
 
 async def follow(

@@ -16,13 +16,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection, select, update
 
 from app.assistants.models import Assistant
+from app.db import Database
 from app.ids import now
 from app.llm.adapter import (
     ChatRequest,
@@ -36,6 +37,7 @@ from app.llm.adapter import (
     stream_chat,
 )
 from app.llm.routing import ModelRouter
+from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
 from app.runs.models import Run, RunStep
 from app.runs.outcomes import RunCancelled, RunIncomplete
@@ -48,9 +50,9 @@ from app.runs.prompt import (
 )
 from app.runs.schemas import render_run, render_step
 from app.runs.service import finish_run
-from app.runs.state import transition
+from app.runs.store import Row
 from app.runs.turn import Turn, TurnRecorder
-from app.threads.models import Message, Thread
+from app.threads.models import Thread
 from app.tools import ActiveTool, BuiltinTool, RunContext
 
 logger = logging.getLogger("opengrove.runs")
@@ -63,6 +65,7 @@ MAX_INTERRUPTIONS = 3  # a run that took its worker down this often is failed
 class ExecutionContext:
     """What every run execution in a process shares."""
 
+    db: Database
     hub: EventHub
     router: ModelRouter
     tools: dict[str, BuiltinTool]
@@ -72,38 +75,52 @@ class ExecutionContext:
 
 
 class RunExecution:
-    def __init__(
-        self, ctx: ExecutionContext, session: AsyncSession, run: Run, cancel: asyncio.Event
-    ) -> None:
+    def __init__(self, ctx: ExecutionContext, run: Row, cancel: asyncio.Event) -> None:
         self.ctx = ctx
-        self.session = session
+        self.db = ctx.db
         self.run = run
         self.cancel = cancel
         self.writer = EventWriter(ctx.hub, run.id, run.next_event_seq, reserving=True)
         self.tools: dict[str, ActiveTool] = {}
-        self.recorder = TurnRecorder(session, self.writer, run, self.tools)
+        self.recorder = TurnRecorder(self.writer, run, self.tools, self.commit)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self.usage.update(run.usage or {})
         self._last_flush = 0.0
+
+    async def commit(self, work: Callable[[Connection], Any] | None = None) -> Any:
+        """One transaction: the turn's pending rows, `work`, the pending events; then publish."""
+
+        def transaction(conn: Connection) -> Any:
+            self.recorder.write_pending(conn)
+            result = work(conn) if work is not None else None
+            self.writer.write(conn)
+            return result
+
+        result = await self.db.transact(transaction)
+        self.writer.published()
+        return result
 
     async def advance(self, status: str, event: str | None = None, **fields: Any) -> bool:
         """Move the run to `status`, announce it, commit; False if the run was not in a
         state that allows it (e.g. cancelled meanwhile)."""
         writer = self.writer
         after = writer.seq + (1 if event else 0)  # the number after this transition's event
-        resting = status != "in_progress"
-        if resting:
-            writer.release()
+        if status != "in_progress":
+            writer.release()  # at rest, the next writer numbers on from exactly here
             next_seq = after
         else:
             next_seq = max(writer.stored_next, after + RESERVE_BLOCK)
-        if not await transition(self.session, self.run, status, next_event_seq=next_seq, **fields):
-            return False
-        writer.stored_next = next_seq
-        if event:
-            writer.emit(event, render_run(self.run))
-        await writer.commit(self.session)
-        return True
+
+        def move(conn: Connection) -> bool:
+            values = {**fields, "next_event_seq": next_seq}
+            if not store.transition(conn, self.run, status, values):
+                return False
+            writer.stored_next = next_seq
+            if event:
+                writer.emit(event, render_run(self.run))  # type: ignore[arg-type]
+            return True
+
+        return bool(await self.commit(move))
 
     # ---- the run -----------------------------------------------------------------------
 
@@ -148,15 +165,17 @@ class RunExecution:
     async def _hand_back(self) -> None:
         """On shutdown: give the lease up at once, so the next worker (this server restarted,
         or another) resumes the run without waiting; a run handed back is no interruption."""
-        try:
-            await self.session.rollback()
-            await self.session.execute(
-                update(Run)
-                .where(Run.id == self.run.id, Run.lease_owner == self.run.lease_owner)
+        run = self.run
+
+        def hand_back(conn: Connection) -> None:
+            conn.execute(
+                update(store.RUNS)
+                .where(store.RUNS.c.id == run.id, store.RUNS.c.lease_owner == run.lease_owner)
                 .values(lease_owner=None, lease_expires_at=0.0)
-                .execution_options(synchronize_session=False)
             )
-            await self.session.commit()
+
+        try:
+            await self.db.transact(hand_back)
         except Exception:
             logger.exception("run %s: could not hand the run back", self.run.id)
 
@@ -170,25 +189,8 @@ class RunExecution:
                 "stopped each time.",
             )
         logger.info("run %s: resuming after an interruption", run.id)
-        steps = (await self.session.scalars(select(RunStep).where(RunStep.run_id == run.id))).all()
-        unfinished = [s for s in steps if (s.internal or {}).get("turn", -1) >= run.turns]
-        messages = [
-            s.step_details["message_creation"]["message_id"]
-            for s in unfinished
-            if s.type == "message_creation"
-        ]
-        await self.session.execute(
-            delete(Message).where(
-                Message.run_id == run.id,
-                or_(Message.id.in_(messages), Message.status == "in_progress"),
-            )
-        )
-        if unfinished:
-            await self.session.execute(
-                delete(RunStep).where(RunStep.id.in_([s.id for s in unfinished]))
-            )
         self.writer.resumed_marker()
-        await self.writer.commit(self.session)
+        await self.commit(lambda conn: store.drop_unfinished_turn(conn, run))
 
     async def _end(self, status: str, **fields: Any) -> None:
         fields.setdefault("usage", self.usage if self.usage["total_tokens"] else None)
@@ -198,22 +200,26 @@ class RunExecution:
             "failed": "run_failed",
             "incomplete": "max_tokens",
         }
-        await self.session.rollback()  # drop anything half-done by the failed step
+        self.recorder.pending = []  # drop anything half-done by the failed step
         self.writer.discard_unpublished()
-        await self.session.refresh(self.run)
         self.writer.release()
-        if status == "cancelled" and self.run.status == "cancelling":
-            self.writer.emit("thread.run.cancelling", render_run(self.run))
-        done = await finish_run(
-            self.session,
-            self.run,
-            self.writer,
-            status,
-            step_status=step_status[status],
-            message_reason=message_reason[status],
-            **fields,
-        )
-        if not done and status != "cancelled" and self.run.status == "cancelling":
+        async with self.db.sessionmaker() as session:
+            run = await session.get(Run, self.run.id)
+            if run is None:
+                return
+            if status == "cancelled" and run.status == "cancelling":
+                self.writer.emit("thread.run.cancelling", render_run(run))
+            done = await finish_run(
+                session,
+                run,
+                self.writer,
+                status,
+                step_status=step_status[status],
+                message_reason=message_reason[status],
+                **fields,
+            )
+            cancelling = run.status == "cancelling"
+        if not done and status != "cancelled" and cancelling:
             await self._end("cancelled")
 
     async def _prepare_tools(self) -> None:
@@ -222,25 +228,26 @@ class RunExecution:
         enabled = [t for t in run.tools or [] if t.get("type") in self.ctx.tools]
         if not enabled:
             return
-        thread = await self.session.get(Thread, run.thread_id)
-        assistant = await self.session.get(Assistant, run.assistant_id)
-        resources = [
-            owner.tool_resources or {} for owner in (assistant, thread) if owner is not None
-        ]
-        for entry in enabled:
-            context = RunContext(run.id, run.thread_id, entry, resources, run.include or [])
-            active = await self.ctx.tools[entry["type"]].prepare(self.session, context)
-            if active is not None:
-                self.tools[active.name] = active
-        if not self.tools or not run.turns:
-            return
-        steps = (
-            await self.session.scalars(
-                select(RunStep)
-                .where(RunStep.run_id == run.id, RunStep.type == "tool_calls")
-                .order_by(RunStep.seq)
-            )
-        ).all()
+        async with self.db.sessionmaker() as session:
+            thread = await session.get(Thread, run.thread_id)
+            assistant = await session.get(Assistant, run.assistant_id)
+            resources = [
+                owner.tool_resources or {} for owner in (assistant, thread) if owner is not None
+            ]
+            for entry in enabled:
+                context = RunContext(run.id, run.thread_id, entry, resources, run.include or [])
+                active = await self.ctx.tools[entry["type"]].prepare(session, context)
+                if active is not None:
+                    self.tools[active.name] = active
+            if not self.tools or not run.turns:
+                return
+            steps = (
+                await session.scalars(
+                    select(RunStep)
+                    .where(RunStep.run_id == run.id, RunStep.type == "tool_calls")
+                    .order_by(RunStep.seq)
+                )
+            ).all()
         for step in steps:
             for call in step.step_details.get("tool_calls", []):
                 tool = self.tools.get(call.get("type", ""))
@@ -249,7 +256,7 @@ class RunExecution:
 
     async def _loop(self) -> None:
         for _ in range(self.ctx.max_run_steps):
-            prompt = await build_prompt(self.session, self.run)
+            prompt = await self.db.transact(build_prompt, self.run, writes=False)
             request = self._request(prompt)
             turn = Turn(number=self.run.turns)
             await self._stream_turn(request, turn)
@@ -312,7 +319,7 @@ class RunExecution:
                     and time.monotonic() - self._last_flush > DELTA_FLUSH_SECONDS
                 ):
                     self._last_flush = time.monotonic()
-                    await writer.commit(self.session)
+                    await self.commit()
         finally:
             cancelled.cancel()
             await stream.aclose()
@@ -365,7 +372,9 @@ class RunExecution:
             }
             builtin = self.tools.get(call.name)
             if builtin is not None:
-                result = await builtin.call(self.session, call.id, call.arguments)
+                async with self.db.sessionmaker() as session:
+                    result = await builtin.call(session, call.id, call.arguments)
+                    await session.commit()
                 step_calls.append(result.step_call)
                 llm_call["output"] = result.output
             else:
@@ -389,11 +398,19 @@ class RunExecution:
         if not required:
             step.status = "completed"
             step.completed_at = now()
+            self.recorder.close_step(
+                step, ("status", "completed_at", "usage", "step_details", "internal")
+            )
             self.writer.emit("thread.run.step.completed", render_step(step, run.include))
             run.usage = self.usage
             run.turns = turn.number + 1
-            await self.writer.commit(self.session)
+            await self.commit(
+                lambda conn: store.update_run(
+                    conn, run.id, {"usage": run.usage, "turns": run.turns}
+                )
+            )
             return True
+        self.recorder.close_step(step, ("usage", "step_details", "internal"))
         action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": required}}
         if not await self.advance(
             "requires_action",

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection
 
 from app.llm.adapter import count_tokens
-from app.runs.models import Run, RunStep
+from app.runs import store
 from app.runs.outcomes import RunIncomplete
-from app.threads.models import Message
+from app.runs.store import Row
 
 
 def _chat_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
@@ -32,27 +31,19 @@ def _chat_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     return converted
 
 
-async def build_prompt(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
+def build_prompt(conn: Connection, run: Row) -> list[dict[str, Any]]:
+    """The chat messages for the run's next model call (a `Database.transact` work function)."""
     prompt: list[dict[str, Any]] = []
     if run.instructions:
         prompt.append({"role": "system", "content": run.instructions})
     # The thread as it was, without what this run itself wrote (that comes from its steps).
-    history = (
-        await session.scalars(
-            select(Message)
-            .where(
-                Message.thread_id == run.thread_id,
-                or_(Message.run_id.is_(None), Message.run_id != run.id),
-            )
-            .order_by(Message.seq)
-        )
-    ).all()
+    history = store.history(conn, run.thread_id, run.id)
     strategy = run.truncation_strategy or {}
     if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
         history = history[-int(strategy["last_messages"]) :]
     prompt.extend({"role": m.role, "content": _chat_content(m.content)} for m in history)
     if run.turns:  # a run's first turn has no steps of its own yet
-        prompt.extend(await _run_turns(session, run))
+        prompt.extend(_run_turns(conn, run))
     return prompt
 
 
@@ -70,24 +61,15 @@ def fit_prompt(model: str, prompt: list[dict[str, Any]], budget: int) -> list[di
     return system + rest
 
 
-async def _run_turns(session: AsyncSession, run: Run) -> list[dict[str, Any]]:
-    steps = (
-        await session.scalars(select(RunStep).where(RunStep.run_id == run.id).order_by(RunStep.seq))
-    ).all()
-    message_ids = [
-        s.step_details["message_creation"]["message_id"]
-        for s in steps
-        if s.type == "message_creation"
-    ]
-    messages = (
-        {
-            m.id: m
-            for m in (
-                await session.scalars(select(Message).where(Message.id.in_(message_ids)))
-            ).all()
-        }
-        if message_ids
-        else {}
+def _run_turns(conn: Connection, run: Row) -> list[dict[str, Any]]:
+    steps = store.run_steps(conn, run.id)
+    messages = store.messages_by_id(
+        conn,
+        [
+            s.step_details["message_creation"]["message_id"]
+            for s in steps
+            if s.type == "message_creation"
+        ],
     )
     turns: list[dict[str, Any]] = []
     for step in steps:

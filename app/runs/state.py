@@ -38,8 +38,8 @@ _STAMP = {
 }
 
 
-async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) -> bool:
-    """Move `run` to status `to` if its stored status allows it; False if it did not."""
+def transition_values(to: str, fields: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The columns a move to `to` writes, and the statuses it may start from."""
     values: dict[str, Any] = {"status": to, **fields}
     stamp = _STAMP.get(to)
     if stamp and stamp not in values:
@@ -49,9 +49,16 @@ async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) ->
         values.setdefault("lease_expires_at", None)
     if to in _STAMP:
         values.setdefault("expires_at", None)  # an ended run no longer expires
+    return values, ALLOWED_FROM[to]
+
+
+async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) -> bool:
+    """Move `run` to status `to` if its stored status allows it; False if it did not.
+    (The executor's hot path does the same on plain rows: `app.runs.store.transition`.)"""
+    values, allowed = transition_values(to, fields)
     result = await session.execute(
         update(Run)
-        .where(Run.id == run.id, Run.status.in_(ALLOWED_FROM[to]))
+        .where(Run.id == run.id, Run.status.in_(allowed))
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -3,23 +3,26 @@
 The first text delta creates the message (and its message_creation step); the first tool-call
 delta creates the tool_calls step. Deltas are published at once and persisted with the next
 commit; the message and steps become final when the turn closes (`app.runs.execution`).
-Rows created here carry the turn's number, so a run resumed after a crash can drop what an
-interrupted turn left behind.
+Rows are plain (`app.runs.store.Row`); what they need written waits in `pending` for the
+execution's next commit. They carry the turn's number, so a run resumed after a crash can
+drop what an interrupted turn left behind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Connection
 
-from app.ids import new_id, now
+from app.ids import new_id, next_seq, now
 from app.llm.adapter import Finish, ToolCallDelta
+from app.runs import store
 from app.runs.events import EventWriter
-from app.runs.models import Run, RunStep
 from app.runs.schemas import render_step
-from app.threads.models import Message
+from app.runs.store import Row
 from app.threads.schemas import MessageObject
 from app.tools import ActiveTool
 
@@ -36,10 +39,10 @@ class Turn:
     """What one model call produced: an assistant message and/or tool calls."""
 
     number: int
-    message: Message | None = None
-    message_step: RunStep | None = None
+    message: Row | None = None
+    message_step: Row | None = None
     text: list[str] = field(default_factory=list)
-    tool_step: RunStep | None = None
+    tool_step: Row | None = None
     calls: dict[int, ToolCallState] = field(default_factory=dict)
     finish: Finish | None = None
 
@@ -49,30 +52,44 @@ class TurnRecorder:
 
     def __init__(
         self,
-        session: AsyncSession,
         writer: EventWriter,
-        run: Run,
+        run: Row,
         tools: dict[str, ActiveTool],
+        commit: Callable[[], Awaitable[Any]],
     ) -> None:
-        self.session = session
         self.writer = writer
         self.run = run
         self.tools = tools
+        self.commit = commit
+        self.pending: list[Callable[[Connection], None]] = []
 
-    def new_step(self, turn: Turn, step_type: str, details: dict[str, Any]) -> RunStep:
+    def write_pending(self, conn: Connection) -> None:
+        for write in self.pending:
+            write(conn)
+        self.pending = []
+
+    def new_step(self, turn: Turn, step_type: str, details: dict[str, Any]) -> Row:
         run = self.run
-        step = RunStep(
+        step = Row(
             id=new_id("step_"),
+            created_at=now(),
+            seq=next_seq(),
             run_id=run.id,
             thread_id=run.thread_id,
             assistant_id=run.assistant_id,
             type=step_type,
             status="in_progress",
             step_details=details,
+            last_error=None,
+            expired_at=None,
+            cancelled_at=None,
+            failed_at=None,
+            completed_at=None,
             metadata_={},
+            usage=None,
             internal={"turn": turn.number},
         )
-        self.session.add(step)
+        self.pending.append(partial(store.insert_step, step=step))
         self.writer.emit("thread.run.step.created", render_step(step))
         self.writer.emit("thread.run.step.in_progress", render_step(step))
         return step
@@ -80,12 +97,17 @@ class TurnRecorder:
     async def on_text(self, turn: Turn, text: str) -> None:
         if turn.message is None:
             run = self.run
-            message = Message(
+            message = Row(
                 id=new_id("msg_"),
+                created_at=now(),
+                seq=next_seq(),
                 thread_id=run.thread_id,
                 role="assistant",
                 content=[],
                 status="in_progress",
+                incomplete_details=None,
+                completed_at=None,
+                incomplete_at=None,
                 assistant_id=run.assistant_id,
                 run_id=run.id,
                 attachments=[],
@@ -96,12 +118,12 @@ class TurnRecorder:
                 "message_creation",
                 {"type": "message_creation", "message_creation": {"message_id": message.id}},
             )
-            self.session.add(message)
+            self.pending.append(partial(store.insert_message, message=message))
             turn.message = message
-            rendered = MessageObject.from_row(message).model_dump()
+            rendered = MessageObject.from_row(message).model_dump()  # type: ignore[arg-type]
             self.writer.emit("thread.message.created", rendered)
             self.writer.emit("thread.message.in_progress", rendered)
-            await self.writer.commit(self.session)
+            await self.commit()
         turn.text.append(text)
         self.writer.emit_delta(
             "thread.message.delta",
@@ -123,7 +145,7 @@ class TurnRecorder:
             turn.tool_step = self.new_step(
                 turn, "tool_calls", {"type": "tool_calls", "tool_calls": []}
             )
-            await self.writer.commit(self.session)
+            await self.commit()
         if not self.run.parallel_tool_calls and delta.index not in turn.calls and turn.calls:
             return  # one call per turn was asked for; drop the extras
         call = turn.calls.get(delta.index)
@@ -157,8 +179,8 @@ class TurnRecorder:
         )
 
     def complete_message(self, turn: Turn, status: str) -> None:
-        message = turn.message
-        assert message is not None and turn.message_step is not None
+        message, step = turn.message, turn.message_step
+        assert message is not None and step is not None
         text = "".join(turn.text)
         annotations = [a for tool in self.tools.values() for a in tool.annotate(text)]
         message.content = [{"type": "text", "text": {"value": text, "annotations": annotations}}]
@@ -168,7 +190,21 @@ class TurnRecorder:
         else:
             message.incomplete_at = now()
             message.incomplete_details = {"reason": "max_tokens"}
-        self.writer.emit(f"thread.message.{status}", MessageObject.from_row(message).model_dump())
-        turn.message_step.status = "completed"
-        turn.message_step.completed_at = now()
-        self.writer.emit("thread.run.step.completed", render_step(turn.message_step))
+        self.pending.append(
+            partial(
+                store.update_message,
+                message=message,
+                names=("content", "status", "completed_at", "incomplete_at", "incomplete_details"),
+            )
+        )
+        self.writer.emit(
+            f"thread.message.{status}",
+            MessageObject.from_row(message).model_dump(),  # type: ignore[arg-type]
+        )
+        step.status = "completed"
+        step.completed_at = now()
+        self.close_step(step, ("status", "completed_at", "usage"))
+        self.writer.emit("thread.run.step.completed", render_step(step))
+
+    def close_step(self, step: Row, names: tuple[str, ...]) -> None:
+        self.pending.append(partial(store.update_step, step=step, names=names))

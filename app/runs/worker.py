@@ -21,6 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db import Database
 from app.ids import now
+from app.runs import store
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import EventWriter
 from app.runs.execution import ExecutionContext, RunExecution
@@ -300,13 +301,13 @@ class RunWorker:
 
     async def _execute(self, run_id: str, run: Run | None) -> None:
         try:
-            async with self.db.sessionmaker() as session:
-                if run is None:
-                    run = await session.get(Run, run_id)
-                else:
-                    run = await session.merge(run, load=False)
-                if run is not None and run.lease_owner == self.worker_id:
-                    await RunExecution(self.ctx, session, run, self._cancel[run_id]).execute()
+            row = (
+                store.run_row(run)
+                if run is not None
+                else await self.db.transact(store.load_run, run_id, writes=False)
+            )
+            if row is not None and row.lease_owner == self.worker_id:
+                await RunExecution(self.ctx, row, self._cancel[run_id]).execute()
         except asyncio.CancelledError:
             raise
         except Exception:
