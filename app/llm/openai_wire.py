@@ -124,7 +124,7 @@ def request_body(wire: WireRoute, request: ChatRequest) -> dict[str, Any]:
         if value is not None:
             params[name] = value
     params = {k: v for k, v in params.items() if k in wire.supported}  # drop_params=True
-    optional = wire.config.map_openai_params(params, {}, wire.model, True) if params else {}
+    optional = _mapped_params(wire, params) if params else {}
     # litellm drops None-valued fields from each message (e.g. an assistant's content: None).
     messages = [
         {k: v for k, v in m.items() if v is not None} if None in m.values() else m
@@ -137,6 +137,25 @@ def request_body(wire: WireRoute, request: ChatRequest) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+# litellm's mapping costs more CPU than the rest of a streamed call; runs mostly repeat the
+# same scalar options (temperature, top_p, …), so its result is kept for those.
+_param_maps: dict[tuple[Any, ...], dict[str, Any]] = {}
+_MAPPED_LIMIT = 4096
+
+
+def _mapped_params(wire: WireRoute, params: dict[str, Any]) -> dict[str, Any]:
+    scalar = all(isinstance(v, str | int | float | bool) for v in params.values())
+    if not scalar:
+        return wire.config.map_openai_params(params, {}, wire.model, True)
+    key = (wire.provider, wire.model, *sorted(params.items()))
+    found = _param_maps.get(key)
+    if found is None:
+        found = wire.config.map_openai_params(dict(params), {}, wire.model, True)
+        if len(_param_maps) < _MAPPED_LIMIT:
+            _param_maps[key] = found
+    return dict(found)
 
 
 _clients: dict[tuple[str, str | None], tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]] = {}

@@ -282,8 +282,9 @@ async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
 
 async def follow(
     db: Database, hub: EventHub, run_id: str, after_seq: int = -1
-) -> AsyncIterator[Event]:
-    """Every event of the run after `after_seq`, in order, until a final event."""
+) -> AsyncIterator[list[Event]]:
+    """Every event of the run after `after_seq`, in order, until a final event — in batches
+    of what is at hand, so a stream writes several events at once when it can."""
     # PostgreSQL wakes us when another process writes; SQLite has no such signal, so a stream
     # polls the log unless a worker of this process executes the run.
     poll_interval = 0.2 if db.is_sqlite else 2.0
@@ -292,6 +293,8 @@ async def follow(
     try:
         pending = await load_events(db, run_id, last)
         while True:
+            ready: list[Event] = []
+            final = False
             for item in pending:
                 if item.seq <= last:
                     continue
@@ -301,22 +304,30 @@ async def follow(
                 if item.seq != last + 1:
                     break  # not persisted yet: wait for the log to catch up
                 last = item.seq
-                yield item
+                ready.append(item)
                 if item.event in FINAL_EVENTS:
-                    return
+                    final = True
+                    break
+            if ready:
+                yield ready
+            if final:
+                return
             try:
                 timeout = LOCAL_POLL_SECONDS if hub.is_local(run_id) else poll_interval
-                item = await asyncio.wait_for(queue.get(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    arrived = [await queue.get()]
             except TimeoutError:
-                item = _WAKE
-            if item is _WAKE or item.seq > last + 1:
+                arrived = [_WAKE]
+            while not queue.empty():
+                arrived.append(queue.get_nowait())
+            if any(item is _WAKE for item in arrived) or arrived[0].seq > last + 1:
                 # Written by another process, or we missed some: the log has them.
                 pending = await load_events(db, run_id, last)
-                if item is not _WAKE and item not in pending:
-                    pending.append(item)
-                    pending.sort(key=lambda e: e.seq)
+                known = {e.seq for e in pending}
+                pending += [e for e in arrived if e is not _WAKE and e.seq not in known]
+                pending.sort(key=lambda e: e.seq)
             else:
-                pending = [item]
+                pending = arrived
     finally:
         hub.unsubscribe(run_id, queue)
 

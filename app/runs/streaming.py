@@ -16,12 +16,13 @@ from app.db import Database
 from app.runs.events import EventHub, dumps, follow
 
 
-async def _frames(
-    db: Database, hub: EventHub, run_id: str, after_seq: int
-) -> AsyncIterator[ServerSentEvent]:
-    async for item in follow(db, hub, run_id, after_seq):
-        yield ServerSentEvent(data=dumps(item.data), event=item.event, id=str(item.seq), sep="\n")
-    yield ServerSentEvent(data="[DONE]", event="done", sep="\n")
+async def _frames(db: Database, hub: EventHub, run_id: str, after_seq: int) -> AsyncIterator[bytes]:
+    # Each batch of events at hand goes out in one write.
+    async for batch in follow(db, hub, run_id, after_seq):
+        yield "".join(
+            f"id: {item.seq}\nevent: {item.event}\ndata: {dumps(item.data)}\n\n" for item in batch
+        ).encode()
+    yield b"event: done\ndata: [DONE]\n\n"
 
 
 def _keep_alive() -> ServerSentEvent:
