@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", "run the API server (applies pending migrations first)")
     serve.add_argument("--host", help="interface to bind (OPENGROVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (OPENGROVE_PORT, default 8000)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        help="server processes sharing the port, each an API and a run worker "
+        "(OPENGROVE_PROCESSES, default 1; use about one per core)",
+    )
     command("worker", "execute runs only (no HTTP API); start as many as you need")
     command("migrate", "apply pending database migrations and exit")
     return parser
@@ -49,6 +55,7 @@ def _apply_flags(args: argparse.Namespace) -> None:
         ("host", "OPENGROVE_HOST"),
         ("port", "OPENGROVE_PORT"),
         ("data_dir", "OPENGROVE_DATA_DIR"),
+        ("processes", "OPENGROVE_PROCESSES"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -77,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
+        if settings.processes > 1 and settings.run_migrations_on_start:
+            # Once, here, before the processes start: they would race on SQLite.
+            from app.migrate import upgrade_database
+
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            asyncio.run(upgrade_database(settings.resolved_database_url))
+            os.environ["OPENGROVE_MIGRATE_ON_START"] = "false"
         uvicorn.run(
             "app.main:create_app",
             factory=True,
@@ -84,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=settings.port,
             log_level=settings.log_level.lower(),
             backlog=4096,
+            workers=settings.processes if settings.processes > 1 else None,
         )
         return 0
     return 2

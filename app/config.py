@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_PORT"),
         description="API port (default 8000).",
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=_env("OPENGROVE_PROCESSES"),
+        description="Server processes sharing the port (serve --processes), each an API and a "
+        "run worker; a run executes in the process that created it.",
+    )
     database_url: str | None = Field(
         default=None,
         validation_alias=_env("DATABASE_URL"),

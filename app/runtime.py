@@ -8,7 +8,9 @@ reach these parts through the typed dependencies in `app.deps`.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from dataclasses import dataclass, field
 
 from app.config import Settings
@@ -62,12 +64,20 @@ class Runtime:
             await runtime.listener.start()
         # Slow parts load in the background: the API answers while they do.
         runtime.index = create_index(settings)
-        runtime.index.open_in_background()
+        owns_index = settings.qdrant_url is not None or _own_embedded_index(settings)
+        if owns_index:
+            runtime.index.open_in_background()
+        else:
+            runtime.index.serve_elsewhere(
+                "The embedded vector index is open in another server process. To use vector "
+                "stores and file_search with --processes > 1, set QDRANT_URL (a Qdrant server)."
+            )
         if settings.preload_llm:
             runtime._preload = asyncio.create_task(adapter.load(), name="preload-llm")
         runtime.embedder = create_embedder(settings)
         runtime.ingestion = IngestionWorker(runtime.db, runtime.index, settings, runtime.embedder)
-        await runtime.ingestion.start()
+        if owns_index:
+            await runtime.ingestion.start()
         if run_workers:
             context = ExecutionContext(
                 db=runtime.db,
@@ -123,7 +133,9 @@ class Runtime:
         except Exception as exc:
             checks["database"] = f"error: {exc.__class__.__name__}"
         assert self.index is not None
-        if not self.index.is_open:
+        if self.index.elsewhere is not None:
+            checks["vector_index"] = "in another process"
+        elif not self.index.is_open:
             opening = self.index.opening_error()
             checks["vector_index"] = f"error: {opening}" if opening else "starting"
         else:
@@ -161,6 +173,27 @@ class Runtime:
         if self.listener is not None:
             await self.listener.stop()
         await self.db.dispose()
+
+
+_index_lock: int | None = None
+
+
+def _own_embedded_index(settings: Settings) -> bool:
+    """With several processes on one data dir, one opens the embedded index (it allows one):
+    whichever takes this lock first; it holds it for its lifetime."""
+    global _index_lock
+    if settings.processes <= 1:
+        return True
+    if _index_lock is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(settings.data_dir / "index.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        _index_lock = fd
+    return True
 
 
 def _redact(url: str) -> str:

@@ -71,13 +71,20 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int | None = None) -> float:
-    """User+system CPU seconds of a process (this one when pid is None)."""
+    """User+system CPU seconds of a process and its live children (serve --processes N),
+    this process when pid is None."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 def server_env(database_url: str, upstream: Upstream, data_dir: Path) -> dict[str, str]:
@@ -411,6 +418,7 @@ class Config:
     client: str = "httpx"
     profile_phases: set[str] = field(default_factory=lambda: {"ttft_c100", "throughput"})
     py_spy_args: list[str] = field(default_factory=list)
+    processes: int = 1  # serve --processes
 
     @property
     def n_ttft_c1(self) -> int:
@@ -533,7 +541,9 @@ def run_db(cfg: Config, db_name: str, upstream: Upstream, tmp: Path) -> dict[str
         with fresh_database(work / "db") as url:
             if url.startswith("sqlite"):
                 (work / "db").mkdir(parents=True, exist_ok=True)
-            server = ServerProcess(work / "server", env=server_env(url, upstream, work / "server"))
+            env = server_env(url, upstream, work / "server")
+            env["OPENGROVE_PROCESSES"] = str(cfg.processes)
+            server = ServerProcess(work / "server", env=env)
             server.start()
             try:
                 return asyncio.run(bench_db(cfg, db_name, server, upstream))
@@ -561,7 +571,7 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
     line = "-" * 108
     print()
     print(line)
-    print(f"client: one shared {cfg.client} client")
+    print(f"client: one shared {cfg.client} client; server processes: {cfg.processes}")
     print(
         f"TTFT — upstream token delay {cfg.token_delay_ms:g} ms. server: POST /v1/threads/runs "
         "stream=true → first thread.message.delta;"
@@ -670,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--py-spy-args", default="", help='extra py-spy record arguments, e.g. "--native"'
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="server processes (serve --processes N)"
+    )
     args = parser.parse_args(argv)
     cfg = Config(
         quick=args.quick,
@@ -680,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
         client=args.client,
         profile_phases=set(args.profile_phases.split(",")),
         py_spy_args=args.py_spy_args.split(),
+        processes=args.processes,
     )
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results = []

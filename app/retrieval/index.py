@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from app.errors import APIError
 from app.retrieval.filters import AttributeValue
 
 if TYPE_CHECKING:
@@ -74,6 +75,11 @@ class VectorIndex(Protocol):
     async def close(self) -> None: ...
 
 
+class IndexUnavailable(APIError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(503, reason, type="server_error")
+
+
 class LazyIndex:
     """A `VectorIndex` whose backend is built (in a thread) when first needed."""
 
@@ -82,6 +88,11 @@ class LazyIndex:
         self._build = build
         self._backend: VectorIndex | None = None
         self._opening: asyncio.Task[VectorIndex] | None = None
+        self.elsewhere: str | None = None  # why this process must not open it
+
+    def serve_elsewhere(self, reason: str) -> None:
+        """Another process owns the index (the embedded engine allows one): refuse, clearly."""
+        self.elsewhere = reason
 
     @property
     def is_open(self) -> bool:
@@ -110,6 +121,8 @@ class LazyIndex:
     async def backend(self) -> VectorIndex:
         if self._backend is not None:
             return self._backend
+        if self.elsewhere is not None:
+            raise IndexUnavailable(self.elsewhere)
         if self.opening_error() is not None:
             self._opening = None  # a failed open (server down, say) is tried again
         self.open_in_background()
