@@ -28,7 +28,7 @@ class ListParams:
     before: str | None = None
 
 
-def list_params(
+async def list_params(  # async: FastAPI would run a plain def in a worker thread
     limit: int = Query(20, ge=1, le=100),
     order: Literal["asc", "desc"] = Query("desc"),
     after: str | None = Query(None),
@@ -44,15 +44,20 @@ class Page(Generic[Row]):
     has_more: bool
 
     def to_response(self, render: Callable[[Row], Any]) -> dict[str, Any]:
+        """The list object; `render` makes each item a dict or a pydantic object."""
         data = [render(item) for item in self.items]
         return {
             "object": "list",
             "data": data,
             # The spec types these as strings (never null), so an empty page gets "".
-            "first_id": data[0]["id"] if data else "",
-            "last_id": data[-1]["id"] if data else "",
+            "first_id": _id(data[0]) if data else "",
+            "last_id": _id(data[-1]) if data else "",
             "has_more": self.has_more,
         }
+
+
+def _id(item: Any) -> str:
+    return item["id"] if isinstance(item, dict) else item.id
 
 
 async def paginate(
@@ -62,7 +67,9 @@ async def paginate(
     *where: Any,
     base: Select[Any] | None = None,
 ) -> Page[Any]:
-    """One page of `model` rows matching `where`, in the order and window `params` ask for."""
+    """One page of `model` rows matching `where`, in the order and window `params` ask for:
+    ORM objects, or with `base` (a select of columns; `model` may then be a table's columns,
+    `Model.__table__.c`, to keep the ORM out of it) plain rows."""
     stmt = base if base is not None else select(model)
     stmt = stmt.where(*where)
     descending = params.order == "desc"
@@ -82,9 +89,8 @@ async def paginate(
         past_cursor_desc = (name == "after") == descending
         stmt = stmt.where(_beyond(model, cursor.seq, cursor.id, descending=past_cursor_desc))
     keys = (model.seq.desc(), model.id.desc()) if walk_desc else (model.seq.asc(), model.id.asc())
-    rows: Sequence[Any] = (
-        (await session.execute(stmt.order_by(*keys).limit(params.limit + 1))).scalars().all()
-    )
+    result = await session.execute(stmt.order_by(*keys).limit(params.limit + 1))
+    rows: Sequence[Any] = result.scalars().all() if base is None else result.all()
     items = list(rows[: params.limit])
     if reverse:
         items.reverse()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import to_json
 
 
 class RequestModel(BaseModel):
@@ -197,3 +199,13 @@ class DeletedObject(BaseModel):
     id: str
     object: str
     deleted: bool = True
+
+
+class ObjectResponse(JSONResponse):
+    """A response object (a schema's `from_row`, or a list of them) serialised once, to JSON
+    bytes in pydantic-core. Routes returning it name their schema in `response_model=` for
+    the OpenAPI document; FastAPI then neither re-validates nor re-encodes what they return.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return to_json(content)

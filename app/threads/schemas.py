@@ -125,6 +125,16 @@ class MessageObject(BaseModel):
         )
 
 
+class MessageList(BaseModel):
+    """GET /threads/{id}/messages (for the OpenAPI document: the route builds it as a dict)."""
+
+    object: Literal["list"] = "list"
+    data: list[MessageObject]
+    first_id: str
+    last_id: str
+    has_more: bool
+
+
 def content_to_stored(content: str | list[Any]) -> list[dict[str, Any]]:
     """Request content (a string or parts) → OpenAI's stored message content parts."""
     if isinstance(content, str):

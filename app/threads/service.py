@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, exists, insert, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import autocommit
 from app.errors import InvalidRequest, NotFound
-from app.ids import new_id, now
+from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, paginate
 from app.runs.models import ACTIVE_STATUSES, Run
 from app.threads.models import Message, Thread
@@ -75,29 +78,95 @@ def new_message(
     run_id: str | None = None,
     assistant_id: str | None = None,
 ) -> Message:
-    return Message(
-        id=new_id("msg_"),
-        thread_id=thread_id,
-        role=body.role,
-        content=content_to_stored(body.content),
-        status="completed",
-        completed_at=now(),
-        run_id=run_id,
-        assistant_id=assistant_id,
-        attachments=[a.model_dump() for a in body.attachments or []],
-        metadata_=body.metadata or {},
+    return Message(**_message_values(thread_id, body, run_id, assistant_id))
+
+
+def _message_values(
+    thread_id: str, body: MessageCreate, run_id: str | None, assistant_id: str | None
+) -> dict[str, Any]:
+    """A new message's columns by attribute name: all but the two it starts without, which
+    stay SQL NULL (`incomplete_details` set to None would be stored as JSON null)."""
+    at = now()
+    return {
+        "id": new_id("msg_"),
+        "created_at": at,
+        "seq": next_seq(),
+        "thread_id": thread_id,
+        "role": body.role,
+        "content": content_to_stored(body.content),
+        "status": "completed",
+        "completed_at": at,
+        "assistant_id": assistant_id,
+        "run_id": run_id,
+        "attachments": [a.model_dump() for a in body.attachments or []],
+        "metadata_": body.metadata or {},
+    }
+
+
+def _has_file_search(body: MessageCreate) -> bool:
+    return any(t.type == "file_search" for a in body.attachments or [] for t in a.tools)
+
+
+def _active_run(thread_id: str) -> Any:
+    return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
+
+
+_NULL_ON_CREATE = ("incomplete_details", "incomplete_at")
+
+
+def _insert_message_if_open() -> Any:
+    """INSERT INTO messages SELECT <:values> WHERE the thread exists and has no active run."""
+    table = Message.__table__
+    params = {
+        c.key: null() if c.key in _NULL_ON_CREATE else bindparam(c.key, type_=c.type)
+        for c in table.c
+    }
+    values = select(*params.values())
+    thread_id = params["thread_id"]
+    is_open = and_(
+        exists().where(Thread.id == thread_id),
+        ~select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES)).exists(),
     )
+    return insert(table).from_select(list(table.c), values.where(is_open))
+
+
+_INSERT_MESSAGE_IF_OPEN = _insert_message_if_open()
+_COLUMN_NAMES = {attr.key: attr.columns[0].key for attr in Message.__mapper__.column_attrs}
 
 
 async def create_message(session: AsyncSession, thread_id: str, body: MessageCreate) -> Message:
+    if _has_file_search(body):
+        return await _create_message_with_files(session, thread_id, body)
+    # One statement, one round trip: the checks and the insert, atomic on SQLite (one
+    # statement holds the write lock); on PostgreSQL a run created concurrently is not seen
+    # (issue 12), as with separate queries.
+    values = _message_values(thread_id, body, None, None)
+    params = {_COLUMN_NAMES[key]: value for key, value in values.items()}
+    for _ in range(3):
+        await autocommit(session, write=True)
+        result = await session.execute(_INSERT_MESSAGE_IF_OPEN, params)
+        await session.commit()
+        if result.rowcount == 1:
+            return Message(**values)
+        await _check_open_for_messages(session, thread_id)
+        # Neither missing nor busy now: its run ended in between. Try again.
+    raise InvalidRequest(f"Can't add messages to {thread_id} right now.", param="thread_id")
+
+
+async def _check_open_for_messages(session: AsyncSession, thread_id: str) -> Thread:
     thread = await get_thread(session, thread_id)
-    active = await session.scalar(
-        select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
-    )
+    active = await session.scalar(_active_run(thread_id))
     if active is not None:
         raise InvalidRequest(
             f"Can't add messages to {thread_id} while a run {active} is active.", param="thread_id"
         )
+    return thread
+
+
+async def _create_message_with_files(
+    session: AsyncSession, thread_id: str, body: MessageCreate
+) -> Message:
+    thread = await _check_open_for_messages(session, thread_id)
     message = new_message(thread_id, body)
     session.add(message)
     await attach_to_thread_store(session, thread, [message])
@@ -133,11 +202,25 @@ async def delete_message(session: AsyncSession, thread_id: str, message_id: str)
     await session.commit()
 
 
+# A message's columns under their attribute names, read as plain rows through Core (no ORM
+# objects, no ORM compilation): MessageObject.from_row reads either.
+_MESSAGES = Message.__table__.c
+_MESSAGE_COLUMNS = select(
+    *(attr.columns[0].label(attr.key) for attr in Message.__mapper__.column_attrs)
+)
+
+
 async def list_messages(
     session: AsyncSession, thread_id: str, params: ListParams, run_id: str | None = None
-) -> Page[Message]:
-    await get_thread(session, thread_id)
-    where = [Message.thread_id == thread_id]
+) -> Page[Any]:
+    where = [_MESSAGES.thread_id == thread_id]
     if run_id is not None:
-        where.append(Message.run_id == run_id)
-    return await paginate(session, Message, params, *where)
+        where.append(_MESSAGES.run_id == run_id)
+    await autocommit(session)
+    cursor = params.after is not None or params.before is not None
+    if cursor:  # a missing thread is a 404 before a bad cursor is a 400
+        await get_thread(session, thread_id)
+    page = await paginate(session, _MESSAGES, params, *where, base=_MESSAGE_COLUMNS)
+    if not page.items and not cursor:  # a message is proof enough that its thread exists
+        await get_thread(session, thread_id)
+    return page

@@ -1,0 +1,291 @@
+"""CRUD benchmark: create a message + list 20 messages, concurrency 50, one server process.
+
+    uv run python -m bench.crud_bench [--db sqlite|postgres|both] [--quick]
+    uv run --with py-spy python -m bench.crud_bench --profile /tmp/prof   # + py-spy of round 1
+
+Target (issue 8): >= 1,500 req/s with p99 <= 100 ms, on SQLite and on PostgreSQL.
+
+Two processes on 127.0.0.1: the real server (`opengrove serve`, tests.server_process) on a
+fresh database (tests/databases.py: a SQLite file, or a fresh PostgreSQL database dropped
+afterwards), and this client: one aiohttp.ClientSession with a large pool (see
+bench.runs_bench.Client for why not httpx at this concurrency).
+
+Setup: one thread per worker, each seeded with 20 messages (so every list is a full page).
+Load: a closed loop of 50 workers; each repeats, on its own thread,
+    POST /v1/threads/{id}/messages            (a user message, ~60 characters)
+    GET  /v1/threads/{id}/messages?limit=20   (newest first, the SDK's default order)
+Every HTTP request counts as one request. A round is bounded by a request count and a
+deadline. Reported: median req/s of the rounds, p50/p99 latency over all rounds (and per
+verb), server CPU milliseconds per request (from /proc/<pid>/stat), errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.runs_bench import PG_URL, Profiler, cpu_seconds, ms, pct
+from tests.databases import fresh_database
+from tests.server_process import ServerProcess
+
+CONCURRENCY = 50
+PAGE = 20
+TEXT = "The quick brown fox jumps over the lazy dog, then lists it all."
+
+
+@dataclass
+class Round:
+    name: str
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"create": [], "list": []})
+    errors: dict[str, int] = field(default_factory=dict)
+    wall: float = 0.0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    timed_out: bool = False
+
+    @property
+    def n_ok(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+    @property
+    def n(self) -> int:
+        return self.n_ok + sum(self.errors.values())
+
+    @property
+    def rate(self) -> float:
+        return self.n_ok / self.wall if self.wall else 0.0
+
+
+async def request(session: Any, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    async with session.request(method, url, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def setup_threads(session: Any, base: str, n: int) -> list[str]:
+    async def one() -> str:
+        status, thread = await request(session, "POST", f"{base}/v1/threads", {})
+        if status != 200:
+            raise RuntimeError(f"creating a thread: HTTP {status} {thread}")
+        for i in range(PAGE):
+            body = {"role": "user", "content": f"seed {i}: {TEXT}"}
+            status, msg = await request(
+                session, "POST", f"{base}/v1/threads/{thread['id']}/messages", body
+            )
+            if status != 200:
+                raise RuntimeError(f"seeding a thread: HTTP {status} {msg}")
+        return thread["id"]
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def drive(
+    name: str, session: Any, base: str, threads: list[str], total: int, time_limit: float, pid: int
+) -> Round:
+    """Closed loop: one worker per thread, alternating create and list, `total` requests."""
+    rnd = Round(name)
+    todo = iter(range(total))
+    deadline = time.perf_counter() + time_limit
+    body = {"role": "user", "content": TEXT}
+
+    async def worker(thread_id: str) -> None:
+        create_url = f"{base}/v1/threads/{thread_id}/messages"
+        list_url = f"{create_url}?limit={PAGE}"
+        kind = "create"
+        for _ in todo:
+            if time.perf_counter() > deadline:
+                rnd.timed_out = True
+                return
+            t0 = time.perf_counter()
+            try:
+                if kind == "create":
+                    status, out = await request(session, "POST", create_url, body)
+                    ok = status == 200 and out.get("object") == "thread.message"
+                else:
+                    status, out = await request(session, "GET", list_url)
+                    ok = status == 200 and len(out.get("data", ())) == PAGE
+                if ok:
+                    rnd.latencies[kind].append(time.perf_counter() - t0)
+                else:
+                    err = f"{kind} HTTP {status}"
+                    if isinstance(out, dict) and isinstance(out.get("error"), dict):
+                        err += f": {str(out['error'].get('message'))[:80]}"
+                    rnd.errors[err] = rnd.errors.get(err, 0) + 1
+            except Exception as exc:  # a failed request is a data point
+                err = f"{kind} {type(exc).__name__}"
+                rnd.errors[err] = rnd.errors.get(err, 0) + 1
+            kind = "list" if kind == "create" else "create"
+
+    cpu0, ccpu0 = cpu_seconds(pid), cpu_seconds()
+    t0 = time.perf_counter()
+    tasks = [asyncio.create_task(worker(t)) for t in threads]
+    _, pending = await asyncio.wait(tasks, timeout=time_limit + 30)
+    for task in pending:
+        task.cancel()
+        rnd.timed_out = True
+    await asyncio.gather(*pending, return_exceptions=True)
+    rnd.wall = time.perf_counter() - t0
+    rnd.server_cpu = cpu_seconds(pid) - cpu0
+    rnd.client_cpu = cpu_seconds() - ccpu0
+    return rnd
+
+
+@dataclass
+class Config:
+    rounds: int
+    total: int
+    time_limit: float
+    profile_dir: Path | None
+
+
+async def bench_server(cfg: Config, db_name: str, server: ServerProcess) -> dict[str, Any]:
+    import aiohttp
+
+    assert server.proc is not None
+    pid = server.proc.pid
+    base = server.base_url
+    profiler = Profiler(cfg.profile_dir / db_name if cfg.profile_dir else None, pid, {"round1"}, [])
+    async with aiohttp.ClientSession(
+        # keepalive below uvicorn's 5 s, so a pooled connection is never one it closed
+        connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=2),
+        timeout=aiohttp.ClientTimeout(total=60, connect=10),
+    ) as session:
+        threads = await setup_threads(session, base, CONCURRENCY)
+        warm = await drive("warm", session, base, threads, cfg.total // 3, cfg.time_limit, pid)
+        if warm.errors:
+            print(f"  [{db_name}] warm-up errors: {warm.errors}", flush=True)
+        rounds = []
+        for i in range(cfg.rounds):
+            profiler.start(f"round{i + 1}")
+            rnd = await drive(
+                f"round {i + 1}", session, base, threads, cfg.total, cfg.time_limit, pid
+            )
+            profiler.stop()
+            rounds.append(rnd)
+            lat = rnd.latencies["create"] + rnd.latencies["list"]
+            print(
+                f"  [{db_name}] round {i + 1}: {rnd.n_ok}/{rnd.n} in {rnd.wall:.2f}s = "
+                f"{rnd.rate:.0f} req/s  p50 {ms(pct(lat, 50)).strip()} "
+                f"p99 {ms(pct(lat, 99)).strip()} ms  server CPU "
+                f"{rnd.server_cpu * 1000 / max(rnd.n, 1):.2f} ms/req"
+                f"{'  errors: ' + str(rnd.errors) if rnd.errors else ''}",
+                flush=True,
+            )
+    log = server.log()
+    return {
+        "db": db_name,
+        "rounds": rounds,
+        "tracebacks": log.count("Traceback"),
+        "error_lines": len(re.findall(r" (ERROR|CRITICAL) ", log)),
+    }
+
+
+def run_db(cfg: Config, db_name: str, tmp: Path) -> dict[str, Any]:
+    work = tmp / db_name
+    work.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("OPENGROVE_TEST_DATABASE_URL")
+    if db_name == "postgres":
+        os.environ["OPENGROVE_TEST_DATABASE_URL"] = saved or PG_URL
+    else:
+        os.environ.pop("OPENGROVE_TEST_DATABASE_URL", None)
+    try:
+        with fresh_database(work / "db") as url:
+            if url.startswith("sqlite"):
+                (work / "db").mkdir(parents=True, exist_ok=True)
+            server = ServerProcess(work / "server", env={"DATABASE_URL": url})
+            server.start()
+            try:
+                return asyncio.run(bench_server(cfg, db_name, server))
+            except BaseException:
+                print(server.log()[-4000:], file=sys.stderr)
+                raise
+            finally:
+                server.stop()
+    finally:
+        if saved is None:
+            os.environ.pop("OPENGROVE_TEST_DATABASE_URL", None)
+        else:
+            os.environ["OPENGROVE_TEST_DATABASE_URL"] = saved
+
+
+def report(cfg: Config, results: list[dict[str, Any]]) -> None:
+    line = "-" * 112
+    print()
+    print(line)
+    print(
+        f"CRUD — concurrency {CONCURRENCY}, each worker alternating POST message / GET "
+        f"{PAGE} messages on its own thread; {cfg.total} requests x {cfg.rounds} rounds"
+    )
+    print("target: >= 1500 req/s, p99 <= 100 ms. Latencies over all rounds, in ms.")
+    print(line)
+    print(
+        f"{'db':9} | {'req/s median':>12} {'(min-max)':>13} | {'p50':>6} {'p99':>6} | "
+        f"{'create p50':>10} {'p99':>6} | {'list p50':>8} {'p99':>6} | {'ok/total':>11} | "
+        f"{'CPU ms/req srv cli':>18}"
+    )
+    for res in results:
+        rounds: list[Round] = res["rounds"]
+        rates = [r.rate for r in rounds]
+        mid = sorted(rounds, key=lambda r: r.rate)[len(rounds) // 2]
+        create = [x for r in rounds for x in r.latencies["create"]]
+        lst = [x for r in rounds for x in r.latencies["list"]]
+        both = create + lst
+        ok = sum(r.n_ok for r in rounds)
+        tot = sum(r.n for r in rounds)
+        n_mid = max(mid.n, 1)
+        print(
+            f"{res['db']:9} | {statistics.median(rates):12.0f} "
+            f"{f'({min(rates):.0f}-{max(rates):.0f})':>13} | {ms(pct(both, 50))} "
+            f"{ms(pct(both, 99))} | {ms(pct(create, 50)):>10} {ms(pct(create, 99))} | "
+            f"{ms(pct(lst, 50)):>8} {ms(pct(lst, 99))} | {ok:>5}/{tot:<5} | "
+            f"{mid.server_cpu * 1000 / n_mid:9.2f} {mid.client_cpu * 1000 / n_mid:8.2f}"
+        )
+    print(line)
+    for res in results:
+        for r in res["rounds"]:
+            if r.errors or r.timed_out:
+                print(f"{res['db']}: {r.name}: errors {r.errors} timed_out={r.timed_out}")
+        if res["tracebacks"] or res["error_lines"]:
+            print(
+                f"{res['db']}: server log has {res['tracebacks']} tracebacks, "
+                f"{res['error_lines']} ERROR lines"
+            )
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--quick", action="store_true", help="one shorter round")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (3; quick 1)")
+    parser.add_argument("--requests", type=int, default=None, help="per round (6000; quick 2000)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="directory for a py-spy profile of round 1"
+    )
+    args = parser.parse_args(argv)
+    cfg = Config(
+        rounds=args.rounds or (1 if args.quick else 3),
+        total=args.requests or (2000 if args.quick else 6000),
+        time_limit=60.0,
+        profile_dir=args.profile,
+    )
+    dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="opengrove-crud-bench-") as tmp_name:
+        for db_name in dbs:
+            print(f"== {db_name} ==", flush=True)
+            results.append(run_db(cfg, db_name, Path(tmp_name)))
+    report(cfg, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
