@@ -130,6 +130,7 @@ class EventWriter:
         self._deltas: list[Event] = []  # published already (or held: past the reservation)
         self._held: list[Event] = []
         self._written: tuple[int, int] = (0, next_seq)
+        self.last_published: list[Event] = []  # what the last commit published
 
     def _new(self, event: str, data: Any) -> Event:
         item = Event(self.seq, event, data)
@@ -213,6 +214,7 @@ class EventWriter:
         self._held = []
         published.sort(key=lambda e: e.seq)
         self.hub.publish(self.run_id, published)
+        self.last_published = published
 
     async def commit(self, session: AsyncSession, *, notify_run_queued: bool = False) -> None:
         """Persist pending events with the session's changes, commit, then publish."""
@@ -281,17 +283,22 @@ async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
 
 
 async def follow(
-    db: Database, hub: EventHub, run_id: str, after_seq: int = -1
+    db: Database,
+    hub: EventHub,
+    run_id: str,
+    after_seq: int = -1,
+    known: list[Event] | None = None,
 ) -> AsyncIterator[list[Event]]:
     """Every event of the run after `after_seq`, in order, until a final event — in batches
-    of what is at hand, so a stream writes several events at once when it can."""
+    of what is at hand, so a stream writes several events at once when it can. `known`:
+    the run's first events, when the caller has them (a stream of a run it just created)."""
     # PostgreSQL wakes us when another process writes; SQLite has no such signal, so a stream
     # polls the log unless a worker of this process executes the run.
     poll_interval = 0.2 if db.is_sqlite else 2.0
     queue = hub.subscribe(run_id)
     last = after_seq
     try:
-        pending = await load_events(db, run_id, last)
+        pending = known if known else await load_events(db, run_id, last)
         while True:
             ready: list[Event] = []
             final = False

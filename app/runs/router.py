@@ -34,10 +34,10 @@ async def create_thread_and_run(
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model)
-    run = await service.create_thread_and_run(session, signals, body, [])
+    new = await service.create_thread_and_run(session, signals, body, [])
     if body.stream:
-        return run_event_stream(db, signals.hub, run.id)
-    return RunObject(**render_run(run))
+        return run_event_stream(db, signals.hub, new.run.id, known=new.events)
+    return RunObject(**render_run(new.run))
 
 
 @router.post("/{thread_id}/runs", response_model=None)
@@ -52,10 +52,10 @@ async def create_run(
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model)
-    run = await service.create_run(session, signals, thread_id, body, list(include))
+    new = await service.create_run(session, signals, thread_id, body, list(include))
     if body.stream:
-        return run_event_stream(db, signals.hub, run.id)
-    return RunObject(**render_run(run))
+        return run_event_stream(db, signals.hub, new.run.id, known=new.events)
+    return RunObject(**render_run(new.run))
 
 
 @router.get("/{thread_id}/runs")

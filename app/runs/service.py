@@ -14,7 +14,7 @@ from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, now
 from app.pagination import ListParams, Page, paginate
 from app.runs.dispatch import RunDispatcher
-from app.runs.events import EventHub, EventWriter
+from app.runs.events import Event, EventHub, EventWriter
 from app.runs.models import ACTIVE_STATUSES, Run, RunStep
 from app.runs.schemas import (
     RunCreate,
@@ -30,6 +30,12 @@ from app.threads.models import Message
 from app.threads.schemas import MessageObject, ThreadCreate, ThreadObject
 from app.threads.service import create_thread_rows, get_thread, new_message
 from app.vector_stores.thread_stores import attach_to_thread_store
+
+
+@dataclass(frozen=True)
+class NewRun:
+    run: Run
+    events: list[Event]  # its first events, as committed (a stream can start with them)
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ async def _build_run(
 
 async def _commit_new_run(
     session: AsyncSession, signals: RunSignals, run: Run, writer: EventWriter
-) -> Run:
+) -> NewRun:
     signals.dispatcher.offer(run)
     session.add(run)
     writer.emit("thread.run.created", render_run(run))
@@ -114,7 +120,7 @@ async def _commit_new_run(
         raise InvalidRequest(
             f"Thread {run.thread_id} already has an active run {active}.", param="thread_id"
         ) from None
-    return run
+    return NewRun(run, writer.last_published)
 
 
 async def create_run(
@@ -123,7 +129,7 @@ async def create_run(
     thread_id: str,
     body: RunCreate,
     include: list[str],
-) -> Run:
+) -> NewRun:
     thread = await get_thread(session, thread_id)
     active = await active_run_id(session, thread_id)
     if active is not None:
@@ -137,7 +143,7 @@ async def create_run(
 
 async def create_thread_and_run(
     session: AsyncSession, signals: RunSignals, body: ThreadAndRunCreate, include: list[str]
-) -> Run:
+) -> NewRun:
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.db import Database
-from app.runs.events import EventHub, dumps, follow
+from app.runs.events import Event, EventHub, dumps, follow
 
 
-async def _frames(db: Database, hub: EventHub, run_id: str, after_seq: int) -> AsyncIterator[bytes]:
+async def _frames(
+    db: Database, hub: EventHub, run_id: str, after_seq: int, known: list[Event] | None
+) -> AsyncIterator[bytes]:
     # Each batch of events at hand goes out in one write.
-    async for batch in follow(db, hub, run_id, after_seq):
+    async for batch in follow(db, hub, run_id, after_seq, known):
         yield "".join(
             f"id: {item.seq}\nevent: {item.event}\ndata: {dumps(item.data)}\n\n" for item in batch
         ).encode()
@@ -30,10 +32,14 @@ def _keep_alive() -> ServerSentEvent:
 
 
 def run_event_stream(
-    db: Database, hub: EventHub, run_id: str, after_seq: int = -1
+    db: Database,
+    hub: EventHub,
+    run_id: str,
+    after_seq: int = -1,
+    known: list[Event] | None = None,
 ) -> EventSourceResponse:
     return EventSourceResponse(
-        _frames(db, hub, run_id, after_seq),
+        _frames(db, hub, run_id, after_seq, known),
         sep="\n",
         ping=15,
         ping_message_factory=_keep_alive,
