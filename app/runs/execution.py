@@ -194,12 +194,6 @@ class RunExecution:
 
     async def _end(self, status: str, **fields: Any) -> None:
         fields.setdefault("usage", self.usage if self.usage["total_tokens"] else None)
-        step_status = {"cancelled": "cancelled", "failed": "failed", "incomplete": "completed"}
-        message_reason = {
-            "cancelled": "run_cancelled",
-            "failed": "run_failed",
-            "incomplete": "max_tokens",
-        }
         self.recorder.pending = []  # drop anything half-done by the failed step
         self.writer.discard_unpublished()
         self.writer.release()
@@ -209,15 +203,7 @@ class RunExecution:
                 return
             if status == "cancelled" and run.status == "cancelling":
                 self.writer.emit("thread.run.cancelling", render_run(run))
-            done = await finish_run(
-                session,
-                run,
-                self.writer,
-                status,
-                step_status=step_status[status],
-                message_reason=message_reason[status],
-                **fields,
-            )
+            done = await finish_run(session, run, self.writer, status, **fields)
             cancelling = run.status == "cancelling"
         if not done and status != "cancelled" and cancelling:
             await self._end("cancelled")

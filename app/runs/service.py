@@ -183,14 +183,7 @@ async def cancel_run(
     # Nobody executes a queued run without a lease, nor one waiting for tool outputs:
     # those end now. A run being executed is asked to stop and ends at its next chunk.
     if run.status == "requires_action" or (run.status == "queued" and run.lease_owner is None):
-        if await finish_run(
-            session,
-            run,
-            writer,
-            "cancelled",
-            step_status="cancelled",
-            message_reason="run_cancelled",
-        ):
+        if await finish_run(session, run, writer, "cancelled"):
             return run
     if run.status in ("queued", "in_progress") and await transition(session, run, "cancelling"):
         # The executor owns this run's event stream: it announces cancelling and cancelled.
@@ -203,18 +196,27 @@ async def cancel_run(
     raise InvalidRequest(f"Cannot cancel run with status '{run.status}'.", param="run_id")
 
 
+# How an ending run leaves its open steps, and why its unfinished messages stopped.
+_ENDINGS: dict[str, tuple[str, str]] = {
+    "cancelled": ("cancelled", "run_cancelled"),
+    "failed": ("failed", "run_failed"),
+    "expired": ("expired", "run_expired"),
+    "incomplete": ("completed", "max_tokens"),
+}
+
+
 async def finish_run(
     session: AsyncSession,
     run: Run,
     writer: EventWriter,
     status: str,
     *,
-    step_status: str,
-    message_reason: str,
     last_error: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
-    """End the run: close its open steps and messages, then announce the new status."""
+    """End the run (cancelled, failed, expired, incomplete): close its open steps and
+    messages, then announce the new status. False if its status did not allow it."""
+    step_status, message_reason = _ENDINGS[status]
     if last_error is not None:
         fields["last_error"] = last_error
     if not await transition(session, run, status, required_action=None, **fields):

@@ -258,7 +258,7 @@ class RunWorker:
                 await session.commit()
                 self._claim_wanted = True
                 self._wake.set()
-            ending = (
+            to_end = (
                 await session.scalars(
                     select(Run).where(
                         or_(
@@ -276,26 +276,10 @@ class RunWorker:
                     )
                 )
             ).all()
-            for run in ending:
+            for run in to_end:
                 writer = EventWriter(self.ctx.hub, run.id, run.next_event_seq)
-                if run.status == "cancelling":
-                    await finish_run(
-                        session,
-                        run,
-                        writer,
-                        "cancelled",
-                        step_status="cancelled",
-                        message_reason="run_cancelled",
-                    )
-                else:
-                    await finish_run(
-                        session,
-                        run,
-                        writer,
-                        "expired",
-                        step_status="expired",
-                        message_reason="run_expired",
-                    )
+                ending = "cancelled" if run.status == "cancelling" else "expired"
+                await finish_run(session, run, writer, ending)
 
     # ---- execution -------------------------------------------------------------------
 
