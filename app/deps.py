@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings as AppSettings
 from app.db import Database
 from app.llm.routing import ModelRouter
+from app.retrieval.embeddings import Embedder as AppEmbedder
 from app.retrieval.index import VectorIndex
 from app.runs.service import RunSignals
+from app.vector_stores.ingestion import IngestionWorker
 
 if TYPE_CHECKING:
     from app.runtime import Runtime
@@ -65,3 +67,28 @@ def get_index(request: Request) -> VectorIndex:
 
 
 Index = Annotated[VectorIndex, Depends(get_index)]
+
+
+def get_embedder(request: Request) -> AppEmbedder | None:
+    return get_runtime(request).embedder
+
+
+# None when no embedding model is configured (search is lexical only).
+Embedder = Annotated[AppEmbedder | None, Depends(get_embedder)]
+
+
+def get_ingestion(request: Request) -> IngestionWorker:
+    ingestion = get_runtime(request).ingestion
+    assert ingestion is not None
+    return ingestion
+
+
+Ingestion = Annotated[IngestionWorker, Depends(get_ingestion)]
+
+
+def get_started_at(request: Request) -> int:
+    return get_runtime(request).started_at
+
+
+# When this process started (unix seconds): the `created` of /v1/models entries.
+StartedAt = Annotated[int, Depends(get_started_at)]

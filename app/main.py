@@ -15,7 +15,6 @@ from app.assistants.router import router as assistants_router
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.files.router import router as files_router
-from app.ids import now
 from app.models_api.router import router as models_router
 from app.runs.router import router as runs_router
 from app.runtime import Runtime
@@ -70,13 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, run_workers=settings.run_workers)
-        app.state.runtime = runtime
-        app.state.db = runtime.db
-        app.state.index = runtime.index
-        app.state.ingestion = runtime.ingestion
-        app.state.embedder = runtime.embedder
-        app.state.hub = runtime.hub
-        app.state.model_router = runtime.router
+        app.state.runtime = runtime  # the only app state: routers use `app.deps`
         try:
             yield
         finally:
@@ -89,8 +82,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.started_at = now()
     install_error_handlers(app)
     # Clients differ in whether base_url ends in /v1: serve both.
     app.include_router(api_router(), prefix="/v1")

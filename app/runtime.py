@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from app.config import Settings
 from app.db import Database
+from app.ids import now
 from app.llm import adapter
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
@@ -44,6 +45,7 @@ class Runtime:
     index: LazyIndex | None = None
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
+    started_at: int = field(default_factory=now)  # unix seconds; /v1/models' `created`
     _housekeeping: asyncio.Task[None] | None = None
     _preload: asyncio.Task[object] | None = None
 
@@ -88,6 +90,7 @@ class Runtime:
                     attempts=settings.llm_attempts,
                     base_delay=settings.llm_retry_base_delay,
                     timeout=settings.llm_timeout,
+                    fast_path=settings.llm_fast_path,
                 ),
                 max_run_steps=settings.max_run_steps,
                 expiry_seconds=settings.run_expiry_seconds,

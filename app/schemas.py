@@ -5,6 +5,7 @@ Request models forbid unknown fields, as OpenAI rejects them ("Unrecognized requ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -16,25 +17,36 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
-    if value is None:
-        return None
+def check_key_value_object(
+    name: str, value: dict[str, Any], check_item: Callable[[str, Any], None]
+) -> None:
+    """OpenAI's limits on `metadata` / `attributes`: at most 16 keys of at most 64 characters;
+    `check_item(key, item)` raises ValueError for a value it refuses."""
     if len(value) > 16:
         raise ValueError(
-            "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+            f"Invalid '{name}': too many properties. Expected an object with at most 16 "
             f"properties, but got an object with {len(value)} properties instead."
         )
     for key, item in value.items():
         if len(key) > 64:
             raise ValueError(
-                f"Invalid 'metadata': key too long. Expected a key with maximum length 64, "
+                f"Invalid '{name}': key too long. Expected a key with maximum length 64, "
                 f"but got a key with length {len(key)} instead."
             )
-        if len(item) > 512:
-            raise ValueError(
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
-                f"length 512, but got a string with length {len(item)} instead."
-            )
+        check_item(key, item)
+
+
+def _check_metadata_item(key: str, item: str) -> None:
+    if len(item) > 512:
+        raise ValueError(
+            f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+            f"length 512, but got a string with length {len(item)} instead."
+        )
+
+
+def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is not None:
+        check_key_value_object("metadata", value, _check_metadata_item)
     return value
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -34,7 +33,6 @@ from pathlib import Path
 import httpx
 import openai
 
-from app.config import get_settings
 from app.llm import adapter
 from app.llm.routing import ModelRoute
 from bench.upstream import Upstream
@@ -44,17 +42,13 @@ MESSAGES = [{"role": "user", "content": PROMPT}]
 Call = Callable[[], Awaitable[int]]
 
 
-def set_fast_path(on: bool) -> None:
-    os.environ["OPENGROVE_LLM_FAST_PATH"] = "true" if on else "false"
-    get_settings.cache_clear()
-
-
-def variants(base_url: str) -> dict[str, tuple[bool | None, Call]]:
-    """name → (fast path setting it needs, or None; one call returning chunks/events seen)."""
+def variants(base_url: str) -> dict[str, Call]:
+    """name → one call returning chunks/events seen."""
     litellm = adapter._import_litellm()
     route = ModelRoute("fake-model", "openai/fake-model", api_base=base_url, api_key="k")
     request = adapter.ChatRequest(route=route, messages=MESSAGES)
     policy = adapter.RetryPolicy(attempts=1, timeout=30)
+    litellm_policy = adapter.RetryPolicy(attempts=1, timeout=30, fast_path=False)
     kwargs = adapter._call_kwargs(litellm, request, policy.timeout)
     sdk = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
     http = httpx.AsyncClient(
@@ -79,6 +73,12 @@ def variants(base_url: str) -> dict[str, tuple[bool | None, Call]]:
     async def via_adapter() -> int:
         n = 0
         async for _ in adapter.stream_chat(request, policy):
+            n += 1
+        return n
+
+    async def via_adapter_litellm() -> int:
+        n = 0
+        async for _ in adapter.stream_chat(request, litellm_policy):
             n += 1
         return n
 
@@ -107,11 +107,11 @@ def variants(base_url: str) -> dict[str, tuple[bool | None, Call]]:
         return n
 
     return {
-        "litellm.acompletion": (None, via_litellm),
-        "adapter (litellm path)": (False, via_adapter),
-        "adapter (fast path)": (True, via_adapter),
-        "openai SDK AsyncOpenAI": (None, via_sdk),
-        "bare httpx stream": (None, via_httpx),
+        "litellm.acompletion": via_litellm,
+        "adapter (litellm path)": via_adapter_litellm,
+        "adapter (fast path)": via_adapter,
+        "openai SDK AsyncOpenAI": via_sdk,
+        "bare httpx stream": via_httpx,
     }
 
 
@@ -128,20 +128,15 @@ async def measure(call: Call, calls: int) -> tuple[float, float]:
 
 async def bench(base_url: str, calls: int, rounds: int, warmup: int) -> None:
     table = variants(base_url)
-    chunks = await table["bare httpx stream"][1]()
-    set_fast_path(True)
-    events = await table["adapter (fast path)"][1]()
+    chunks = await table["bare httpx stream"]()
+    events = await table["adapter (fast path)"]()
     print(f"{chunks} SSE data lines per call ({events} adapter events), {calls} calls x {rounds}")
-    for fast, call in table.values():
-        if fast is not None:
-            set_fast_path(fast)
+    for call in table.values():
         for _ in range(warmup):
             await call()
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in table}
     for _ in range(rounds):
-        for name, (fast, call) in table.items():
-            if fast is not None:
-                set_fast_path(fast)
+        for name, call in table.items():
             results[name].append(await measure(call, calls))
     print()
     print(f"{'client stack':<26}{'CPU ms/call':>12}{'(min-max)':>16}{'wall ms/call':>14}")

@@ -2,7 +2,7 @@
 
 The session server (tests/server_process.py) is configured by environment variables; this
 one takes a Settings object, so tests can set values that have no variable yet, and can
-reach into the running app (`app.state`, `call(coro)` on the server's event loop).
+reach into the running app (`runtime`, `call(coro)` on the server's event loop).
 """
 
 from __future__ import annotations
@@ -19,25 +19,14 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
+from app.runtime import Runtime
 from tests.server_process import free_port
 
 T = TypeVar("T")
 
 
-class AppSettings(Settings):
-    """Settings with the files / vector-store knobs (read with getattr by the app)."""
-
-    max_file_bytes: int = 512 * 1024 * 1024
-    ingestion_concurrency: int = 4
-    ingestion_lease_seconds: float = 60.0
-    embedding_model: str | None = None
-    embedding_api_base: str | None = None
-    embedding_api_key: str | None = None
-    embedding_dimensions: int | None = None
-
-
-def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> AppSettings:
-    return AppSettings(
+def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    return Settings(
         data_dir=data_dir,
         database_url=database_url,
         models=["gpt-4o", "fake-model"],
@@ -54,6 +43,11 @@ class AppServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._error: BaseException | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running app's runtime (database, index, ingestion, ...)."""
+        return self.app.state.runtime
 
     @property
     def base_url(self) -> str:
@@ -87,7 +81,7 @@ class AppServer:
             self._error = exc
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        """Run a coroutine on the server's event loop (where app.state lives)."""
+        """Run a coroutine on the server's event loop (where the runtime lives)."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 

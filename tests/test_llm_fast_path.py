@@ -17,7 +17,6 @@ import openai
 import pytest
 
 import tests.test_providers as providers
-from app.config import get_settings
 from app.llm import adapter
 from app.llm.routing import ModelRoute
 from tests.conftest import server_env
@@ -77,20 +76,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:Use
 SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
 
 
-@pytest.fixture
-def fast_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """OPENGROVE_LLM_FAST_PATH as the test sets it (through `use`), reset afterwards."""
-    get_settings.cache_clear()
-    yield
-    monkeypatch.delenv("OPENGROVE_LLM_FAST_PATH", raising=False)
-    get_settings.cache_clear()
-
-
-def use(monkeypatch: pytest.MonkeyPatch, fast: bool) -> None:
-    monkeypatch.setenv("OPENGROVE_LLM_FAST_PATH", "true" if fast else "false")
-    get_settings.cache_clear()
-
-
 def route(upstream: FakeUpstream, model: str = "openai/fake-model") -> ModelRoute:
     return ModelRoute(name=model, litellm_model=model, api_base=upstream.base_url, api_key="k")
 
@@ -107,27 +92,24 @@ async def collect(events: AsyncIterator[adapter.StreamEvent]) -> list[Any]:
 
 
 async def call_both(
-    monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream, model: str, reply: FakeReply, **kw: Any
+    upstream: FakeUpstream, model: str, reply: FakeReply, **kw: Any
 ) -> list[tuple[Any, list[Any], dict[str, str]]]:
     """(body sent, events, headers) through litellm, then through the fast path."""
     results = []
     for fast in (False, True):
-        use(monkeypatch, fast)
         upstream.reset()
         upstream.script(reply)
         request = adapter.ChatRequest(
             route=route(upstream, model), messages=copy.deepcopy(HISTORY), **copy.deepcopy(kw)
         )
-        events = await collect(adapter.stream_chat(request))
+        events = await collect(adapter.stream_chat(request, adapter.RetryPolicy(fast_path=fast)))
         record = upstream.recorded[-1]
         assert record.path == "/v1/chat/completions"
         results.append((record.body, events, record.headers))
     return results
 
 
-async def test_routes_taking_the_fast_path(
-    monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream, fast_path: None
-) -> None:
+async def test_routes_taking_the_fast_path(upstream: FakeUpstream) -> None:
     fast = ["openai/fake-model", "hosted_vllm/my-model", "gpt-4o", "openai/gpt-5"]
     # Anthropic/Ollama/Azure speak other wire formats; o-series models get litellm's message
     # rewrites (system → user for some), so they stay on litellm too.
@@ -136,9 +118,9 @@ async def test_routes_taking_the_fast_path(
         assert await adapter.takes_fast_path(route(upstream, model)), model
     for model in slow:
         assert not await adapter.takes_fast_path(route(upstream, model)), model
-    use(monkeypatch, False)
+    litellm_only = adapter.RetryPolicy(fast_path=False)
     for model in fast:
-        assert not await adapter.takes_fast_path(route(upstream, model)), model
+        assert not await adapter.takes_fast_path(route(upstream, model), litellm_only), model
 
 
 @pytest.mark.parametrize(
@@ -153,9 +135,7 @@ async def test_routes_taking_the_fast_path(
     ids=["openai-full", "openai-bare", "vllm", "gpt-5", "gpt-4"],
 )
 async def test_same_request_and_events_as_litellm(
-    monkeypatch: pytest.MonkeyPatch,
     upstream: FakeUpstream,
-    fast_path: None,
     model: str,
     params: dict[str, Any],
 ) -> None:
@@ -167,7 +147,7 @@ async def test_same_request_and_events_as_litellm(
     (
         (slow_body, slow_events, slow_headers),
         (fast_body, fast_events, fast_headers),
-    ) = await call_both(monkeypatch, upstream, model, reply, **params)
+    ) = await call_both(upstream, model, reply, **params)
     assert fast_body == slow_body
     assert fast_events == slow_events
     assert fast_events[-1] == adapter.Finish("tool_calls", adapter.Usage(11, 5))
@@ -181,23 +161,18 @@ async def test_same_request_and_events_as_litellm(
         assert fast_body["max_completion_tokens"] == 64 and "temperature" not in fast_body
 
 
-async def test_text_finish_reasons_match(
-    monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream, fast_path: None
-) -> None:
+async def test_text_finish_reasons_match(upstream: FakeUpstream) -> None:
     for reply in (FakeReply(text="one two three"), FakeReply(text="cut", finish_reason="length")):
         (_, slow_events, _), (_, fast_events, _) = await call_both(
-            monkeypatch, upstream, "openai/fake-model", reply
+            upstream, "openai/fake-model", reply
         )
         assert fast_events == slow_events
         assert "".join(e.text for e in fast_events[:-1]) == reply.text
 
 
-async def failure(
-    monkeypatch: pytest.MonkeyPatch, fast: bool, model_route: ModelRoute, attempts: int = 1
-) -> adapter.LLMError:
-    use(monkeypatch, fast)
+async def failure(fast: bool, model_route: ModelRoute, attempts: int = 1) -> adapter.LLMError:
     request = adapter.ChatRequest(route=model_route, messages=[{"role": "user", "content": "?"}])
-    policy = adapter.RetryPolicy(attempts=attempts, base_delay=0.01, timeout=0.5)
+    policy = adapter.RetryPolicy(attempts=attempts, base_delay=0.01, timeout=0.5, fast_path=fast)
     with pytest.raises(adapter.LLMError) as failed:
         await collect(adapter.stream_chat(request, policy))
     return failed.value
@@ -220,9 +195,7 @@ async def failure(
     ids=["429", "500", "503", "400", "404", "context-window", "idle-timeout"],
 )
 async def test_same_errors_as_litellm(
-    monkeypatch: pytest.MonkeyPatch,
     upstream: FakeUpstream,
-    fast_path: None,
     reply: FakeReply,
     code: str,
 ) -> None:
@@ -230,24 +203,19 @@ async def test_same_errors_as_litellm(
     for fast in (False, True):
         upstream.reset()
         upstream.script(reply)
-        errors.append(await failure(monkeypatch, fast, route(upstream)))
+        errors.append(await failure(fast, route(upstream)))
     assert (errors[1].code, errors[1].message) == (errors[0].code, errors[0].message)
     assert errors[1].code == code
 
 
-async def test_unreachable_provider_same_error(
-    monkeypatch: pytest.MonkeyPatch, fast_path: None
-) -> None:
+async def test_unreachable_provider_same_error() -> None:
     dead = ModelRoute("dead", "openai/fake-model", api_base="http://127.0.0.1:9/v1", api_key="k")
-    slow, fast = [await failure(monkeypatch, fast, dead) for fast in (False, True)]
+    slow, fast = [await failure(fast, dead) for fast in (False, True)]
     assert (fast.code, fast.message) == (slow.code, slow.message)
     assert "Connection error" in fast.message
 
 
-async def test_retries_before_the_first_token_only(
-    monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream, fast_path: None
-) -> None:
-    use(monkeypatch, True)
+async def test_retries_before_the_first_token_only(upstream: FakeUpstream) -> None:
     policy = adapter.RetryPolicy(attempts=3, base_delay=0.01, timeout=1)
     request = adapter.ChatRequest(
         route=route(upstream), messages=[{"role": "user", "content": "?"}]

@@ -23,7 +23,7 @@ from app.files.models import StoredFile
 from app.retrieval.embeddings import drain_litellm_logging
 from app.vector_stores.ingestion import cleanup_expired
 from app.vector_stores.models import VectorStore
-from app.vector_stores.service import search_vector_stores
+from app.vector_stores.search import search_stores
 from tests.app_server import AppServer, make_settings
 from tests.databases import fresh_database
 from tests.fake_upstream import FakeUpstream
@@ -620,7 +620,7 @@ def test_expiry_and_cleanup(database: tuple[Path, str]) -> None:
             assert after.expires_at == after.last_active_at + 86400  # type: ignore[operator]
 
             async def backdate() -> None:
-                db: Database = server.app.state.db
+                db: Database = server.runtime.db
                 async with db.sessionmaker() as session:
                     await session.execute(
                         update(VectorStore).where(VectorStore.id == store.id).values(expires_at=1)
@@ -640,14 +640,15 @@ def test_expiry_and_cleanup(database: tuple[Path, str]) -> None:
             with pytest.raises(openai.BadRequestError):
                 client.vector_stores.files.create(vector_store_id=store.id, file_id=keep.id)
 
-            state = server.app.state
-            result = server.call(cleanup_expired(state.db, state.index, settings))
+            runtime = server.runtime
+            assert runtime.index is not None
+            result = server.call(cleanup_expired(runtime.db, runtime.index, settings))
             assert result == {"vector_stores_expired": 1, "files_deleted": 1}
             assert not (settings.files_dir / file.id).exists()
             assert (settings.files_dir / keep.id).exists()
             assert [f.id for f in client.vector_stores.files.list(store.id)] == [keep.id]
             assert client.vector_stores.retrieve(store.id).status == "expired"
-            assert server.call(cleanup_expired(state.db, state.index, settings)) == {
+            assert server.call(cleanup_expired(runtime.db, runtime.index, settings)) == {
                 "vector_stores_expired": 0,
                 "files_deleted": 0,
             }
@@ -660,16 +661,17 @@ def test_search_service_for_the_run_executor(database: tuple[Path, str]) -> None
             file = upload(client, "tool.txt", b"The scarlet bison guards the archive.")
             store = client.vector_stores.create(name="tool", file_ids=[file.id])
             wait_for_store(client, store.id)
-            state = server.app.state
+            runtime = server.runtime
+            assert runtime.index is not None
 
-            async def run(query: str, **kwargs: Any) -> list[Any]:
-                async with state.db.sessionmaker() as session:
-                    return await search_vector_stores(
+            async def run(*queries: str, **kwargs: Any) -> list[Any]:
+                async with runtime.db.sessionmaker() as session:
+                    return await search_stores(
                         session,
-                        state.index,
+                        runtime.index,
                         None,
                         [store.id, "vs_missing"],
-                        query,
+                        list(queries),
                         max_num_results=kwargs.pop("max_num_results", 5),
                         score_threshold=kwargs.pop("score_threshold", 0.0),
                         **kwargs,
@@ -682,6 +684,8 @@ def test_search_service_for_the_run_executor(database: tuple[Path, str]) -> None
             assert "scarlet bison" in hit.text and 0 < hit.score <= 1
             assert server.call(run("scarlet bison", score_threshold=1.0)) in ([], hits)
             assert server.call(run("nothing matches zzyzx")) == []
+            # Several queries finding the same chunk: it counts once, with its best score.
+            assert server.call(run("scarlet bison", "guards the archive", "zzyzx")) == hits
             filtered = run("scarlet", filters={"type": "eq", "key": "x", "value": 1})
             assert server.call(filtered) == []
 

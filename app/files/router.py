@@ -5,20 +5,20 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from app.deps import Session
+from app.deps import Index, Session, Settings
 from app.errors import NotFound
 from app.files import service
 from app.files.schemas import FileObject
 from app.files.upload import receive_form
 from app.pagination import ListParams
+from app.schemas import DeletedObject
 
 router = APIRouter(prefix="/files", tags=["files"])
 
 
 @router.post("")
-async def create_file(request: Request, session: Session) -> dict[str, Any]:
-    settings = request.app.state.settings
-    limit = service.max_file_bytes(settings)
+async def create_file(request: Request, session: Session, settings: Settings) -> dict[str, Any]:
+    limit = settings.max_file_bytes
     form = await receive_form(request, settings.files_dir, limit)
     try:
         purpose, expiry = service.validate_form(form, limit)
@@ -49,17 +49,17 @@ async def get_file(file_id: str, session: Session) -> dict[str, Any]:
 
 
 @router.delete("/{file_id}")
-async def delete_file(file_id: str, request: Request, session: Session) -> dict[str, Any]:
-    await service.delete_file(
-        session, request.app.state.index, request.app.state.settings.files_dir, file_id
-    )
-    return {"id": file_id, "object": "file", "deleted": True}
+async def delete_file(
+    file_id: str, session: Session, index: Index, settings: Settings
+) -> DeletedObject:
+    await service.delete_file(session, index, settings.files_dir, file_id)
+    return DeletedObject(id=file_id, object="file")
 
 
 @router.get("/{file_id}/content")
-async def download_file(file_id: str, request: Request, session: Session) -> FileResponse:
+async def download_file(file_id: str, session: Session, settings: Settings) -> FileResponse:
     row = await service.get_file(session, file_id)
-    path = service.file_path(request.app.state.settings.files_dir, row.id)
+    path = service.file_path(settings.files_dir, row.id)
     if not path.is_file():
         raise NotFound("file", file_id)
     # Streamed from disk in chunks; always octet-stream (the bytes are the client's own).

@@ -33,12 +33,7 @@ from app.retrieval.index import VectorIndex
 
 logger = logging.getLogger("opengrove.files")
 
-DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 _FORM_FIELDS = {"purpose", "expires_after", "expires_after[anchor]", "expires_after[seconds]"}
-
-
-def max_file_bytes(settings: Any) -> int:
-    return int(getattr(settings, "max_file_bytes", DEFAULT_MAX_FILE_BYTES))
 
 
 def file_path(files_dir: Path, file_id: str) -> Path:

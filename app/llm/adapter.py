@@ -129,10 +129,14 @@ class LLMError(Exception):
 
 @dataclass
 class RetryPolicy:
+    """How calls are made: retries, the per-chunk timeout, and whether OpenAI-format routes
+    take the fast path (`openai_wire`, OPENGROVE_LLM_FAST_PATH) or always go through litellm."""
+
     attempts: int = 3
     base_delay: float = 0.5
     max_delay: float = 8.0
     timeout: float = 60.0
+    fast_path: bool = True
 
 
 def _retryable(litellm: ModuleType) -> tuple[type[BaseException], ...]:
@@ -224,12 +228,6 @@ def _native_ollama_tools(litellm: ModuleType, model: str) -> None:
 _wire_routes: dict[ModelRoute, openai_wire.WireRoute | None] = {}
 
 
-def fast_path_enabled() -> bool:
-    from app.config import get_settings
-
-    return get_settings().llm_fast_path
-
-
 def wire_route(litellm: ModuleType, route: ModelRoute) -> openai_wire.WireRoute | None:
     """How the fast path calls a route (cached per route), or None if litellm must."""
     if route not in _wire_routes:
@@ -237,9 +235,10 @@ def wire_route(litellm: ModuleType, route: ModelRoute) -> openai_wire.WireRoute 
     return _wire_routes[route]
 
 
-async def takes_fast_path(route: ModelRoute) -> bool:
+async def takes_fast_path(route: ModelRoute, policy: RetryPolicy | None = None) -> bool:
     """Whether calls to this route stream through `openai_wire` rather than litellm."""
-    return fast_path_enabled() and wire_route(await load(), route) is not None
+    enabled = (policy or RetryPolicy()).fast_path
+    return enabled and wire_route(await load(), route) is not None
 
 
 async def aclose() -> None:
@@ -288,7 +287,7 @@ async def stream_chat(
     problem = await check_model(request.route)
     if problem is not None:
         raise LLMError("server_error", problem)
-    wire = wire_route(litellm, request.route) if fast_path_enabled() else None
+    wire = wire_route(litellm, request.route) if policy.fast_path else None
     kwargs: dict[str, Any] = {}
     if wire is None:
         kwargs = _call_kwargs(litellm, request, policy.timeout)

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.retrieval.embeddings import Embedder
-from app.retrieval.index import SearchHit, VectorIndex
+from app.retrieval.index import VectorIndex
 from app.tools.base import RunContext, ToolResult
-from app.vector_stores.service import mark_vector_stores_active, search_vector_stores
-from app.vector_stores.thread_stores import wait_for_ingestion
+from app.vector_stores.ingestion import wait_for_ingestion
+from app.vector_stores.search import search_stores
 
 TOOL_NAME = "file_search"
 DEFAULT_MAX_RESULTS = 20
@@ -97,24 +97,18 @@ async def run_file_search(
     arguments: str,
     search_number: int,
 ) -> FileSearchOutcome:
-    """Search for every query, merge the hits best-first, and number them for citation."""
-    best: dict[tuple[str, int], SearchHit] = {}
-    for query in _queries(arguments):
-        for hit in await search_vector_stores(
-            session,
-            index,
-            embedder,
-            settings.vector_store_ids,
-            query,
-            settings.max_num_results,
-            settings.score_threshold,
-        ):
-            key = (hit.file_id, hit.chunk_index)
-            if key not in best or best[key].score < hit.score:
-                best[key] = hit
-    hits = sorted(best.values(), key=lambda h: -h.score)[: settings.max_num_results]
-    # A run searching a store is activity: it pushes back `expires_after` (committed with the step).
-    await mark_vector_stores_active(session, settings.vector_store_ids)
+    """Search for every query (hits merged best-first) and number the hits for citation.
+
+    The search marks the stores active; that is committed with the step."""
+    hits = await search_stores(
+        session,
+        index,
+        embedder,
+        settings.vector_store_ids,
+        _queries(arguments),
+        max_num_results=settings.max_num_results,
+        score_threshold=settings.score_threshold,
+    )
     results = [
         {
             "file_id": h.file_id,

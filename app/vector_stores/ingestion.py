@@ -11,9 +11,10 @@ so cancelling a batch, detaching or re-attaching a file, or deleting the store w
 a worker is busy wins over the worker's late result, and the worker then removes
 whatever chunks it wrote. One file failing never touches the others.
 
-Settings read here (getattr, with defaults): embedding_model, embedding_api_base,
-embedding_api_key, embedding_dimensions, qdrant_api_key, ingestion_concurrency,
-ingestion_lease_seconds.
+`wait_for_ingestion` lets a search wait (a while) for files still in the queue.
+
+Settings read here: embedding_model, embedding_api_base, embedding_api_key,
+ingestion_concurrency, ingestion_lease_seconds, files_dir.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.config import Settings
 from app.db import Database
 from app.files.models import StoredFile
 from app.files.service import delete_expired_files, file_path
@@ -42,31 +44,49 @@ from app.vector_stores.service import expire_vector_stores
 logger = logging.getLogger("opengrove.ingestion")
 
 MAX_ATTEMPTS = 3
-DEFAULT_CONCURRENCY = 4
-DEFAULT_LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 
 
-def create_embedder(settings: Any) -> Embedder | None:
+def create_embedder(settings: Settings) -> Embedder | None:
     """An Embedder for the configured embedding model, or None (lexical search only)."""
-    model = getattr(settings, "embedding_model", None)
-    if not model:
+    if not settings.embedding_model:
         return None
     # `dimensions` is not sent: only OpenAI's text-embedding-3 models accept it (litellm
     # rejects it for the rest), so embedding_dimensions must be the model's output size.
     return Embedder(
-        model,
-        api_base=getattr(settings, "embedding_api_base", None),
-        api_key=getattr(settings, "embedding_api_key", None),
+        settings.embedding_model,
+        api_base=settings.embedding_api_base,
+        api_key=settings.embedding_api_key,
     )
 
 
-async def cleanup_expired(db: Database, index: VectorIndex, settings: Any) -> dict[str, int]:
+async def cleanup_expired(db: Database, index: VectorIndex, settings: Settings) -> dict[str, int]:
     """Periodic maintenance: mark expired vector stores, delete expired files."""
     return {
         "vector_stores_expired": await expire_vector_stores(db),
         "files_deleted": await delete_expired_files(db, index, settings.files_dir),
     }
+
+
+async def wait_for_ingestion(
+    session: AsyncSession, vector_store_ids: list[str], patience: float
+) -> None:
+    """Let files still being ingested into these stores finish before a search reads them
+    (for at most `patience` seconds; then search what is there)."""
+    deadline = time.monotonic() + patience
+    while vector_store_ids and time.monotonic() < deadline:
+        pending = await session.scalar(
+            select(func.count())
+            .select_from(VectorStoreFile)
+            .where(
+                VectorStoreFile.vector_store_id.in_(vector_store_ids),
+                VectorStoreFile.status == "in_progress",
+            )
+        )
+        await session.commit()  # end the read transaction so the next poll sees new rows
+        if not pending:
+            return
+        await asyncio.sleep(0.2)
 
 
 class FileFailure(Exception):
@@ -92,18 +112,15 @@ class IngestionWorker:
         self,
         db: Database,
         index: VectorIndex,
-        settings: Any,
+        settings: Settings,
         embedder: Embedder | None = None,
     ) -> None:
         self.db = db
         self.index = index
-        self.settings = settings
         self.embedder = embedder
         self.files_dir: Path = settings.files_dir
-        self.concurrency = int(getattr(settings, "ingestion_concurrency", DEFAULT_CONCURRENCY))
-        self.lease_seconds = float(
-            getattr(settings, "ingestion_lease_seconds", DEFAULT_LEASE_SECONDS)
-        )
+        self.concurrency = settings.ingestion_concurrency
+        self.lease_seconds = settings.ingestion_lease_seconds
         self.worker_id = new_id("ing_")
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()

@@ -35,6 +35,10 @@ class VectorStore(OpenAIObjectMixin, Base):
     expired: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
 
+    def has_expired(self) -> bool:
+        """Marked expired, or past `expires_at` (before the periodic cleanup marks it)."""
+        return self.expired or (self.expires_at is not None and self.expires_at <= now())
+
 
 class VectorStoreFileBatch(OpenAIObjectMixin, Base):
     """A file batch. Its `file_counts` (and so `completed`) come from its files."""

@@ -2,21 +2,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from app.deps import Session
+from app.deps import Embedder, Index, Ingestion, Session, Settings
 from app.pagination import ListParams, list_params
-from app.retrieval.embeddings import Embedder
-from app.retrieval.index import VectorIndex
-from app.vector_stores import service
+from app.schemas import DeletedObject
+from app.vector_stores import files, search, service
+from app.vector_stores.models import VectorStore, VectorStoreFile, VectorStoreFileBatch
 from app.vector_stores.schemas import (
     FileBatchCreate,
+    FileBatchObject,
+    FileContentPage,
     FileStatus,
     SearchRequest,
+    SearchResultsPage,
     VectorStoreCreate,
     VectorStoreFileCreate,
     VectorStoreFileObject,
     VectorStoreFileUpdate,
+    VectorStoreObject,
     VectorStoreUpdate,
 )
 
@@ -26,26 +30,16 @@ router = APIRouter(prefix="/vector_stores", tags=["vector_stores"])
 POLL_AFTER_MS = "250"
 
 
-def get_index(request: Request) -> VectorIndex:
-    return request.app.state.index
+async def _store(session: Session, store: VectorStore) -> dict[str, Any]:
+    return VectorStoreObject.from_row(store, await service.count_store(session, store)).render()
 
 
-def get_embedder(request: Request) -> Embedder | None:
-    ingestion = getattr(request.app.state, "ingestion", None)
-    return getattr(ingestion, "embedder", None)
-
-
-def wake_ingestion(request: Request) -> None:
-    ingestion = getattr(request.app.state, "ingestion", None)
-    if ingestion is not None:
-        ingestion.wake()
-
-
-Index = Annotated[VectorIndex, Depends(get_index)]
-
-
-def _file(row: Any) -> dict[str, Any]:
+def _file(row: VectorStoreFile) -> dict[str, Any]:
     return VectorStoreFileObject.from_row(row).render()
+
+
+async def _batch(session: Session, batch: VectorStoreFileBatch) -> FileBatchObject:
+    return FileBatchObject.from_row(batch, await files.batch_counts(session, batch.id))
 
 
 # -- vector stores -----------------------------------------------------------------------
@@ -53,11 +47,11 @@ def _file(row: Any) -> dict[str, Any]:
 
 @router.post("")
 async def create_vector_store(
-    body: VectorStoreCreate, request: Request, session: Session
+    body: VectorStoreCreate, session: Session, ingestion: Ingestion
 ) -> dict[str, Any]:
     store = await service.create_vector_store(session, body)
-    wake_ingestion(request)
-    return await service.render_store(session, store)
+    ingestion.wake()
+    return await _store(session, store)
 
 
 @router.get("")
@@ -65,16 +59,13 @@ async def list_vector_stores(
     session: Session, params: Annotated[ListParams, Depends(list_params)]
 ) -> dict[str, Any]:
     page = await service.list_vector_stores(session, params)
-    data = await service.render_stores(session, page.items)
-    response = page.to_response(lambda row: {"id": row.id})
-    response["data"] = data
-    return response
+    counts = await service.store_counts(session, page.items)
+    return page.to_response(lambda row: VectorStoreObject.from_row(row, counts[row.id]).render())
 
 
 @router.get("/{vector_store_id}")
 async def get_vector_store(vector_store_id: str, session: Session) -> dict[str, Any]:
-    store = await service.get_vector_store(session, vector_store_id)
-    return await service.render_store(session, store)
+    return await _store(session, await service.get_vector_store(session, vector_store_id))
 
 
 @router.post("/{vector_store_id}")
@@ -82,15 +73,15 @@ async def modify_vector_store(
     vector_store_id: str, body: VectorStoreUpdate, session: Session
 ) -> dict[str, Any]:
     store = await service.update_vector_store(session, vector_store_id, body)
-    return await service.render_store(session, store)
+    return await _store(session, store)
 
 
 @router.delete("/{vector_store_id}")
 async def delete_vector_store(
     vector_store_id: str, session: Session, index: Index
-) -> dict[str, Any]:
+) -> DeletedObject:
     await service.delete_vector_store(session, index, vector_store_id)
-    return {"id": vector_store_id, "object": "vector_store.deleted", "deleted": True}
+    return DeletedObject(id=vector_store_id, object="vector_store.deleted")
 
 
 # -- files -------------------------------------------------------------------------------
@@ -98,10 +89,10 @@ async def delete_vector_store(
 
 @router.post("/{vector_store_id}/files")
 async def create_vector_store_file(
-    vector_store_id: str, body: VectorStoreFileCreate, request: Request, session: Session
+    vector_store_id: str, body: VectorStoreFileCreate, session: Session, ingestion: Ingestion
 ) -> dict[str, Any]:
-    row = await service.create_vector_store_file(session, vector_store_id, body)
-    wake_ingestion(request)
+    row = await files.create_vector_store_file(session, vector_store_id, body)
+    ingestion.wake()
     return _file(row)
 
 
@@ -112,7 +103,7 @@ async def list_vector_store_files(
     params: Annotated[ListParams, Depends(list_params)],
     filter: Annotated[FileStatus | None, Query()] = None,
 ) -> dict[str, Any]:
-    page = await service.list_vector_store_files(session, vector_store_id, params, filter)
+    page = await files.list_vector_store_files(session, vector_store_id, params, filter)
     return page.to_response(_file)
 
 
@@ -120,7 +111,7 @@ async def list_vector_store_files(
 async def get_vector_store_file(
     vector_store_id: str, file_id: str, session: Session, response: Response
 ) -> dict[str, Any]:
-    row = await service.get_vector_store_file(session, vector_store_id, file_id)
+    row = await files.get_vector_store_file(session, vector_store_id, file_id)
     if row.status == "in_progress":
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return _file(row)
@@ -134,7 +125,7 @@ async def update_vector_store_file(
     session: Session,
     index: Index,
 ) -> dict[str, Any]:
-    row = await service.update_vector_store_file(
+    row = await files.update_vector_store_file(
         session, index, vector_store_id, file_id, body.attributes
     )
     return _file(row)
@@ -143,17 +134,17 @@ async def update_vector_store_file(
 @router.delete("/{vector_store_id}/files/{file_id}")
 async def delete_vector_store_file(
     vector_store_id: str, file_id: str, session: Session, index: Index
-) -> dict[str, Any]:
-    await service.delete_vector_store_file(session, index, vector_store_id, file_id)
-    return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
+) -> DeletedObject:
+    await files.delete_vector_store_file(session, index, vector_store_id, file_id)
+    return DeletedObject(id=file_id, object="vector_store.file.deleted")
 
 
 @router.get("/{vector_store_id}/files/{file_id}/content")
 async def vector_store_file_content(
-    vector_store_id: str, file_id: str, request: Request, session: Session
-) -> dict[str, Any]:
-    files_dir = request.app.state.settings.files_dir
-    return await service.vector_store_file_content(session, files_dir, vector_store_id, file_id)
+    vector_store_id: str, file_id: str, session: Session, settings: Settings
+) -> FileContentPage:
+    text = await files.vector_store_file_text(session, settings.files_dir, vector_store_id, file_id)
+    return FileContentPage.from_text(text)
 
 
 # -- file batches ------------------------------------------------------------------------
@@ -161,30 +152,29 @@ async def vector_store_file_content(
 
 @router.post("/{vector_store_id}/file_batches")
 async def create_file_batch(
-    vector_store_id: str, body: FileBatchCreate, request: Request, session: Session
-) -> dict[str, Any]:
-    batch = await service.create_file_batch(session, vector_store_id, body)
-    wake_ingestion(request)
-    return await service.render_batch(session, batch)
+    vector_store_id: str, body: FileBatchCreate, session: Session, ingestion: Ingestion
+) -> FileBatchObject:
+    batch = await files.create_file_batch(session, vector_store_id, body)
+    ingestion.wake()
+    return await _batch(session, batch)
 
 
 @router.get("/{vector_store_id}/file_batches/{batch_id}")
 async def get_file_batch(
     vector_store_id: str, batch_id: str, session: Session, response: Response
-) -> dict[str, Any]:
-    batch = await service.get_file_batch(session, vector_store_id, batch_id)
-    rendered = await service.render_batch(session, batch)
-    if rendered["status"] == "in_progress":
+) -> FileBatchObject:
+    batch = await _batch(session, await files.get_file_batch(session, vector_store_id, batch_id))
+    if batch.status == "in_progress":
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
-    return rendered
+    return batch
 
 
 @router.post("/{vector_store_id}/file_batches/{batch_id}/cancel")
 async def cancel_file_batch(
     vector_store_id: str, batch_id: str, session: Session, index: Index
-) -> dict[str, Any]:
-    batch = await service.cancel_file_batch(session, index, vector_store_id, batch_id)
-    return await service.render_batch(session, batch)
+) -> FileBatchObject:
+    batch = await files.cancel_file_batch(session, index, vector_store_id, batch_id)
+    return await _batch(session, batch)
 
 
 @router.get("/{vector_store_id}/file_batches/{batch_id}/files")
@@ -195,7 +185,7 @@ async def list_file_batch_files(
     params: Annotated[ListParams, Depends(list_params)],
     filter: Annotated[FileStatus | None, Query()] = None,
 ) -> dict[str, Any]:
-    page = await service.list_vector_store_files(
+    page = await files.list_vector_store_files(
         session, vector_store_id, params, filter, batch_id=batch_id
     )
     return page.to_response(_file)
@@ -208,19 +198,19 @@ async def list_file_batch_files(
 async def search_vector_store(
     vector_store_id: str,
     body: SearchRequest,
-    request: Request,
     session: Session,
     index: Index,
-) -> dict[str, Any]:
+    embedder: Embedder,
+) -> SearchResultsPage:
     queries = [body.query] if isinstance(body.query, str) else list(body.query)
-    threshold = body.ranking_options.score_threshold if body.ranking_options else 0.0
-    return await service.search(
+    hits = await search.search_store(
         session,
         index,
-        get_embedder(request),
+        embedder,
         vector_store_id,
         queries,
-        body.max_num_results,
-        threshold,
-        body.filters,
+        max_num_results=body.max_num_results,
+        score_threshold=body.ranking_options.score_threshold if body.ranking_options else 0.0,
+        filters=body.filters,
     )
+    return SearchResultsPage.from_hits(queries, hits)

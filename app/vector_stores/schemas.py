@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
@@ -10,39 +10,36 @@ from app.retrieval.chunking import (
     DEFAULT_MAX_CHUNK_SIZE_TOKENS,
 )
 from app.retrieval.filters import build_filter
-from app.schemas import ChunkingStrategy, Metadata, RequestModel, StaticChunkingStrategy
+from app.retrieval.index import SearchHit
+from app.schemas import (
+    ChunkingStrategy,
+    Metadata,
+    RequestModel,
+    StaticChunkingStrategy,
+    check_key_value_object,
+)
 from app.vector_stores.models import VectorStore, VectorStoreFile, VectorStoreFileBatch
 
 FileStatus = Literal["in_progress", "completed", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = ("in_progress", "completed", "failed", "cancelled")
 
 
-def _check_attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if len(value) > 16:
+def _check_attribute(key: str, item: Any) -> None:
+    if isinstance(item, str):
+        if len(item) > 512:
+            raise ValueError(
+                f"Invalid 'attributes.{key}': string too long. Expected a string with "
+                f"maximum length 512, but got a string with length {len(item)} instead."
+            )
+    elif not (isinstance(item, bool) or (isinstance(item, int | float) and math.isfinite(item))):
         raise ValueError(
-            "Invalid 'attributes': too many properties. Expected an object with at most 16 "
-            f"properties, but got an object with {len(value)} properties instead."
+            f"Invalid type for 'attributes.{key}': expected a string, number or boolean."
         )
-    for key, item in value.items():
-        if len(key) > 64:
-            raise ValueError(
-                "Invalid 'attributes': key too long. Expected a key with maximum length 64, "
-                f"but got a key with length {len(key)} instead."
-            )
-        if isinstance(item, str):
-            if len(item) > 512:
-                raise ValueError(
-                    f"Invalid 'attributes.{key}': string too long. Expected a string with "
-                    f"maximum length 512, but got a string with length {len(item)} instead."
-                )
-        elif isinstance(item, bool) or (isinstance(item, int | float) and math.isfinite(item)):
-            pass
-        else:
-            raise ValueError(
-                f"Invalid type for 'attributes.{key}': expected a string, number or boolean."
-            )
+
+
+def _check_attributes(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        check_key_value_object("attributes", value, _check_attribute)
     return value
 
 
@@ -145,6 +142,13 @@ def empty_counts() -> dict[str, int]:
     return {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0, "total": 0}
 
 
+class StoreCounts(NamedTuple):
+    """What a store's object derives from its files: counts by status, and usage bytes."""
+
+    files: dict[str, int]
+    usage_bytes: int
+
+
 class FileCounts(BaseModel):
     in_progress: int = 0
     completed: int = 0
@@ -167,19 +171,18 @@ class VectorStoreObject(BaseModel):
     metadata: dict[str, str]
 
     @classmethod
-    def from_row(
-        cls, row: VectorStore, counts: dict[str, int], usage_bytes: int, expired: bool
-    ) -> VectorStoreObject:
-        if expired:
+    def from_row(cls, row: VectorStore, counts: StoreCounts) -> VectorStoreObject:
+        """`counts` from `service.store_counts` / `service.count_store`."""
+        if row.has_expired():
             status: Literal["expired", "in_progress", "completed"] = "expired"
         else:
-            status = "in_progress" if counts.get("in_progress") else "completed"
+            status = "in_progress" if counts.files.get("in_progress") else "completed"
         return cls(
             id=row.id,
             created_at=row.created_at,
             name=row.name or "",
-            usage_bytes=usage_bytes,
-            file_counts=FileCounts(**counts),
+            usage_bytes=counts.usage_bytes,
+            file_counts=FileCounts(**counts.files),
             status=status,
             expires_after=row.expires_after,
             expires_at=row.expires_at,
@@ -252,13 +255,46 @@ class FileBatchObject(BaseModel):
         return self.model_dump()
 
 
-def search_item(
-    file_id: str, filename: str, score: float, attributes: dict[str, Any], text: str
-) -> dict[str, Any]:
-    return {
-        "file_id": file_id,
-        "filename": filename,
-        "score": score,
-        "attributes": attributes,
-        "content": [{"type": "text", "text": text}],
-    }
+class SearchResultObject(BaseModel):
+    """One `vector_store.search_results.page` item."""
+
+    file_id: str
+    filename: str
+    score: float
+    attributes: dict[str, Any]
+    content: list[dict[str, str]]
+
+    @classmethod
+    def from_hit(cls, hit: SearchHit) -> SearchResultObject:
+        return cls(
+            file_id=hit.file_id,
+            filename=hit.filename,
+            score=hit.score,
+            attributes=dict(hit.attributes),
+            content=[{"type": "text", "text": hit.text}],
+        )
+
+
+class SearchResultsPage(BaseModel):
+    object: Literal["vector_store.search_results.page"] = "vector_store.search_results.page"
+    search_query: list[str]
+    data: list[SearchResultObject]
+    has_more: bool = False
+    next_page: None = None
+
+    @classmethod
+    def from_hits(cls, queries: list[str], hits: list[SearchHit]) -> SearchResultsPage:
+        return cls(search_query=queries, data=[SearchResultObject.from_hit(h) for h in hits])
+
+
+class FileContentPage(BaseModel):
+    """`vector_store.file_content.page`: a file's parsed text (no part when it has none)."""
+
+    object: Literal["vector_store.file_content.page"] = "vector_store.file_content.page"
+    data: list[dict[str, str]]
+    has_more: bool = False
+    next_page: None = None
+
+    @classmethod
+    def from_text(cls, text: str) -> FileContentPage:
+        return cls(data=[{"type": "text", "text": text}] if text else [])
