@@ -97,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            access_log=settings.access_log,
             backlog=4096,
             workers=settings.processes if settings.processes > 1 else None,
         )

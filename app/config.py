@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_DB_POOL_SIZE"),
         description="PostgreSQL connections per process (plus as many again in overflow).",
     )
+    access_log: bool = Field(
+        default=False,
+        validation_alias=_env("OPENGROVE_ACCESS_LOG"),
+        description="Log one line per HTTP request (uvicorn's access log; off by default: at "
+        "high request rates it is noise and costs CPU).",
+    )
     run_migrations_on_start: bool = Field(
         default=True,
         validation_alias=_env("OPENGROVE_MIGRATE_ON_START"),
