@@ -175,7 +175,7 @@ def test_stream_resumed_after_the_runs_end_ends_at_once(
     """A client that saw thread.run.completed but lost the connection before `done` gets
     `done` at once on reconnecting, not a stream that waits forever; an id below the first
     means from the start."""
-    whole, views = asyncio.run(_resumed_after(base_url, ["-1", "-7", "END", "END+100"]))
+    whole, views = asyncio.run(_resumed_after(base_url, ["-1", "-7", "END", "END+0"]))
     final = whole.events[-2]
     assert final.event == "thread.run.completed" and final.seq is not None
     replay = [(e.seq, e.event, e.data) for e in whole.events]
@@ -185,8 +185,9 @@ def test_stream_resumed_after_the_runs_end_ends_at_once(
     assert [e.event for e in views[3].events] == ["done"]
 
 
-@pytest.mark.parametrize("bad", ["abc", "1.5", "12abc"])
+@pytest.mark.parametrize("bad", ["abc", "1.5", "12abc", "100000"])
 def test_bad_last_event_id_is_a_400(base_url: str, upstream: FakeUpstream, bad: str) -> None:
+    """Not a number, or a number no event of the run ever had."""
     with httpx.Client(base_url=f"{base_url}/v1", timeout=30) as http:
         assistant = http.post("/assistants", json={"model": "fake-model"}).json()
         run = http.post(

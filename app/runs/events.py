@@ -45,6 +45,8 @@ FINAL_EVENTS = frozenset(
         "thread.run.requires_action",
     }
 )
+# The run's end: nothing ever follows these (a run at requires_action goes on).
+ENDED_EVENTS = FINAL_EVENTS - {"thread.run.requires_action"}
 BATCH = "batch"  # a row holding consecutive deltas: data is [[event, data], ...]
 RESUMED = "resumed"  # a resumed run continues here; numbers before it may be unused
 RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
@@ -282,6 +284,12 @@ async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
     return [e for e in _expand(rows) if e.seq > after_seq]
 
 
+async def _ended_by(db: Database, run_id: str, seq: int) -> bool:
+    """Whether the run's log up to event `seq` ends with the run's end."""
+    rows = await db.transact(event_rows, run_id, seq, writes=False)
+    return bool(rows) and rows[-1][1] in ENDED_EVENTS
+
+
 async def follow(
     db: Database,
     hub: EventHub,
@@ -296,9 +304,11 @@ async def follow(
     # polls the log unless a worker of this process executes the run.
     poll_interval = 0.2 if db.is_sqlite else 2.0
     queue = hub.subscribe(run_id)
-    last = after_seq
+    last = max(after_seq, -1)  # -1: from the start
     try:
         pending = known if known else await load_events(db, run_id, last)
+        if not pending and last >= 0 and await _ended_by(db, run_id, last):
+            return  # resumed after the run's last event: nothing will follow
         while True:
             ready: list[Event] = []
             final = False

@@ -85,11 +85,13 @@ async def get_run(
         try:
             after = int(last_event_id)
         except ValueError:
+            after = run.next_event_seq  # not a number: as invalid as one never issued
+        if after >= run.next_event_seq:  # no event with this id was ever sent
             raise InvalidRequest(
                 f"Invalid Last-Event-ID {last_event_id!r}: expected an event id from this "
                 "run's stream.",
                 param="Last-Event-ID",
-            ) from None
+            )
     return run_event_stream(db, signals.hub, run.id, after)
 
 
