@@ -20,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 
-from app.assistants.models import Assistant
 from app.db import Database
 from app.ids import now
 from app.llm.adapter import (
@@ -39,7 +38,7 @@ from app.llm.adapter import (
 from app.llm.routing import ModelRouter
 from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
-from app.runs.models import Run, RunStep
+from app.runs.models import Run
 from app.runs.outcomes import RunCancelled, RunIncomplete
 from app.runs.prompt import (
     build_prompt,
@@ -52,8 +51,7 @@ from app.runs.schemas import render_run, render_step
 from app.runs.service import finish_run
 from app.runs.store import Row
 from app.runs.turn import Turn, TurnRecorder
-from app.threads.models import Thread
-from app.tools import ActiveTool, BuiltinTool, RunContext
+from app.tools import ActiveTool, BuiltinTool, activate
 
 logger = logging.getLogger("opengrove.runs")
 
@@ -211,34 +209,19 @@ class RunExecution:
     async def _prepare_tools(self) -> None:
         """The run's built-in tools, and the calls they made in earlier turns."""
         run = self.run
-        enabled = [t for t in run.tools or [] if t.get("type") in self.ctx.tools]
-        if not enabled:
+        if not any(t.get("type") in self.ctx.tools for t in run.tools or []):
             return
-        async with self.db.sessionmaker() as session:
-            thread = await session.get(Thread, run.thread_id)
-            assistant = await session.get(Assistant, run.assistant_id)
-            resources = [
-                owner.tool_resources or {} for owner in (assistant, thread) if owner is not None
+        earlier: list[dict[str, Any]] = []
+        if run.turns:
+            steps = await self.db.transact(store.run_steps, run.id, writes=False)
+            earlier = [
+                call
+                for step in steps
+                if step.type == "tool_calls"
+                for call in step.step_details.get("tool_calls", [])
             ]
-            for entry in enabled:
-                context = RunContext(run.id, run.thread_id, entry, resources, run.include or [])
-                active = await self.ctx.tools[entry["type"]].prepare(session, context)
-                if active is not None:
-                    self.tools[active.name] = active
-            if not self.tools or not run.turns:
-                return
-            steps = (
-                await session.scalars(
-                    select(RunStep)
-                    .where(RunStep.run_id == run.id, RunStep.type == "tool_calls")
-                    .order_by(RunStep.seq)
-                )
-            ).all()
-        for step in steps:
-            for call in step.step_details.get("tool_calls", []):
-                tool = self.tools.get(call.get("type", ""))
-                if tool is not None:
-                    tool.replay(call)
+        async with self.db.sessionmaker() as session:
+            self.tools.update(await activate(self.ctx.tools, session, run, earlier))
 
     async def _loop(self) -> None:
         for _ in range(self.ctx.max_run_steps):
