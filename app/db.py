@@ -37,6 +37,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.ids import next_seq, now
 
 T = TypeVar("T")
+SQLITE_CONNECTIONS = 4
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -74,13 +75,15 @@ class Database:
             # restart one request per process fails, instead of every request paying for it.
             kwargs.update(pool_size=pool_size * 2, max_overflow=pool_size)
         else:
-            # aiosqlite runs each connection in a thread of its own. A fixed pool (no overflow,
-            # whose connections would be opened and closed again under load) of as many
-            # connections as PostgreSQL gets at most; a request beyond them waits for one.
+            # aiosqlite runs each connection in a thread of its own, and SQLite takes one
+            # writer at a time: more connections only add threads fighting for the GIL and
+            # writers sleeping in SQLite's busy handler. Measured (bench/runs_bench.py,
+            # bench/crud_bench.py, c=50): 2-4 connections serve best, 30 a third less. A
+            # fixed pool: a request beyond them waits for one, in the pool's queue.
             kwargs.update(
                 connect_args={"timeout": 30},  # busy timeout: wait for another writer, 30 s
                 module=_OneTripDBAPI(),
-                pool_size=pool_size * 3,
+                pool_size=SQLITE_CONNECTIONS,
                 max_overflow=0,
                 pool_timeout=60,
             )

@@ -419,6 +419,7 @@ class Config:
     profile_phases: set[str] = field(default_factory=lambda: {"ttft_c100", "throughput"})
     py_spy_args: list[str] = field(default_factory=list)
     processes: int = 1  # serve --processes
+    ttft_concurrency: int = 100  # the many-streams TTFT phase
 
     @property
     def n_ttft_c1(self) -> int:
@@ -480,7 +481,7 @@ async def bench_db(
             print(f"  [{db_name}] warm-up errors: {[w.errors for w in warm]}", flush=True)
 
         ttft: dict[tuple[int, str], Phase] = {}
-        for conc, n in ((1, cfg.n_ttft_c1), (100, cfg.n_ttft_c100)):
+        for conc, n in ((1, cfg.n_ttft_c1), (cfg.ttft_concurrency, cfg.n_ttft_c100)):
             for path, fn in (("direct", direct), ("server", server_run)):
                 upstream.reset()
                 if path == "server":
@@ -586,7 +587,7 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
         f"{'ratio':>6} {'added':>7} | {'n ok':>9} | {'CPU ms/run srv upst cli':>24}"
     )
     for res in results:
-        for conc in (1, 100):
+        for conc in (1, cfg.ttft_concurrency):
             d, s = res["ttft"][conc, "direct"], res["ttft"][conc, "server"]
             dt, st = [r.ttft for r in d.ok], [r.ttft for r in s.ok]
             dm, sm = pct(dt, 50), pct(st, 50)
@@ -683,6 +684,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=1, help="server processes (serve --processes N)"
     )
+    parser.add_argument(
+        "--ttft-concurrency", type=int, default=100, help="streams in the many-streams TTFT phase"
+    )
     args = parser.parse_args(argv)
     cfg = Config(
         quick=args.quick,
@@ -694,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_phases=set(args.profile_phases.split(",")),
         py_spy_args=args.py_spy_args.split(),
         processes=args.processes,
+        ttft_concurrency=args.ttft_concurrency,
     )
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results = []
