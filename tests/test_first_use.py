@@ -71,12 +71,16 @@ def wait_for_end(client: openai.OpenAI, thread_id: str, run_id: str) -> Any:
     return run
 
 
-def test_missing_provider_key_is_named(bare_client: openai.OpenAI) -> None:
-    assistant = bare_client.beta.assistants.create(model="gpt-4o")
-    run = bare_client.beta.threads.create_and_run(
+def ended_run(client: openai.OpenAI, model: str) -> Any:
+    assistant = client.beta.assistants.create(model=model)
+    run = client.beta.threads.create_and_run(
         assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "hi"}]}
     )
-    run = wait_for_end(bare_client, run.thread_id, run.id)
+    return wait_for_end(client, run.thread_id, run.id)
+
+
+def test_missing_provider_key_is_named(bare_client: openai.OpenAI) -> None:
+    run = ended_run(bare_client, "gpt-4o")
     assert run.status == "failed"
     assert run.last_error is not None
     assert run.last_error.code == "server_error"
@@ -87,11 +91,7 @@ def test_missing_provider_key_is_named(bare_client: openai.OpenAI) -> None:
 
 
 def test_alias_without_its_key_is_named_too(bare_client: openai.OpenAI) -> None:
-    assistant = bare_client.beta.assistants.create(model="keyless-alias")
-    run = bare_client.beta.threads.create_and_run(
-        assistant_id=assistant.id, thread={"messages": [{"role": "user", "content": "hi"}]}
-    )
-    run = wait_for_end(bare_client, run.thread_id, run.id)
+    run = ended_run(bare_client, "keyless-alias")
     assert run.status == "failed"
     assert run.last_error is not None
     assert run.last_error.message.startswith("No API key for provider 'openai'")

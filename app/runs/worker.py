@@ -27,6 +27,7 @@ from app.runs.events import EventWriter
 from app.runs.execution import ExecutionContext, RunExecution
 from app.runs.models import Run
 from app.runs.service import finish_run
+from app.tasks import cancel_all
 
 logger = logging.getLogger("opengrove.runs")
 
@@ -87,12 +88,7 @@ class RunWorker:
         logger.info("run worker %s started (concurrency %d)", self.worker_id, self.concurrency)
 
     async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        running = list(self._tasks.values())
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*self._loops, *running, return_exceptions=True)
+        await cancel_all([*self._loops, *self._tasks.values()])
 
     @property
     def busy(self) -> int:

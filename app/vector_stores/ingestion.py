@@ -38,6 +38,7 @@ from app.retrieval.chunking import chunk_text
 from app.retrieval.embeddings import Embedder, EmbeddingError, drain_litellm_logging
 from app.retrieval.index import VectorIndex
 from app.retrieval.parsing import InvalidFileError, UnsupportedFileError, extract_text
+from app.tasks import cancel_all
 from app.vector_stores.models import VectorStoreFile
 from app.vector_stores.service import expire_vector_stores
 
@@ -138,12 +139,7 @@ class IngestionWorker:
         )
 
     async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        running = list(self._tasks.values())
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*self._loops, *running, return_exceptions=True)
+        await cancel_all([*self._loops, *self._tasks.values()])
         if self.embedder is not None:
             await drain_litellm_logging()
         # Hand unfinished files straight back to the queue instead of waiting for the lease.
