@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from app.config import Settings
 from app.db import Database
@@ -123,8 +124,9 @@ class Runtime:
             except Exception:
                 logger.exception("housekeeping failed")
 
-    @property
+    @cached_property
     def signals(self) -> RunSignals:
+        # Built once, not per request: every run request asks for it.
         return RunSignals(self.hub, self.dispatcher, self.settings.run_expiry_seconds)
 
     async def health(self) -> tuple[bool, dict[str, str]]:
