@@ -1,0 +1,1 @@
+"""What operators see: request context for logs, Prometheus metrics, log setup."""
