@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from app.auth import admin
 from app.config import ENV_VARS, get_settings
+from app.observability.logs import configure_logging, logging_config
+from app.observability.multiprocess import prepare_metrics_dir
 
 
 def _epilog() -> str:
@@ -46,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     command("worker", "execute runs only (no HTTP API); start as many as you need")
     command("migrate", "apply pending database migrations and exit")
+    admin.add_commands(command)
     return parser
 
 
@@ -67,10 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _apply_flags(args)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     if args.command == "migrate":
         from app.migrate import upgrade_database
 
@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(upgrade_database(settings.resolved_database_url))
         print("migrations applied", file=sys.stderr)
         return 0
+    if args.command in ("keys", "projects"):
+        return asyncio.run(admin.run(args, settings))
     if args.command == "worker":
         asyncio.run(_run_worker())
         return 0
@@ -91,12 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             asyncio.run(upgrade_database(settings.resolved_database_url))
             os.environ["OPENGROVE_MIGRATE_ON_START"] = "false"
+        prepare_metrics_dir(settings)  # before uvicorn starts the worker processes
         uvicorn.run(
             "app.main:create_app",
             factory=True,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            log_config=logging_config(settings),  # each worker process logs as this one
             access_log=settings.access_log,
             backlog=4096,
             workers=settings.processes if settings.processes > 1 else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -75,6 +75,17 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_ACCESS_LOG"),
         description="Log one line per HTTP request (uvicorn's access log; off by default: at "
         "high request rates it is noise and costs CPU).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        validation_alias=_env("OPENGROVE_LOG_FORMAT"),
+        description="text (one readable line per record) or json (one JSON object per line, "
+        "for log collectors); both carry request_id, project_id and run_id when known.",
+    )
+    metrics_enabled: bool = Field(
+        default=True,
+        validation_alias=_env("OPENGROVE_METRICS"),
+        description="Serve Prometheus metrics at /metrics.",
     )
     run_migrations_on_start: bool = Field(
         default=True,
@@ -142,6 +153,85 @@ class Settings(BaseSettings):
         description="Model calls one run may make before it ends incomplete.",
     )
 
+    key_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        validation_alias=_env("OPENGROVE_KEY_CACHE_SECONDS"),
+        description="How long a verified (or refused) API key is remembered; a revoked key "
+        "stops working within this time.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        validation_alias=_env("OPENGROVE_ALLOW_UNAUTHENTICATED"),
+        description="Accept requests without a key while no key exists, even when bound to a "
+        "non-loopback interface (unsafe: anyone who reaches the port owns the server).",
+    )
+    bootstrap_key: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_BOOTSTRAP_KEY"),
+        description="An API key to create at start if missing (32+ characters), for "
+        "deployments such as docker-compose; see also OPENGROVE_BOOTSTRAP_KEY_FILE.",
+    )
+    bootstrap_key_file: Path | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_BOOTSTRAP_KEY_FILE"),
+        description="A file holding the bootstrap key (a Docker secret).",
+    )
+    bootstrap_project: str = Field(
+        default="default",
+        validation_alias=_env("OPENGROVE_BOOTSTRAP_PROJECT"),
+        description="The project the bootstrap key belongs to.",
+    )
+    organization: str = Field(
+        default="org-opengrove",
+        validation_alias=_env("OPENGROVE_ORGANIZATION"),
+        description="The organization id clients may send as OpenAI-Organization.",
+    )
+    docs_enabled: bool = Field(
+        default=False,
+        validation_alias=_env("OPENGROVE_DOCS"),
+        description="Serve the interactive API docs at /docs and /openapi.json.",
+    )
+    quota_stored_bytes: int | None = Field(
+        default=100 * 1024**3,
+        validation_alias=_env("OPENGROVE_QUOTA_STORED_BYTES"),
+        description="Bytes of files one project may store (default 100 GB, as OpenAI's "
+        "organization limit; per project: `opengrove projects set`).",
+    )
+    quota_active_runs: int | None = Field(
+        default=1000,
+        validation_alias=_env("OPENGROVE_QUOTA_ACTIVE_RUNS"),
+        description="Runs one project may have queued or in progress at once.",
+    )
+    quota_open_streams: int | None = Field(
+        default=1000,
+        validation_alias=_env("OPENGROVE_QUOTA_OPEN_STREAMS"),
+        description="SSE streams one project may hold open at once, per server process.",
+    )
+    rate_limits_enabled: bool = Field(
+        default=True,
+        validation_alias=_env("OPENGROVE_RATE_LIMITS"),
+        description="Limit requests per key per minute by operation class (false: no limits; "
+        "per project: `rate_limits.enabled`).",
+    )
+    rate_limit_overrides: str = Field(
+        default="",
+        validation_alias=_env("OPENGROVE_RATE_LIMIT_OVERRIDES"),
+        description="Requests per key per minute, e.g. 'runs=100,messages=500' (0: unlimited). "
+        "Classes and defaults: runs 100, assistants 100, files 100, messages 500, "
+        "writes 500, reads 3000.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=1_000_000,
+        validation_alias=_env("OPENGROVE_TOKENS_PER_MINUTE"),
+        description="Model tokens one project may use per minute; runs are refused beyond "
+        "(0: unlimited).",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_REDIS_URL"),
+        description="Redis for the shared rate-limit counters (default: the database).",
+    )
     max_file_bytes: int = Field(
         default=512 * 1024 * 1024,
         validation_alias=_env("OPENGROVE_MAX_FILE_BYTES"),

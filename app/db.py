@@ -61,6 +61,13 @@ class OpenAIObjectMixin:
         super().__init__(**kwargs)
 
 
+class ProjectOwned:
+    """Top-level objects (assistants, threads, files, vector stores, runs) belong to the
+    project of the key that made them; every query on them names the project."""
+
+    project_id: Mapped[str] = mapped_column(String(64))
+
+
 class Database:
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.keys import Caller
 from app.config import Settings as AppSettings
 from app.db import Database
 from app.llm.routing import ModelRouter
@@ -92,3 +93,19 @@ def get_started_at(request: Request) -> int:
 
 # When this process started (unix seconds): the `created` of /v1/models entries.
 StartedAt = Annotated[int, Depends(get_started_at)]
+
+
+def get_caller(request: Request) -> Caller:
+    return request.state.caller  # set by app.auth.middleware for every /v1 request
+
+
+# Who is asking. Services take `caller.project_id`: every object read, listed, changed or
+# referenced must belong to it (a foreign id is a missing id).
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+def get_project_id(request: Request) -> str:
+    return get_caller(request).project_id
+
+
+Project = Annotated[str, Depends(get_project_id)]

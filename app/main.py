@@ -8,14 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.assistants.router import router as assistants_router
+from app.auth.middleware import AuthMiddleware, is_loopback
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
 from app.files.router import router as files_router
 from app.models_api.router import router as models_router
+from app.observability import context, scrape
+from app.observability.metrics import HttpMetricsMiddleware
 from app.runs.router import router as runs_router
 from app.runtime import Runtime
 from app.threads.router import router as threads_router
@@ -43,6 +46,8 @@ class RequestIdMiddleware:
                 request_id = value
                 break
         request_id = request_id or ("req_" + secrets.token_hex(16)).encode()
+        # Set in this request's own task (uvicorn runs each in one): its log lines carry it.
+        context.request_id.set(request_id.decode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -65,11 +70,26 @@ def api_router() -> APIRouter:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    allow_anonymous = is_loopback(settings.host) or settings.allow_unauthenticated
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, run_workers=settings.run_workers)
         app.state.runtime = runtime  # the only app state: routers use `app.deps`
+        if not await runtime.keyring.any_keys():
+            if not allow_anonymous:
+                await runtime.stop()
+                raise SystemExit(
+                    f"Refusing to serve on {settings.host} with no API keys: anyone who reaches "
+                    "the port would own the server. Issue a key with `opengrove keys create "
+                    "--project NAME` (or set OPENGROVE_BOOTSTRAP_KEY), or bind to 127.0.0.1; "
+                    "OPENGROVE_ALLOW_UNAUTHENTICATED=true turns this check off."
+                )
+            logger.warning(
+                "No API keys exist: accepting any key (bound to %s). Once a key exists "
+                "(`opengrove keys create --project NAME`), every request needs one.",
+                settings.host,
+            )
         try:
             yield
         finally:
@@ -79,7 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="opengrove",
         description="OpenAI Assistants API v2, self-hosted.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         redoc_url=None,
     )
     install_error_handlers(app)
@@ -93,5 +114,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         healthy, checks = await app.state.runtime.health()
         return JSONResponse(checks, status_code=200 if healthy else 503)
 
-    app.add_middleware(RequestIdMiddleware)
+    if settings.metrics_enabled:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            runtime = app.state.runtime
+            body, content_type = await scrape.scrape(runtime.db, settings.run_lease_seconds)
+            return Response(body, media_type=content_type)
+
+    open_paths = {"/health"} | ({"/docs", "/openapi.json"} if settings.docs_enabled else set())
+    app.add_middleware(
+        AuthMiddleware,
+        allow_anonymous=allow_anonymous,
+        organization=settings.organization,
+        open_paths=frozenset(open_paths),
+    )
+    if settings.metrics_enabled:  # outside auth: refusals are counted and timed too
+        app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: refusals carry a request id too
     return app

@@ -13,7 +13,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
+from app.auth.keys import KeyRing, adopt_bootstrap_key
+from app.auth.ratelimit import RateLimiter
 from app.config import Settings
 from app.db import Database
 from app.ids import now
@@ -46,6 +49,8 @@ class Runtime:
     index: LazyIndex | None = None
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
+    keyring: KeyRing = field(init=False)
+    rate_limiter: Any = None  # app.auth.ratelimit.RateLimiter
     started_at: int = field(default_factory=now)  # unix seconds; /v1/models' `created`
     _housekeeping: asyncio.Task[None] | None = None
     _preload: asyncio.Task[object] | None = None
@@ -61,6 +66,9 @@ class Runtime:
             db=Database(url, settings.db_pool_size),
             router=ModelRouter.from_file(settings.model_config_file, settings.models),
         )
+        runtime.keyring = KeyRing(runtime.db, settings.key_cache_seconds)
+        runtime.rate_limiter = RateLimiter(runtime.db, settings)
+        await adopt_bootstrap_key(runtime.db, settings)
         if not runtime.db.is_sqlite:
             # Cross-process wake-ups: new runs for workers, new events for streams.
             runtime.listener = PostgresListener(url, runtime.hub.wake, runtime.dispatcher.queued)
@@ -177,6 +185,8 @@ class Runtime:
             await self.index.close()
         if self.listener is not None:
             await self.listener.stop()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.close()
         await self.db.dispose()
 
 

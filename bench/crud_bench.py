@@ -1,9 +1,13 @@
 """CRUD benchmark: create a message + list 20 messages, concurrency 50, one server process.
 
-    uv run python -m bench.crud_bench [--db sqlite|postgres|both] [--quick]
+    uv run python -m bench.crud_bench [--db sqlite|postgres|both] [--quick] [--auth off|on|both]
     uv run --with py-spy python -m bench.crud_bench --profile /tmp/prof   # + py-spy of round 1
 
 Target (issue 8): >= 1,500 req/s with p99 <= 100 ms, on SQLite and on PostgreSQL.
+Target (issue 9): auth + rate limiting add <= 0.3 ms per request. `--auth both` runs each
+database twice, on fresh databases: without a key (no key exists: anonymous, no limits) and
+with one (every request verified and rate limited, the limits set far above the load), and
+reports the difference of the medians of the rounds: server CPU ms per request and p50.
 
 Two processes on 127.0.0.1: the real server (`opengrove serve`, tests.server_process) on a
 fresh database (tests/databases.py: a SQLite file, or a fresh PostgreSQL database dropped
@@ -33,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.auth.keys import create_key
+from app.db import Database
+from app.migrate import upgrade_database
 from bench.runs_bench import PG_URL, Profiler, cpu_seconds, ms, pct
 from tests.databases import fresh_database
 from tests.server_process import ServerProcess
@@ -40,6 +47,9 @@ from tests.server_process import ServerProcess
 CONCURRENCY = 50
 PAGE = 20
 TEXT = "The quick brown fox jumps over the lazy dog, then lists it all."
+# With a key: limits on, far above what a round sends, so every request pays for the
+# limiter and none is refused.
+HIGH_LIMITS = "messages=100000000,reads=100000000,writes=100000000"
 
 
 @dataclass
@@ -146,7 +156,9 @@ class Config:
     profile_dir: Path | None
 
 
-async def bench_server(cfg: Config, db_name: str, server: ServerProcess) -> dict[str, Any]:
+async def bench_server(
+    cfg: Config, db_name: str, server: ServerProcess, key: str | None
+) -> dict[str, Any]:
     import aiohttp
 
     assert server.proc is not None
@@ -157,6 +169,7 @@ async def bench_server(cfg: Config, db_name: str, server: ServerProcess) -> dict
         # keepalive below uvicorn's 5 s, so a pooled connection is never one it closed
         connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=2),
         timeout=aiohttp.ClientTimeout(total=60, connect=10),
+        headers={"Authorization": f"Bearer {key}"} if key else None,
     ) as session:
         threads = await setup_threads(session, base, CONCURRENCY)
         warm = await drive("warm", session, base, threads, cfg.total // 3, cfg.time_limit, pid)
@@ -188,8 +201,20 @@ async def bench_server(cfg: Config, db_name: str, server: ServerProcess) -> dict
     }
 
 
-def run_db(cfg: Config, db_name: str, tmp: Path) -> dict[str, Any]:
-    work = tmp / db_name
+async def issue_key(url: str) -> str:
+    """Migrate and issue a key before the server starts (it then needs one at once)."""
+    await upgrade_database(url)
+    db = Database(url)
+    try:
+        async with db.sessionmaker() as session:
+            return (await create_key(session, "bench"))[1]
+    finally:
+        await db.dispose()
+
+
+def run_db(cfg: Config, db_name: str, tmp: Path, auth: bool) -> dict[str, Any]:
+    label = f"{db_name}+key" if auth else db_name
+    work = tmp / label
     work.mkdir(parents=True, exist_ok=True)
     saved = os.environ.get("OPENGROVE_TEST_DATABASE_URL")
     if db_name == "postgres":
@@ -200,10 +225,14 @@ def run_db(cfg: Config, db_name: str, tmp: Path) -> dict[str, Any]:
         with fresh_database(work / "db") as url:
             if url.startswith("sqlite"):
                 (work / "db").mkdir(parents=True, exist_ok=True)
-            server = ServerProcess(work / "server", env={"DATABASE_URL": url})
+            key = asyncio.run(issue_key(url)) if auth else None
+            env = {"DATABASE_URL": url}
+            if auth:
+                env["OPENGROVE_RATE_LIMIT_OVERRIDES"] = HIGH_LIMITS
+            server = ServerProcess(work / "server", env=env)
             server.start()
             try:
-                return asyncio.run(bench_server(cfg, db_name, server))
+                return asyncio.run(bench_server(cfg, label, server, key))
             except BaseException:
                 print(server.log()[-4000:], file=sys.stderr)
                 raise
@@ -227,7 +256,7 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
     print("target: >= 1500 req/s, p99 <= 100 ms. Latencies over all rounds, in ms.")
     print(line)
     print(
-        f"{'db':9} | {'req/s median':>12} {'(min-max)':>13} | {'p50':>6} {'p99':>6} | "
+        f"{'db':12} | {'req/s median':>12} {'(min-max)':>13} | {'p50':>6} {'p99':>6} | "
         f"{'create p50':>10} {'p99':>6} | {'list p50':>8} {'p99':>6} | {'ok/total':>11} | "
         f"{'CPU ms/req srv cli':>18}"
     )
@@ -242,7 +271,7 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
         tot = sum(r.n for r in rounds)
         n_mid = max(mid.n, 1)
         print(
-            f"{res['db']:9} | {statistics.median(rates):12.0f} "
+            f"{res['db']:12} | {statistics.median(rates):12.0f} "
             f"{f'({min(rates):.0f}-{max(rates):.0f})':>13} | {ms(pct(both, 50))} "
             f"{ms(pct(both, 99))} | {ms(pct(create, 50)):>10} {ms(pct(create, 99))} | "
             f"{ms(pct(lst, 50)):>8} {ms(pct(lst, 99))} | {ok:>5}/{tot:<5} | "
@@ -258,13 +287,41 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
                 f"{res['db']}: server log has {res['tracebacks']} tracebacks, "
                 f"{res['error_lines']} ERROR lines"
             )
+    by_name = {res["db"]: res for res in results}
+    for res in results:
+        keyed = by_name.get(f"{res['db']}+key")
+        if keyed is None:
+            continue
+        cpu = [_median_cpu(r) for r in (res, keyed)]
+        p50 = [_median_p50(r) for r in (res, keyed)]
+        print(
+            f"auth + rate limits on {res['db']}: server CPU {cpu[0]:.3f} -> {cpu[1]:.3f} ms/req "
+            f"(+{cpu[1] - cpu[0]:.3f}), p50 {p50[0]:.2f} -> {p50[1]:.2f} ms "
+            f"(+{p50[1] - p50[0]:.2f}); medians of {cfg.rounds} rounds; target <= 0.3 ms/req"
+        )
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def _median_cpu(res: dict[str, Any]) -> float:
+    return statistics.median(r.server_cpu * 1000 / max(r.n, 1) for r in res["rounds"])
+
+
+def _median_p50(res: dict[str, Any]) -> float:
+    return statistics.median(
+        pct(r.latencies["create"] + r.latencies["list"], 50) * 1000 for r in res["rounds"]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="one shorter round")
+    parser.add_argument(
+        "--auth",
+        choices=("off", "on", "both"),
+        default="off",
+        help="without a key, with one (auth + rate limits on), or both and their difference",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds (3; quick 1)")
     parser.add_argument("--requests", type=int, default=None, help="per round (6000; quick 2000)")
     parser.add_argument(
@@ -280,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results = []
     with tempfile.TemporaryDirectory(prefix="opengrove-crud-bench-") as tmp_name:
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.auth]
         for db_name in dbs:
-            print(f"== {db_name} ==", flush=True)
-            results.append(run_db(cfg, db_name, Path(tmp_name)))
+            for auth in modes:
+                print(f"== {db_name}{' with a key' if auth else ''} ==", flush=True)
+                results.append(run_db(cfg, db_name, Path(tmp_name), auth))
     report(cfg, results)
     return 0
 

@@ -21,13 +21,14 @@ WEATHER_TOOL = {
 
 
 def test_create_retrieve_every_field(client: openai.OpenAI) -> None:
+    data = client.files.create(file=("data.csv", b"x,y\n1,2\n"), purpose="assistants")
     created = client.beta.assistants.create(
         model="gpt-4o",
         name="Math tutor",
         description="Helps with maths",
         instructions="You are a personal math tutor.",
         tools=[{"type": "code_interpreter"}, {"type": "file_search"}, WEATHER_TOOL],
-        tool_resources={"code_interpreter": {"file_ids": ["file-abc"]}},
+        tool_resources={"code_interpreter": {"file_ids": [data.id]}},
         metadata={"team": "edu"},
         temperature=0.3,
         top_p=0.9,
@@ -46,7 +47,7 @@ def test_create_retrieve_every_field(client: openai.OpenAI) -> None:
     assert [t.type for t in fetched.tools] == ["code_interpreter", "file_search", "function"]
     assert fetched.tools[2].function.name == "get_weather"
     assert fetched.tools[2].function.parameters["required"] == ["city"]
-    assert fetched.tool_resources.code_interpreter.file_ids == ["file-abc"]
+    assert fetched.tool_resources.code_interpreter.file_ids == [data.id]
     assert fetched.metadata == {"team": "edu"}
     assert fetched.temperature == pytest.approx(0.3)
     assert fetched.top_p == pytest.approx(0.9)

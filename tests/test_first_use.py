@@ -106,7 +106,9 @@ def test_unknown_model_is_refused_up_front(
     assert isinstance(error, dict)
     assert error["code"] == "model_not_found"
     assert error["param"] == "model"
-    assert error["message"].startswith("The model 'my-local-model' does not exist on this server")
+    assert error["message"].startswith(
+        "The model 'my-local-model' does not exist or you do not have access to it"
+    )
     assert "OPENGROVE_MODEL_CONFIG" in error["message"]
 
     assistant = bare_client.beta.assistants.create(model="gpt-4o")

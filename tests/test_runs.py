@@ -470,7 +470,7 @@ def test_dead_upstream_fails_the_run(
 def test_unreachable_upstream_fails_with_reason(
     client: openai.OpenAI, upstream: FakeUpstream
 ) -> None:
-    assistant = client.beta.assistants.create(model="openai/any-model")
+    assistant = client.beta.assistants.create(model="gpt-4o")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "?"}])
     run = client.beta.threads.runs.create(
         thread_id=thread.id, assistant_id=assistant.id, model="fake-model"

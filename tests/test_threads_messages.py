@@ -7,6 +7,11 @@ import pytest
 
 
 def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
+    image, doc, data = (
+        client.files.create(file=(name, b"bytes"), purpose="assistants").id
+        for name in ("a.png", "doc.txt", "data.csv")
+    )
+    store = client.vector_stores.create(name="thread docs").id
     thread = client.beta.threads.create(
         messages=[
             {"role": "user", "content": "Hello", "metadata": {"n": "1"}},
@@ -15,21 +20,21 @@ def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
                 "content": [
                     {"type": "text", "text": "What is in this image?"},
                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-                    {"type": "image_file", "image_file": {"file_id": "file-img", "detail": "low"}},
+                    {"type": "image_file", "image_file": {"file_id": image, "detail": "low"}},
                 ],
-                "attachments": [{"file_id": "file-doc", "tools": [{"type": "code_interpreter"}]}],
+                "attachments": [{"file_id": doc, "tools": [{"type": "code_interpreter"}]}],
             },
             {"role": "assistant", "content": "Hi there"},
         ],
         tool_resources={
-            "code_interpreter": {"file_ids": ["file-1"]},
-            "file_search": {"vector_store_ids": ["vs_abc"]},
+            "code_interpreter": {"file_ids": [data]},
+            "file_search": {"vector_store_ids": [store]},
         },
         metadata={"user": "u1"},
     )
     assert thread.id.startswith("thread_")
     assert thread.metadata == {"user": "u1"}
-    assert thread.tool_resources.file_search.vector_store_ids == ["vs_abc"]
+    assert thread.tool_resources.file_search.vector_store_ids == [store]
     assert client.beta.threads.retrieve(thread.id).model_dump() == thread.model_dump()
 
     messages = client.beta.threads.messages.list(thread.id, order="asc").data
@@ -41,14 +46,14 @@ def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
     assert [p.type for p in parts] == ["text", "image_url", "image_file"]
     assert parts[1].image_url.url == "https://example.com/a.png"
     assert parts[1].image_url.detail == "auto"
-    assert parts[2].image_file.file_id == "file-img" and parts[2].image_file.detail == "low"
-    assert messages[1].attachments[0].file_id == "file-doc"
+    assert parts[2].image_file.file_id == image and parts[2].image_file.detail == "low"
+    assert messages[1].attachments[0].file_id == doc
     assert messages[1].attachments[0].tools[0].type == "code_interpreter"
     assert all(m.thread_id == thread.id and m.status == "completed" for m in messages)
 
     updated = client.beta.threads.update(thread.id, metadata={"user": "u2"})
     assert updated.metadata == {"user": "u2"}
-    assert updated.tool_resources.code_interpreter.file_ids == ["file-1"]
+    assert updated.tool_resources.code_interpreter.file_ids == [data]
 
     deleted = client.beta.threads.delete(thread.id)
     assert deleted.deleted and deleted.object == "thread.deleted"

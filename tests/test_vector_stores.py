@@ -18,6 +18,7 @@ import openai
 import pytest
 from sqlalchemy import update
 
+from app.auth.models import DEFAULT_PROJECT_ID
 from app.db import Database
 from app.files.models import StoredFile
 from app.retrieval.embeddings import drain_litellm_logging
@@ -670,6 +671,7 @@ def test_search_service_for_the_run_executor(database: tuple[Path, str]) -> None
                         session,
                         runtime.index,
                         None,
+                        DEFAULT_PROJECT_ID,
                         [store.id, "vs_missing"],
                         list(queries),
                         max_num_results=kwargs.pop("max_num_results", 5),

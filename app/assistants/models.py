@@ -5,12 +5,12 @@ from typing import Any
 from sqlalchemy import Float, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONType, OpenAIObjectMixin
+from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned
 
 
-class Assistant(OpenAIObjectMixin, Base):
+class Assistant(OpenAIObjectMixin, ProjectOwned, Base):
     __tablename__ = "assistants"
-    __table_args__ = (Index("ix_assistants_seq", "seq"),)
+    __table_args__ = (Index("ix_assistants_project_seq", "project_id", "seq"),)
 
     name: Mapped[str | None] = mapped_column(String(256))
     description: Mapped[str | None] = mapped_column(String(512))

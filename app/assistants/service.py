@@ -14,16 +14,19 @@ from app.schemas import dump_optional, dump_tools
 from app.tool_resources import resolve_tool_resources
 
 
-async def create_assistant(session: AsyncSession, body: AssistantCreate) -> Assistant:
+async def create_assistant(
+    session: AsyncSession, project_id: str, body: AssistantCreate
+) -> Assistant:
     assistant = Assistant(
         id=new_id("asst_"),
+        project_id=project_id,
         model=body.model,
         name=body.name,
         description=body.description,
         instructions=body.instructions,
         reasoning_effort=body.reasoning_effort,
         tools=dump_tools(body.tools),
-        tool_resources=await resolve_tool_resources(session, body.tool_resources),
+        tool_resources=await resolve_tool_resources(session, project_id, body.tool_resources),
         metadata_=body.metadata or {},
         temperature=body.temperature,
         top_p=body.top_p,
@@ -34,21 +37,21 @@ async def create_assistant(session: AsyncSession, body: AssistantCreate) -> Assi
     return assistant
 
 
-async def get_assistant(session: AsyncSession, assistant_id: str) -> Assistant:
+async def get_assistant(session: AsyncSession, project_id: str, assistant_id: str) -> Assistant:
     assistant = await session.get(Assistant, assistant_id)
-    if assistant is None:
+    if assistant is None or assistant.project_id != project_id:
         raise NotFound("assistant", assistant_id)
     return assistant
 
 
 async def update_assistant(
-    session: AsyncSession, assistant_id: str, body: AssistantUpdate
+    session: AsyncSession, project_id: str, assistant_id: str, body: AssistantUpdate
 ) -> Assistant:
-    assistant = await get_assistant(session, assistant_id)
+    assistant = await get_assistant(session, project_id, assistant_id)
     sent = body.model_fields_set
     # Validate everything (including tool_resources) before touching the row.
     tool_resources = (
-        await resolve_tool_resources(session, body.tool_resources)
+        await resolve_tool_resources(session, project_id, body.tool_resources)
         if "tool_resources" in sent
         else None
     )
@@ -76,12 +79,16 @@ async def update_assistant(
     return assistant
 
 
-async def delete_assistant(session: AsyncSession, assistant_id: str) -> None:
-    result = await session.execute(delete(Assistant).where(Assistant.id == assistant_id))
+async def delete_assistant(session: AsyncSession, project_id: str, assistant_id: str) -> None:
+    result = await session.execute(
+        delete(Assistant).where(Assistant.id == assistant_id, Assistant.project_id == project_id)
+    )
     if result.rowcount == 0:
         raise NotFound("assistant", assistant_id)
     await session.commit()
 
 
-async def list_assistants(session: AsyncSession, params: ListParams) -> Page[Assistant]:
-    return await paginate(session, Assistant, params)
+async def list_assistants(
+    session: AsyncSession, project_id: str, params: ListParams
+) -> Page[Assistant]:
+    return await paginate(session, Assistant, params, Assistant.project_id == project_id)

@@ -3,16 +3,16 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, OpenAIObjectMixin
+from app.db import Base, OpenAIObjectMixin, ProjectOwned
 
 
-class StoredFile(OpenAIObjectMixin, Base):
+class StoredFile(OpenAIObjectMixin, ProjectOwned, Base):
     """An uploaded file's metadata; its bytes live at `<files dir>/<id>`."""
 
     __tablename__ = "files"
     __table_args__ = (
-        Index("ix_files_seq", "seq"),
-        Index("ix_files_purpose_seq", "purpose", "seq"),
+        Index("ix_files_project_seq", "project_id", "seq"),
+        Index("ix_files_project_purpose_seq", "project_id", "purpose", "seq"),
         Index("ix_files_expires_at", "expires_at"),
     )
 

@@ -14,9 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.quotas import QuotaExceeded, lock_project
 from app.db import Database
 from app.errors import InvalidRequest, NotFound
 from app.files.models import StoredFile
@@ -150,18 +151,38 @@ def validate_form(form: ReceivedForm, limit: int) -> tuple[str, int | None]:
     return purpose, seconds
 
 
+async def stored_bytes(session: AsyncSession, project_id: str) -> int:
+    total = await session.scalar(
+        select(func.coalesce(func.sum(StoredFile.bytes), 0)).where(
+            StoredFile.project_id == project_id
+        )
+    )
+    return int(total or 0)
+
+
+async def check_room(
+    session: AsyncSession, project_id: str, adding: int, quota: int | None
+) -> None:
+    """429 when `adding` more bytes would take the project past its storage quota."""
+    if quota is not None and await stored_bytes(session, project_id) + adding > quota:
+        raise QuotaExceeded("bytes of stored files", quota)
+
+
 async def create_file(
     session: AsyncSession,
+    project_id: str,
     files_dir: Path,
     form: ReceivedForm,
     purpose: str,
     expiry_seconds: int | None,
+    quota_bytes: int | None,
 ) -> StoredFile:
     received = form.file
     assert received is not None
     created = now()
     row = StoredFile(
         id=new_id("file-"),
+        project_id=project_id,
         created_at=created,
         filename=received.filename,
         purpose=purpose,
@@ -171,6 +192,11 @@ async def create_file(
         status="processed",
         expires_at=created + expiry_seconds if expiry_seconds is not None else None,
     )
+    if quota_bytes is not None:
+        # Checked and inserted under the project's write lock: two uploads that each fit
+        # cannot both land past the quota. A refused upload leaves nothing behind.
+        await lock_project(session, project_id)
+        await check_room(session, project_id, received.size, quota_bytes)
     final = file_path(files_dir, row.id)
     await asyncio.to_thread(received.temp_path.replace, final)
     try:
@@ -187,20 +213,31 @@ def _live() -> Any:
     return or_(StoredFile.expires_at.is_(None), StoredFile.expires_at > now())
 
 
-async def get_file(session: AsyncSession, file_id: str) -> StoredFile:
+async def get_file(session: AsyncSession, project_id: str, file_id: str) -> StoredFile:
     row = await session.get(StoredFile, file_id)
-    if row is None or (row.expires_at is not None and row.expires_at <= now()):
+    if (
+        row is None
+        or row.project_id != project_id
+        or (row.expires_at is not None and row.expires_at <= now())
+    ):
         raise NotFound("file", file_id)
     return row
 
 
-async def get_files(session: AsyncSession, file_ids: list[str]) -> dict[str, StoredFile]:
-    """The given files by id; 404 for the first one that does not exist."""
+async def get_files(
+    session: AsyncSession, project_id: str, file_ids: list[str]
+) -> dict[str, StoredFile]:
+    """The project's files by id; 404 for the first one that does not exist (or is another
+    project's)."""
     wanted = list(dict.fromkeys(file_ids))
     rows: dict[str, StoredFile] = {}
     for start in range(0, len(wanted), 500):
         found = await session.scalars(
-            select(StoredFile).where(StoredFile.id.in_(wanted[start : start + 500]), _live())
+            select(StoredFile).where(
+                StoredFile.id.in_(wanted[start : start + 500]),
+                StoredFile.project_id == project_id,
+                _live(),
+            )
         )
         rows.update({row.id: row for row in found})
     for file_id in wanted:
@@ -210,19 +247,19 @@ async def get_files(session: AsyncSession, file_ids: list[str]) -> dict[str, Sto
 
 
 async def list_files(
-    session: AsyncSession, params: ListParams, purpose: str | None
+    session: AsyncSession, project_id: str, params: ListParams, purpose: str | None
 ) -> Page[StoredFile]:
-    where = [_live()]
+    where = [StoredFile.project_id == project_id, _live()]
     if purpose:
         where.append(StoredFile.purpose == purpose)
     return await paginate(session, StoredFile, params, *where)
 
 
 async def delete_file(
-    session: AsyncSession, index: VectorIndex, files_dir: Path, file_id: str
+    session: AsyncSession, index: VectorIndex, files_dir: Path, project_id: str, file_id: str
 ) -> None:
     """Delete the row (vector-store-file rows go with it), its chunks, then its bytes."""
-    await get_file(session, file_id)
+    await get_file(session, project_id, file_id)
     await session.execute(delete(StoredFile).where(StoredFile.id == file_id))
     await session.commit()
     await _remove_everywhere(index, files_dir, file_id)

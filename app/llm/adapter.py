@@ -28,6 +28,7 @@ import httpx
 
 from app.llm import openai_wire
 from app.llm.routing import ModelRoute, unknown_model_message
+from app.observability.metrics import ModelCall
 
 logger = logging.getLogger("opengrove.llm")
 
@@ -294,6 +295,7 @@ async def stream_chat(
         if request.tools:
             _native_ollama_tools(litellm, request.route.litellm_model)
     retryable_errors = _retryable(litellm)
+    call = ModelCall(request.route.name)  # latency and tokens by model, for /metrics
     for attempt in range(1, policy.attempts + 1):
         emitted = False
         events = (
@@ -306,6 +308,9 @@ async def stream_chat(
                 async for event in events:
                     if not emitted and not isinstance(event, Finish):
                         emitted = True
+                        call.first_output()
+                    elif isinstance(event, Finish):
+                        call.finished(event.usage)
                     yield event
             return
         except asyncio.CancelledError:
@@ -313,6 +318,7 @@ async def stream_chat(
         except Exception as exc:
             retryable = isinstance(exc, retryable_errors) and not emitted
             if not retryable or attempt == policy.attempts:
+                call.failed()
                 logger.warning("model call failed (attempt %d): %r", attempt, exc)
                 raise _classify(litellm, exc) from exc
             delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))

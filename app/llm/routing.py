@@ -13,7 +13,7 @@ Plain names use litellm's own environment (OPENAI_API_KEY, OPENAI_API_BASE, ANTH
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,9 @@ class ModelRoute:
 
 def unknown_model_message(name: str) -> str:
     return (
-        f"The model '{name}' does not exist on this server: use a model alias from "
-        "OPENGROVE_MODEL_CONFIG or a model litellm can route, such as 'gpt-4o', "
-        "'anthropic/claude-sonnet-4-5' or 'ollama_chat/llama3.1'."
+        f"The model '{name}' does not exist or you do not have access to it: use one of the "
+        "models GET /v1/models lists (OPENGROVE_MODELS and the aliases of "
+        "OPENGROVE_MODEL_CONFIG, or the project's own list)."
     )
 
 
@@ -45,8 +45,17 @@ class ModelRouter:
         self.aliases = aliases or {}
         self.listed = frozenset(listed)  # OPENGROVE_MODELS: known without asking litellm
 
-    async def require_known(self, name: str) -> None:
-        """400 `model_not_found` for a model no alias names and litellm cannot route."""
+    async def require_known(self, name: str, allowed: Collection[str] | None = None) -> None:
+        """400 `model_not_found` for a model outside `allowed` (a project's allowlist; by
+        default the configured models and aliases), or one litellm cannot route. Checked
+        before anything reaches litellm: a name like `bedrock/…` or `ollama/…` would use the
+        host's ambient credentials or services."""
+        if allowed is None:
+            if name in self.aliases or name in self.listed:
+                return
+            raise InvalidRequest(unknown_model_message(name), param="model", code="model_not_found")
+        if name not in allowed:
+            raise InvalidRequest(unknown_model_message(name), param="model", code="model_not_found")
         if name in self.aliases or name in self.listed:
             return
         from app.llm import adapter  # litellm loads on first need (in a thread)

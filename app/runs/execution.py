@@ -36,6 +36,7 @@ from app.llm.adapter import (
     stream_chat,
 )
 from app.llm.routing import ModelRouter
+from app.observability import context
 from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
 from app.runs.models import Run
@@ -124,6 +125,9 @@ class RunExecution:
 
     async def execute(self) -> None:
         run = self.run
+        # The run's own task: every log line it writes names the run and its project.
+        context.run_id.set(run.id)
+        context.project_id.set(run.project_id)
         try:
             if run.status == "cancelling" or self.cancel.is_set():
                 raise RunCancelled()

@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONType, OpenAIObjectMixin
+from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned
 
 # A thread has at most one run in these states (enforced by a partial unique index).
 ACTIVE_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
@@ -24,11 +24,12 @@ TERMINAL_STATUSES = ("completed", "failed", "cancelled", "expired", "incomplete"
 _ACTIVE_SQL = text("status IN ('queued', 'in_progress', 'requires_action', 'cancelling')")
 
 
-class Run(OpenAIObjectMixin, Base):
+class Run(OpenAIObjectMixin, ProjectOwned, Base):
     __tablename__ = "runs"
     __table_args__ = (
         Index("ix_runs_thread_seq", "thread_id", "seq"),
         Index("ix_runs_status_seq", "status", "seq"),
+        Index("ix_runs_project_status", "project_id", "status"),
         Index(
             "uq_runs_one_active_per_thread",
             "thread_id",

@@ -5,7 +5,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
-from app.deps import DatabaseDep, Models, Session, Signals
+from app.auth.quotas import quota
+from app.deps import CallerDep, DatabaseDep, Models, Project, Session, Settings, Signals
 from app.errors import InvalidRequest
 from app.pagination import ListParams, list_params
 from app.runs import service
@@ -30,11 +31,19 @@ IncludeParam = Annotated[
 
 @router.post("/runs", response_model=None)
 async def create_thread_and_run(
-    body: ThreadAndRunCreate, session: Session, signals: Signals, db: DatabaseDep, models: Models
+    body: ThreadAndRunCreate,
+    session: Session,
+    caller: CallerDep,
+    settings: Settings,
+    signals: Signals,
+    db: DatabaseDep,
+    models: Models,
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
-        await models.require_known(body.model)
-    new = await service.create_thread_and_run(session, signals, body, [])
+        await models.require_known(body.model, caller.models)
+    new = await service.create_thread_and_run(
+        session, signals, caller.project_id, body, [], quota(caller, settings, "active_runs")
+    )
     if body.stream:
         return run_event_stream(db, signals.hub, new.run.id, known=new.events)
     return RunObject(**render_run(new.run))
@@ -45,14 +54,19 @@ async def create_run(
     thread_id: str,
     body: RunCreate,
     session: Session,
+    caller: CallerDep,
+    settings: Settings,
     signals: Signals,
     db: DatabaseDep,
     models: Models,
     include: IncludeParam = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
-        await models.require_known(body.model)
-    new = await service.create_run(session, signals, thread_id, body, list(include))
+        await models.require_known(body.model, caller.models)
+    max_active = quota(caller, settings, "active_runs")
+    new = await service.create_run(
+        session, signals, caller.project_id, thread_id, body, list(include), max_active
+    )
     if body.stream:
         return run_event_stream(db, signals.hub, new.run.id, known=new.events)
     return RunObject(**render_run(new.run))
@@ -60,9 +74,12 @@ async def create_run(
 
 @router.get("/{thread_id}/runs")
 async def list_runs(
-    thread_id: str, session: Session, params: Annotated[ListParams, Depends(list_params)]
+    thread_id: str,
+    session: Session,
+    project: Project,
+    params: Annotated[ListParams, Depends(list_params)],
 ) -> dict[str, Any]:
-    return (await service.list_runs(session, thread_id, params)).to_response(render_run)
+    return (await service.list_runs(session, project, thread_id, params)).to_response(render_run)
 
 
 @router.get("/{thread_id}/runs/{run_id}", response_model=None)
@@ -70,6 +87,7 @@ async def get_run(
     thread_id: str,
     run_id: str,
     session: Session,
+    project: Project,
     signals: Signals,
     db: DatabaseDep,
     stream: bool = False,
@@ -77,7 +95,7 @@ async def get_run(
 ) -> RunObject | EventSourceResponse:
     """`?stream=true` (an extension) follows the run's events from the start, or after the
     `Last-Event-ID` header's event: a client whose stream broke resumes where it was."""
-    run = await service.get_run(session, thread_id, run_id)
+    run = await service.get_run(session, project, thread_id, run_id)
     if not stream:
         return RunObject(**render_run(run))
     after = -1
@@ -96,13 +114,18 @@ async def get_run(
 
 
 @router.post("/{thread_id}/runs/{run_id}")
-async def modify_run(thread_id: str, run_id: str, body: RunUpdate, session: Session) -> RunObject:
-    return RunObject(**render_run(await service.update_run(session, thread_id, run_id, body)))
+async def modify_run(
+    thread_id: str, run_id: str, body: RunUpdate, session: Session, project: Project
+) -> RunObject:
+    run = await service.update_run(session, project, thread_id, run_id, body)
+    return RunObject(**render_run(run))
 
 
 @router.post("/{thread_id}/runs/{run_id}/cancel")
-async def cancel_run(thread_id: str, run_id: str, session: Session, signals: Signals) -> RunObject:
-    run = await service.cancel_run(session, signals, thread_id, run_id)
+async def cancel_run(
+    thread_id: str, run_id: str, session: Session, project: Project, signals: Signals
+) -> RunObject:
+    run = await service.cancel_run(session, signals, project, thread_id, run_id)
     return RunObject(**render_run(run))
 
 
@@ -112,10 +135,13 @@ async def submit_tool_outputs(
     run_id: str,
     body: SubmitToolOutputs,
     session: Session,
+    project: Project,
     signals: Signals,
     db: DatabaseDep,
 ) -> RunObject | EventSourceResponse:
-    run, first_seq = await service.submit_tool_outputs(session, signals, thread_id, run_id, body)
+    run, first_seq = await service.submit_tool_outputs(
+        session, signals, project, thread_id, run_id, body
+    )
     if body.stream:
         return run_event_stream(db, signals.hub, run.id, first_seq - 1)
     return RunObject(**render_run(run))
@@ -126,10 +152,11 @@ async def list_run_steps(
     thread_id: str,
     run_id: str,
     session: Session,
+    project: Project,
     params: Annotated[ListParams, Depends(list_params)],
     include: IncludeParam = [],  # noqa: B006
 ) -> dict[str, Any]:
-    page = await service.list_steps(session, thread_id, run_id, params)
+    page = await service.list_steps(session, project, thread_id, run_id, params)
     return page.to_response(lambda step: render_step(step, list(include)))
 
 
@@ -139,6 +166,8 @@ async def get_run_step(
     run_id: str,
     step_id: str,
     session: Session,
+    project: Project,
     include: IncludeParam = [],  # noqa: B006
 ) -> dict[str, Any]:
-    return render_step(await service.get_step(session, thread_id, run_id, step_id), list(include))
+    step = await service.get_step(session, project, thread_id, run_id, step_id)
+    return render_step(step, list(include))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.service import get_assistant
+from app.auth.quotas import QuotaExceeded
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, now
 from app.pagination import ListParams, Page, paginate
@@ -28,8 +29,7 @@ from app.runs.state import transition
 from app.schemas import dump_optional, dump_tools
 from app.threads.models import Message
 from app.threads.schemas import MessageObject, ThreadCreate, ThreadObject
-from app.threads.service import create_thread_rows, get_thread, new_message
-from app.vector_stores.thread_stores import attach_to_thread_store
+from app.threads.service import add_messages, create_thread_rows, get_thread, new_message
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,13 @@ async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
 
 async def _build_run(
     session: AsyncSession,
+    project_id: str,
     thread_id: str,
     body: RunCreate | ThreadAndRunCreate,
     include: list[str],
     expiry_seconds: int,
 ) -> Run:
-    assistant = await get_assistant(session, body.assistant_id)
+    assistant = await get_assistant(session, project_id, body.assistant_id)
     instructions = body.instructions if body.instructions is not None else assistant.instructions
     extra = getattr(body, "additional_instructions", None)
     if extra:
@@ -68,6 +69,7 @@ async def _build_run(
     created = now()
     return Run(
         id=new_id("run_"),
+        project_id=project_id,
         created_at=created,
         thread_id=thread_id,
         assistant_id=assistant.id,
@@ -123,52 +125,81 @@ async def _commit_new_run(
     return NewRun(run, writer.last_published)
 
 
+async def check_active_runs(session: AsyncSession, project_id: str, quota: int | None) -> None:
+    """429 when the project already has `quota` runs queued, in progress or waiting."""
+    if quota is None:
+        return
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.project_id == project_id, Run.status.in_(ACTIVE_STATUSES))
+    )
+    if (count or 0) >= quota:
+        raise QuotaExceeded("active runs", quota)
+
+
 async def create_run(
     session: AsyncSession,
     signals: RunSignals,
+    project_id: str,
     thread_id: str,
     body: RunCreate,
     include: list[str],
+    max_active: int | None = None,
 ) -> NewRun:
-    thread = await get_thread(session, thread_id)
+    thread = await get_thread(session, project_id, thread_id)
     active = await active_run_id(session, thread_id)
     if active is not None:
         raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
-    run = await _build_run(session, thread_id, body, include, signals.expiry_seconds)
+    await check_active_runs(session, project_id, max_active)
+    run = await _build_run(session, project_id, thread_id, body, include, signals.expiry_seconds)
     messages = [new_message(thread_id, message) for message in body.additional_messages or []]
-    session.add_all(messages)
-    await attach_to_thread_store(session, thread, messages)
+    await add_messages(session, thread, messages)
     return await _commit_new_run(session, signals, run, EventWriter(signals.hub, run.id, 0))
 
 
 async def create_thread_and_run(
-    session: AsyncSession, signals: RunSignals, body: ThreadAndRunCreate, include: list[str]
+    session: AsyncSession,
+    signals: RunSignals,
+    project_id: str,
+    body: ThreadAndRunCreate,
+    include: list[str],
+    max_active: int | None = None,
 ) -> NewRun:
+    await check_active_runs(session, project_id, max_active)
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
-    thread = await create_thread_rows(session, thread_body)
-    run = await _build_run(session, thread.id, body, include, signals.expiry_seconds)
+    thread = await create_thread_rows(session, project_id, thread_body)
+    run = await _build_run(session, project_id, thread.id, body, include, signals.expiry_seconds)
     writer = EventWriter(signals.hub, run.id, 0)
     writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
     return await _commit_new_run(session, signals, run, writer)
 
 
-async def get_run(session: AsyncSession, thread_id: str, run_id: str) -> Run:
-    run = await session.scalar(select(Run).where(Run.id == run_id, Run.thread_id == thread_id))
+async def get_run(session: AsyncSession, project_id: str, thread_id: str, run_id: str) -> Run:
+    run = await session.scalar(
+        select(Run).where(
+            Run.id == run_id, Run.thread_id == thread_id, Run.project_id == project_id
+        )
+    )
     if run is None:
-        await get_thread(session, thread_id)
+        await get_thread(session, project_id, thread_id)
         raise NotFound("run", run_id)
     return run
 
 
-async def list_runs(session: AsyncSession, thread_id: str, params: ListParams) -> Page[Run]:
-    await get_thread(session, thread_id)
+async def list_runs(
+    session: AsyncSession, project_id: str, thread_id: str, params: ListParams
+) -> Page[Run]:
+    await get_thread(session, project_id, thread_id)
     return await paginate(session, Run, params, Run.thread_id == thread_id)
 
 
-async def update_run(session: AsyncSession, thread_id: str, run_id: str, body: RunUpdate) -> Run:
-    run = await get_run(session, thread_id, run_id)
+async def update_run(
+    session: AsyncSession, project_id: str, thread_id: str, run_id: str, body: RunUpdate
+) -> Run:
+    run = await get_run(session, project_id, thread_id, run_id)
     if "metadata" in body.model_fields_set:
         run.metadata_ = body.metadata or {}
     await session.commit()
@@ -176,9 +207,9 @@ async def update_run(session: AsyncSession, thread_id: str, run_id: str, body: R
 
 
 async def cancel_run(
-    session: AsyncSession, signals: RunSignals, thread_id: str, run_id: str
+    session: AsyncSession, signals: RunSignals, project_id: str, thread_id: str, run_id: str
 ) -> Run:
-    run = await get_run(session, thread_id, run_id)
+    run = await get_run(session, project_id, thread_id, run_id)
     writer = EventWriter(signals.hub, run.id, run.next_event_seq)
     # Nobody executes a queued run without a lease, nor one waiting for tool outputs:
     # those end now. A run being executed is asked to stop and ends at its next chunk.
@@ -254,12 +285,13 @@ async def finish_run(
 async def submit_tool_outputs(
     session: AsyncSession,
     signals: RunSignals,
+    project_id: str,
     thread_id: str,
     run_id: str,
     body: SubmitToolOutputs,
 ) -> tuple[Run, int]:
     """Resume the run with the outputs; returns it and the number of its first new event."""
-    run = await get_run(session, thread_id, run_id)
+    run = await get_run(session, project_id, thread_id, run_id)
     if run.status != "requires_action" or not run.required_action:
         raise InvalidRequest(
             f'Runs in status "{run.status}" do not accept tool outputs.', param="run_id"
@@ -317,14 +349,16 @@ async def submit_tool_outputs(
 
 
 async def list_steps(
-    session: AsyncSession, thread_id: str, run_id: str, params: ListParams
+    session: AsyncSession, project_id: str, thread_id: str, run_id: str, params: ListParams
 ) -> Page[RunStep]:
-    await get_run(session, thread_id, run_id)
+    await get_run(session, project_id, thread_id, run_id)
     return await paginate(session, RunStep, params, RunStep.run_id == run_id)
 
 
-async def get_step(session: AsyncSession, thread_id: str, run_id: str, step_id: str) -> RunStep:
-    await get_run(session, thread_id, run_id)
+async def get_step(
+    session: AsyncSession, project_id: str, thread_id: str, run_id: str, step_id: str
+) -> RunStep:
+    await get_run(session, project_id, thread_id, run_id)
     step = await session.scalar(
         select(RunStep).where(RunStep.id == step_id, RunStep.run_id == run_id)
     )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.ids import now
+from app.observability.metrics import count_run_status
 from app.runs.models import Run
 
 ALLOWED_FROM: dict[str, tuple[str, ...]] = {
@@ -68,4 +69,5 @@ async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) ->
     for key, value in values.items():
         # Already written by the UPDATE: record it as committed, so no flush repeats it.
         set_committed_value(run, key, value)
+    count_run_status(to)
     return True

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, or_, select, update
 
+from app.observability.metrics import count_run_status
 from app.runs.models import Run, RunStep
 from app.runs.state import transition_values
 from app.threads.models import Message
@@ -70,6 +71,7 @@ def transition(conn: Connection, run: Row, to: str, fields: dict[str, Any]) -> b
         return False
     for name, value in values.items():
         setattr(run, _RUN_ATTRS[name], value)
+    count_run_status(to)
     return True
 
 

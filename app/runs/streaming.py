@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from app.db import Database
+from app.observability.metrics import OPEN_STREAMS
 from app.runs.events import Event, EventHub, dumps, follow
 
 
@@ -27,6 +29,18 @@ async def _frames(
     yield b"event: done\ndata: [DONE]\n\n"
 
 
+class _CountedStream(EventSourceResponse):
+    """Counted in `opengrove_sse_streams_open` from its start until it ends or the client
+    goes (around the whole response: the event generator may never start, or be dropped)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        OPEN_STREAMS.inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            OPEN_STREAMS.dec()
+
+
 def _keep_alive() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", id="", sep="\n")
 
@@ -38,7 +52,7 @@ def run_event_stream(
     after_seq: int = -1,
     known: list[Event] | None = None,
 ) -> EventSourceResponse:
-    return EventSourceResponse(
+    return _CountedStream(
         _frames(db, hub, run_id, after_seq, known),
         sep="\n",
         ping=15,

@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Any
 
-from sqlalchemy import and_, case, inspect, or_, select, update
+from sqlalchemy import and_, case, func, inspect, or_, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.db import Database
@@ -159,21 +159,23 @@ class RunWorker:
         self._tasks[run_id] = asyncio.create_task(self._execute(run_id, run), name=run_id)
 
     async def claim(self, limit: int) -> list[str]:
-        """Lease up to `limit` runs, oldest first: queued ones, and in-progress ones whose
-        worker died (counted as an interruption; a run handed back at shutdown is not)."""
+        """Lease up to `limit` runs: queued ones, and in-progress ones whose worker died
+        (counted as an interruption; a run handed back at shutdown is not).
+
+        Fair across projects: each project's oldest waiting run first, then each one's
+        second, … — 500 runs queued by one project do not starve another's next run."""
         stamp = time.time()
         lapsed = Run.lease_expires_at < stamp
-        candidates = (
-            select(Run.id)
-            .where(
-                or_(
-                    and_(Run.status == "queued", or_(Run.lease_owner.is_(None), lapsed)),
-                    and_(Run.status == "in_progress", lapsed),
-                )
-            )
-            .order_by(Run.seq)
-            .limit(limit)
+        waiting = or_(
+            and_(Run.status == "queued", or_(Run.lease_owner.is_(None), lapsed)),
+            and_(Run.status == "in_progress", lapsed),
         )
+        turn = func.row_number().over(partition_by=Run.project_id, order_by=Run.seq)
+        ranked = select(Run.id, Run.seq, turn.label("turn")).where(waiting).subquery()
+        chosen = select(ranked.c.id).order_by(ranked.c.turn, ranked.c.seq).limit(limit)
+        # `waiting` again outside: PostgreSQL re-checks it on rows another worker leased
+        # since the subquery's snapshot (the window function cannot sit under FOR UPDATE).
+        candidates = select(Run.id).where(Run.id.in_(chosen), waiting)
         values: dict[str, Any] = {
             "lease_owner": self.worker_id,
             "lease_expires_at": stamp + self.lease_seconds,

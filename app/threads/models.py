@@ -5,10 +5,10 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONType, OpenAIObjectMixin
+from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned
 
 
-class Thread(OpenAIObjectMixin, Base):
+class Thread(OpenAIObjectMixin, ProjectOwned, Base):
     __tablename__ = "threads"
 
     tool_resources: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)

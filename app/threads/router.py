@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import Session
+from app.deps import Project, Session
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject, ObjectResponse
 from app.threads import service
@@ -23,33 +23,41 @@ router = APIRouter(prefix="/threads", tags=["threads"])
 
 
 @router.post("", response_model=ThreadObject)
-async def create_thread(session: Session, body: ThreadCreate | None = None) -> ObjectResponse:
-    thread = await service.create_thread(session, body or ThreadCreate())
+async def create_thread(
+    session: Session, project: Project, body: ThreadCreate | None = None
+) -> ObjectResponse:
+    thread = await service.create_thread(session, project, body or ThreadCreate())
     return ObjectResponse(ThreadObject.from_row(thread))
 
 
 @router.get("/{thread_id}", response_model=ThreadObject)
-async def get_thread(thread_id: str, session: Session) -> ObjectResponse:
-    return ObjectResponse(ThreadObject.from_row(await service.get_thread(session, thread_id)))
+async def get_thread(thread_id: str, session: Session, project: Project) -> ObjectResponse:
+    return ObjectResponse(
+        ThreadObject.from_row(await service.get_thread(session, project, thread_id))
+    )
 
 
 @router.post("/{thread_id}", response_model=ThreadObject)
-async def modify_thread(thread_id: str, body: ThreadUpdate, session: Session) -> ObjectResponse:
+async def modify_thread(
+    thread_id: str, body: ThreadUpdate, session: Session, project: Project
+) -> ObjectResponse:
     return ObjectResponse(
-        ThreadObject.from_row(await service.update_thread(session, thread_id, body))
+        ThreadObject.from_row(await service.update_thread(session, project, thread_id, body))
     )
 
 
 @router.delete("/{thread_id}", response_model=DeletedObject)
-async def delete_thread(thread_id: str, session: Session) -> ObjectResponse:
-    await service.delete_thread(session, thread_id)
+async def delete_thread(thread_id: str, session: Session, project: Project) -> ObjectResponse:
+    await service.delete_thread(session, project, thread_id)
     return ObjectResponse(DeletedObject(id=thread_id, object="thread.deleted"))
 
 
 @router.post("/{thread_id}/messages", response_model=MessageObject)
-async def create_message(thread_id: str, body: MessageCreate, session: Session) -> ObjectResponse:
+async def create_message(
+    thread_id: str, body: MessageCreate, session: Session, project: Project
+) -> ObjectResponse:
     return ObjectResponse(
-        MessageObject.from_row(await service.create_message(session, thread_id, body))
+        MessageObject.from_row(await service.create_message(session, project, thread_id, body))
     )
 
 
@@ -57,30 +65,37 @@ async def create_message(thread_id: str, body: MessageCreate, session: Session) 
 async def list_messages(
     thread_id: str,
     session: Session,
+    project: Project,
     params: Annotated[ListParams, Depends(list_params)],
     run_id: Annotated[str | None, Query()] = None,
 ) -> ObjectResponse:
-    page = await service.list_messages(session, thread_id, params, run_id)
+    page = await service.list_messages(session, project, thread_id, params, run_id)
     return ObjectResponse(page.to_response(MessageObject.from_row))
 
 
 @router.get("/{thread_id}/messages/{message_id}", response_model=MessageObject)
-async def get_message(thread_id: str, message_id: str, session: Session) -> ObjectResponse:
+async def get_message(
+    thread_id: str, message_id: str, session: Session, project: Project
+) -> ObjectResponse:
     return ObjectResponse(
-        MessageObject.from_row(await service.get_message(session, thread_id, message_id))
+        MessageObject.from_row(await service.get_message(session, project, thread_id, message_id))
     )
 
 
 @router.post("/{thread_id}/messages/{message_id}", response_model=MessageObject)
 async def modify_message(
-    thread_id: str, message_id: str, body: MessageUpdate, session: Session
+    thread_id: str, message_id: str, body: MessageUpdate, session: Session, project: Project
 ) -> ObjectResponse:
     return ObjectResponse(
-        MessageObject.from_row(await service.update_message(session, thread_id, message_id, body))
+        MessageObject.from_row(
+            await service.update_message(session, project, thread_id, message_id, body)
+        )
     )
 
 
 @router.delete("/{thread_id}/messages/{message_id}", response_model=DeletedObject)
-async def delete_message(thread_id: str, message_id: str, session: Session) -> ObjectResponse:
-    await service.delete_message(session, thread_id, message_id)
+async def delete_message(
+    thread_id: str, message_id: str, session: Session, project: Project
+) -> ObjectResponse:
+    await service.delete_message(session, project, thread_id, message_id)
     return ObjectResponse(DeletedObject(id=message_id, object="thread.message.deleted"))

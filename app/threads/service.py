@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import autocommit
 from app.errors import InvalidRequest, NotFound
+from app.files.service import get_files
 from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, paginate
 from app.runs.models import ACTIVE_STATUSES, Run
@@ -24,48 +25,74 @@ from app.tool_resources import resolve_tool_resources
 from app.vector_stores.thread_stores import attach_to_thread_store
 
 
-async def create_thread(session: AsyncSession, body: ThreadCreate) -> Thread:
+async def create_thread(session: AsyncSession, project_id: str, body: ThreadCreate) -> Thread:
     """Create the thread and its initial messages in one transaction."""
-    thread = await create_thread_rows(session, body)
+    thread = await create_thread_rows(session, project_id, body)
     await session.commit()
     return thread
 
 
-async def create_thread_rows(session: AsyncSession, body: ThreadCreate) -> Thread:
+async def create_thread_rows(session: AsyncSession, project_id: str, body: ThreadCreate) -> Thread:
     """Add the thread and its messages to the session, uncommitted."""
     thread = Thread(
         id=new_id("thread_"),
-        tool_resources=await resolve_tool_resources(session, body.tool_resources),
+        project_id=project_id,
+        tool_resources=await resolve_tool_resources(session, project_id, body.tool_resources),
         metadata_=body.metadata or {},
     )
     session.add(thread)
     await session.flush()  # no ORM relationship orders the inserts, so the thread goes first
-    messages = [new_message(thread.id, message) for message in body.messages or []]
-    session.add_all(messages)
-    await attach_to_thread_store(session, thread, messages)
+    await add_messages(session, thread, [new_message(thread.id, m) for m in body.messages or []])
     return thread
 
 
-async def get_thread(session: AsyncSession, thread_id: str) -> Thread:
+async def add_messages(session: AsyncSession, thread: Thread, messages: list[Message]) -> None:
+    """Add new messages to the thread (uncommitted): every attached file must be one of the
+    project's (404 before anything is written); file_search ones go to the thread's store."""
+    referenced = [file_id for message in messages for file_id in _referenced_files(message)]
+    if referenced:
+        await get_files(session, thread.project_id, referenced)
+    session.add_all(messages)
+    await attach_to_thread_store(session, thread, messages)
+
+
+def _referenced_files(message: Message | MessageCreate) -> list[str]:
+    """The file ids a new message names: attachments and image_file parts."""
+    ids = [a["file_id"] if isinstance(a, dict) else a.file_id for a in message.attachments or []]
+    content = message.content if isinstance(message.content, list) else []
+    for part in content:
+        part = part if isinstance(part, dict) else part.model_dump()
+        if part.get("type") == "image_file":
+            ids.append(part["image_file"]["file_id"])
+    return ids
+
+
+async def get_thread(session: AsyncSession, project_id: str, thread_id: str) -> Thread:
     thread = await session.get(Thread, thread_id)
-    if thread is None:
+    if thread is None or thread.project_id != project_id:
         raise NotFound("thread", thread_id)
     return thread
 
 
-async def update_thread(session: AsyncSession, thread_id: str, body: ThreadUpdate) -> Thread:
-    thread = await get_thread(session, thread_id)
+async def update_thread(
+    session: AsyncSession, project_id: str, thread_id: str, body: ThreadUpdate
+) -> Thread:
+    thread = await get_thread(session, project_id, thread_id)
     if "tool_resources" in body.model_fields_set:
-        thread.tool_resources = await resolve_tool_resources(session, body.tool_resources)
+        thread.tool_resources = await resolve_tool_resources(
+            session, project_id, body.tool_resources
+        )
     if "metadata" in body.model_fields_set:
         thread.metadata_ = body.metadata or {}
     await session.commit()
     return thread
 
 
-async def delete_thread(session: AsyncSession, thread_id: str) -> None:
+async def delete_thread(session: AsyncSession, project_id: str, thread_id: str) -> None:
     # Messages, runs and steps go with it through ON DELETE CASCADE.
-    result = await session.execute(delete(Thread).where(Thread.id == thread_id))
+    result = await session.execute(
+        delete(Thread).where(Thread.id == thread_id, Thread.project_id == project_id)
+    )
     if result.rowcount == 0:
         raise NotFound("thread", thread_id)
     await session.commit()
@@ -103,10 +130,6 @@ def _message_values(
     }
 
 
-def _has_file_search(body: MessageCreate) -> bool:
-    return any(t.type == "file_search" for a in body.attachments or [] for t in a.tools)
-
-
 def _active_run(thread_id: str) -> Any:
     return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
 
@@ -124,7 +147,7 @@ def _insert_message_if_open() -> Any:
     values = select(*params.values())
     thread_id = params["thread_id"]
     is_open = and_(
-        exists().where(Thread.id == thread_id),
+        exists().where(Thread.id == thread_id, Thread.project_id == bindparam("owner")),
         ~select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES)).exists(),
     )
     return insert(table).from_select(list(table.c), values.where(is_open))
@@ -134,27 +157,31 @@ _INSERT_MESSAGE_IF_OPEN = _insert_message_if_open()
 _COLUMN_NAMES = {attr.key: attr.columns[0].key for attr in Message.__mapper__.column_attrs}
 
 
-async def create_message(session: AsyncSession, thread_id: str, body: MessageCreate) -> Message:
-    if _has_file_search(body):
-        return await _create_message_with_files(session, thread_id, body)
+async def create_message(
+    session: AsyncSession, project_id: str, thread_id: str, body: MessageCreate
+) -> Message:
+    if _referenced_files(body):
+        return await _create_message_with_files(session, project_id, thread_id, body)
     # One statement, one round trip: the checks and the insert, atomic on SQLite (one
     # statement holds the write lock); on PostgreSQL a run created concurrently is not seen
     # (issue 12), as with separate queries.
     values = _message_values(thread_id, body, None, None)
-    params = {_COLUMN_NAMES[key]: value for key, value in values.items()}
+    params = {_COLUMN_NAMES[key]: value for key, value in values.items()} | {"owner": project_id}
     for _ in range(3):
         await autocommit(session, write=True)
         result = await session.execute(_INSERT_MESSAGE_IF_OPEN, params)
         await session.commit()
         if result.rowcount == 1:
             return Message(**values)
-        await _check_open_for_messages(session, thread_id)
+        await _check_open_for_messages(session, project_id, thread_id)
         # Neither missing nor busy now: its run ended in between. Try again.
     raise InvalidRequest(f"Can't add messages to {thread_id} right now.", param="thread_id")
 
 
-async def _check_open_for_messages(session: AsyncSession, thread_id: str) -> Thread:
-    thread = await get_thread(session, thread_id)
+async def _check_open_for_messages(
+    session: AsyncSession, project_id: str, thread_id: str
+) -> Thread:
+    thread = await get_thread(session, project_id, thread_id)
     active = await session.scalar(_active_run(thread_id))
     if active is not None:
         raise InvalidRequest(
@@ -164,40 +191,52 @@ async def _check_open_for_messages(session: AsyncSession, thread_id: str) -> Thr
 
 
 async def _create_message_with_files(
-    session: AsyncSession, thread_id: str, body: MessageCreate
+    session: AsyncSession, project_id: str, thread_id: str, body: MessageCreate
 ) -> Message:
-    thread = await _check_open_for_messages(session, thread_id)
+    thread = await _check_open_for_messages(session, project_id, thread_id)
     message = new_message(thread_id, body)
-    session.add(message)
-    await attach_to_thread_store(session, thread, [message])
+    await add_messages(session, thread, [message])
     await session.commit()
     return message
 
 
-async def get_message(session: AsyncSession, thread_id: str, message_id: str) -> Message:
+def _thread_in(project_id: str, thread_id: str) -> Any:
+    """The thread exists and is the project's: the condition every message query carries."""
+    return exists().where(Thread.id == thread_id, Thread.project_id == project_id)
+
+
+async def get_message(
+    session: AsyncSession, project_id: str, thread_id: str, message_id: str
+) -> Message:
     message = (
         await session.execute(
-            select(Message).where(Message.id == message_id, Message.thread_id == thread_id)
+            select(Message).where(
+                Message.id == message_id,
+                Message.thread_id == thread_id,
+                _thread_in(project_id, thread_id),
+            )
         )
     ).scalar_one_or_none()
     if message is None:
-        await get_thread(session, thread_id)
+        await get_thread(session, project_id, thread_id)
         raise NotFound("message", message_id)
     return message
 
 
 async def update_message(
-    session: AsyncSession, thread_id: str, message_id: str, body: MessageUpdate
+    session: AsyncSession, project_id: str, thread_id: str, message_id: str, body: MessageUpdate
 ) -> Message:
-    message = await get_message(session, thread_id, message_id)
+    message = await get_message(session, project_id, thread_id, message_id)
     if "metadata" in body.model_fields_set:
         message.metadata_ = body.metadata or {}
     await session.commit()
     return message
 
 
-async def delete_message(session: AsyncSession, thread_id: str, message_id: str) -> None:
-    await get_message(session, thread_id, message_id)
+async def delete_message(
+    session: AsyncSession, project_id: str, thread_id: str, message_id: str
+) -> None:
+    await get_message(session, project_id, thread_id, message_id)
     await session.execute(delete(Message).where(Message.id == message_id))
     await session.commit()
 
@@ -211,16 +250,20 @@ _MESSAGE_COLUMNS = select(
 
 
 async def list_messages(
-    session: AsyncSession, thread_id: str, params: ListParams, run_id: str | None = None
+    session: AsyncSession,
+    project_id: str,
+    thread_id: str,
+    params: ListParams,
+    run_id: str | None = None,
 ) -> Page[Any]:
-    where = [_MESSAGES.thread_id == thread_id]
+    where = [_MESSAGES.thread_id == thread_id, _thread_in(project_id, thread_id)]
     if run_id is not None:
         where.append(_MESSAGES.run_id == run_id)
     await autocommit(session)
     cursor = params.after is not None or params.before is not None
     if cursor:  # a missing thread is a 404 before a bad cursor is a 400
-        await get_thread(session, thread_id)
+        await get_thread(session, project_id, thread_id)
     page = await paginate(session, _MESSAGES, params, *where, base=_MESSAGE_COLUMNS)
     if not page.items and not cursor:  # a message is proof enough that its thread exists
-        await get_thread(session, thread_id)
+        await get_thread(session, project_id, thread_id)
     return page

@@ -41,7 +41,9 @@ async def activate(
     resources = [owner.tool_resources or {} for owner in (assistant, thread) if owner is not None]
     active: dict[str, ActiveTool] = {}
     for entry in enabled:
-        context = RunContext(run.id, run.thread_id, entry, resources, run.include or [])
+        context = RunContext(
+            run.id, run.thread_id, run.project_id, entry, resources, run.include or []
+        )
         tool = await registry[entry["type"]].prepare(session, context)
         if tool is not None:
             active[tool.name] = tool

@@ -20,6 +20,7 @@ class RunContext:
 
     run_id: str
     thread_id: str
+    project_id: str  # every object the tool reaches must be this project's
     tool: dict[str, Any]  # the run's tool entry, e.g. {"type": "file_search", "file_search": …}
     # tool_resources of the assistant and of the thread, in that order
     resources: list[dict[str, Any]] = field(default_factory=list)

@@ -51,17 +51,21 @@ DEFINITION: dict[str, Any] = {
 
 @dataclass
 class FileSearchSettings:
+    project_id: str
     vector_store_ids: list[str]
     max_num_results: int = DEFAULT_MAX_RESULTS
     score_threshold: float = 0.0
     ranker: str = DEFAULT_RANKER
 
     @classmethod
-    def from_tool(cls, tool: dict[str, Any], vector_store_ids: list[str]) -> FileSearchSettings:
+    def from_tool(
+        cls, tool: dict[str, Any], project_id: str, vector_store_ids: list[str]
+    ) -> FileSearchSettings:
         options = tool.get("file_search") or {}
         ranking = options.get("ranking_options") or {}
         ranker = ranking.get("ranker") or "auto"
         return cls(
+            project_id=project_id,
             vector_store_ids=vector_store_ids,
             max_num_results=options.get("max_num_results") or DEFAULT_MAX_RESULTS,
             score_threshold=float(ranking.get("score_threshold") or 0.0),
@@ -104,6 +108,7 @@ async def run_file_search(
         session,
         index,
         embedder,
+        settings.project_id,
         settings.vector_store_ids,
         _queries(arguments),
         max_num_results=settings.max_num_results,
@@ -183,7 +188,8 @@ class FileSearchTool:
                     store_ids.append(store_id)
         # Files attached moments ago may still be in ingestion; a search should see them.
         await wait_for_ingestion(session, store_ids, patience=self.ingestion_patience)
-        return ActiveFileSearch(self, FileSearchSettings.from_tool(run.tool, store_ids))
+        settings = FileSearchSettings.from_tool(run.tool, run.project_id, store_ids)
+        return ActiveFileSearch(self, settings)
 
 
 class ActiveFileSearch:

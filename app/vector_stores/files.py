@@ -43,10 +43,10 @@ def file_not_found(vector_store_id: str, file_id: str) -> APIError:
 
 
 async def create_vector_store_file(
-    session: AsyncSession, vector_store_id: str, body: VectorStoreFileCreate
+    session: AsyncSession, project_id: str, vector_store_id: str, body: VectorStoreFileCreate
 ) -> VectorStoreFile:
-    store = await get_active_store(session, vector_store_id)
-    await get_files(session, [body.file_id])
+    store = await get_active_store(session, project_id, vector_store_id)
+    await get_files(session, project_id, [body.file_id])
     attachment = Attachment(stored_chunking(body.chunking_strategy), body.attributes)
     [row] = await attach_files(session, store.id, {body.file_id: attachment})
     mark_active(store)
@@ -55,9 +55,9 @@ async def create_vector_store_file(
 
 
 async def get_vector_store_file(
-    session: AsyncSession, vector_store_id: str, file_id: str
+    session: AsyncSession, project_id: str, vector_store_id: str, file_id: str
 ) -> VectorStoreFile:
-    await get_vector_store(session, vector_store_id)
+    await get_vector_store(session, project_id, vector_store_id)
     row = await session.scalar(
         select(VectorStoreFile).where(
             VectorStoreFile.vector_store_id == vector_store_id, VectorStoreFile.id == file_id
@@ -70,15 +70,16 @@ async def get_vector_store_file(
 
 async def list_vector_store_files(
     session: AsyncSession,
+    project_id: str,
     vector_store_id: str,
     params: ListParams,
     status: str | None,
     batch_id: str | None = None,
 ) -> Page[VectorStoreFile]:
-    await get_vector_store(session, vector_store_id)
+    await get_vector_store(session, project_id, vector_store_id)
     where = [VectorStoreFile.vector_store_id == vector_store_id]
     if batch_id is not None:
-        await get_file_batch(session, vector_store_id, batch_id)
+        await get_file_batch(session, project_id, vector_store_id, batch_id)
         where.append(VectorStoreFile.batch_id == batch_id)
     if status is not None:
         where.append(VectorStoreFile.status == status)
@@ -88,11 +89,12 @@ async def list_vector_store_files(
 async def update_vector_store_file(
     session: AsyncSession,
     index: VectorIndex,
+    project_id: str,
     vector_store_id: str,
     file_id: str,
     attributes: dict[str, Any] | None,
 ) -> VectorStoreFile:
-    row = await get_vector_store_file(session, vector_store_id, file_id)
+    row = await get_vector_store_file(session, project_id, vector_store_id, file_id)
     row.attributes = attributes
     await session.commit()
     if row.status == "completed":
@@ -102,20 +104,20 @@ async def update_vector_store_file(
 
 
 async def delete_vector_store_file(
-    session: AsyncSession, index: VectorIndex, vector_store_id: str, file_id: str
+    session: AsyncSession, index: VectorIndex, project_id: str, vector_store_id: str, file_id: str
 ) -> None:
     """Detach the file from the store (the file itself stays)."""
-    row = await get_vector_store_file(session, vector_store_id, file_id)
+    row = await get_vector_store_file(session, project_id, vector_store_id, file_id)
     await session.delete(row)
     await session.commit()
     await index.delete_file(vector_store_id, file_id)
 
 
 async def vector_store_file_text(
-    session: AsyncSession, files_dir: Path, vector_store_id: str, file_id: str
+    session: AsyncSession, files_dir: Path, project_id: str, vector_store_id: str, file_id: str
 ) -> str:
     """The parsed text of a vector store file ("" when it has none or cannot be read)."""
-    await get_vector_store_file(session, vector_store_id, file_id)
+    await get_vector_store_file(session, project_id, vector_store_id, file_id)
     stored = await session.get(StoredFile, file_id)
     if stored is None:
         return ""
@@ -144,9 +146,9 @@ async def batch_counts(session: AsyncSession, batch_id: str) -> dict[str, int]:
 
 
 async def create_file_batch(
-    session: AsyncSession, vector_store_id: str, body: FileBatchCreate
+    session: AsyncSession, project_id: str, vector_store_id: str, body: FileBatchCreate
 ) -> VectorStoreFileBatch:
-    store = await get_active_store(session, vector_store_id)
+    store = await get_active_store(session, project_id, vector_store_id)
     default_chunking = stored_chunking(body.chunking_strategy)
     files: dict[str, Attachment] = {}
     if body.files is not None:
@@ -161,7 +163,7 @@ async def create_file_batch(
     else:
         for file_id in body.file_ids or []:
             files[file_id] = Attachment(default_chunking, body.attributes)
-    await get_files(session, list(files))
+    await get_files(session, project_id, list(files))
     batch = VectorStoreFileBatch(id=new_id("vsfb_"), vector_store_id=store.id, status="in_progress")
     session.add(batch)
     await session.flush()
@@ -172,9 +174,9 @@ async def create_file_batch(
 
 
 async def get_file_batch(
-    session: AsyncSession, vector_store_id: str, batch_id: str
+    session: AsyncSession, project_id: str, vector_store_id: str, batch_id: str
 ) -> VectorStoreFileBatch:
-    await get_vector_store(session, vector_store_id)
+    await get_vector_store(session, project_id, vector_store_id)
     batch = await session.get(VectorStoreFileBatch, batch_id)
     if batch is None or batch.vector_store_id != vector_store_id:
         raise NotFound("vector store file batch", batch_id)
@@ -182,10 +184,10 @@ async def get_file_batch(
 
 
 async def cancel_file_batch(
-    session: AsyncSession, index: VectorIndex, vector_store_id: str, batch_id: str
+    session: AsyncSession, index: VectorIndex, project_id: str, vector_store_id: str, batch_id: str
 ) -> VectorStoreFileBatch:
     """Cancel the files not yet processed; files already done stay as they are."""
-    batch = await get_file_batch(session, vector_store_id, batch_id)
+    batch = await get_file_batch(session, project_id, vector_store_id, batch_id)
     counts = await batch_counts(session, batch.id)
     if batch.status != "cancelled" and counts["in_progress"] == 0:
         raise InvalidRequest(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -34,12 +34,13 @@ from app.db import Database
 from app.files.models import StoredFile
 from app.files.service import delete_expired_files, file_path
 from app.ids import new_id
+from app.observability.metrics import count_ingested
 from app.retrieval.chunking import chunk_text
 from app.retrieval.embeddings import Embedder, EmbeddingError, drain_litellm_logging
 from app.retrieval.index import VectorIndex
 from app.retrieval.parsing import InvalidFileError, UnsupportedFileError, extract_text
 from app.tasks import cancel_all
-from app.vector_stores.models import VectorStoreFile
+from app.vector_stores.models import VectorStore, VectorStoreFile
 from app.vector_stores.service import expire_vector_stores
 
 logger = logging.getLogger("opengrove.ingestion")
@@ -186,23 +187,32 @@ class IngestionWorker:
                 pass
 
     async def claim(self, limit: int) -> list[_Job]:
-        """Lease up to `limit` unleased (or lease-expired) in-progress files, oldest first."""
+        """Lease up to `limit` unleased (or lease-expired) in-progress files, fair across
+        projects (each project's oldest file first, then each one's second, …): one
+        project's 2,000-file batch does not hold back another's upload."""
         stamp = time.time()
-        candidates = (
-            select(VectorStoreFile.key)
-            .where(
-                VectorStoreFile.status == "in_progress",
-                or_(
-                    VectorStoreFile.lease_owner.is_(None),
-                    VectorStoreFile.lease_expires_at < stamp,
-                ),
-                # A file re-attached while this process still works on it waits for
-                # that (now stale) job to end: one job per file per process.
-                VectorStoreFile.key.not_in(list(self._tasks)),
-            )
-            .order_by(VectorStoreFile.seq)
-            .limit(limit)
+        waiting = and_(
+            VectorStoreFile.status == "in_progress",
+            or_(
+                VectorStoreFile.lease_owner.is_(None),
+                VectorStoreFile.lease_expires_at < stamp,
+            ),
+            # A file re-attached while this process still works on it waits for
+            # that (now stale) job to end: one job per file per process.
+            VectorStoreFile.key.not_in(list(self._tasks)),
         )
+        turn = func.row_number().over(
+            partition_by=VectorStore.project_id, order_by=VectorStoreFile.seq
+        )
+        ranked = (
+            select(VectorStoreFile.key, VectorStoreFile.seq, turn.label("turn"))
+            .join(VectorStore, VectorStore.id == VectorStoreFile.vector_store_id)
+            .where(waiting)
+            .subquery()
+        )
+        chosen = select(ranked.c.key).order_by(ranked.c.turn, ranked.c.seq).limit(limit)
+        # `waiting` again outside: PostgreSQL re-checks it on rows leased meanwhile.
+        candidates = select(VectorStoreFile.key).where(VectorStoreFile.key.in_(chosen), waiting)
         values = {
             "lease_owner": self.worker_id,
             "lease_expires_at": stamp + self.lease_seconds,
@@ -371,6 +381,7 @@ class IngestionWorker:
         if not written:
             await self._drop_if_abandoned(job, current)
             return
+        count_ingested("completed")
         if current is not None and (current.attributes or {}) != (attributes or {}):
             # Attributes changed while we worked: the chunks carry the old ones.
             await self.index.update_attributes(
@@ -399,6 +410,7 @@ class IngestionWorker:
             )
             current = await session.get(VectorStoreFile, job.key)
         if written:
+            count_ingested("failed")
             await self.index.delete_file(job.vector_store_id, job.file_id)
         else:
             await self._drop_if_abandoned(job, current)

@@ -14,16 +14,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONType, OpenAIObjectMixin
+from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned
 from app.ids import next_seq, now
 
 
-class VectorStore(OpenAIObjectMixin, Base):
+class VectorStore(OpenAIObjectMixin, ProjectOwned, Base):
     """A vector store. `status` and `file_counts` are derived from its files when read."""
 
     __tablename__ = "vector_stores"
     __table_args__ = (
-        Index("ix_vector_stores_seq", "seq"),
+        Index("ix_vector_stores_project_seq", "project_id", "seq"),
         Index("ix_vector_stores_expires_at", "expired", "expires_at"),
     )
 

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.deps import Embedder, Index, Ingestion, Session, Settings
+from app.deps import Embedder, Index, Ingestion, Project, Session, Settings
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject
 from app.vector_stores import files, search, service
@@ -47,40 +47,42 @@ async def _batch(session: Session, batch: VectorStoreFileBatch) -> FileBatchObje
 
 @router.post("")
 async def create_vector_store(
-    body: VectorStoreCreate, session: Session, ingestion: Ingestion
+    body: VectorStoreCreate, session: Session, project: Project, ingestion: Ingestion
 ) -> dict[str, Any]:
-    store = await service.create_vector_store(session, body)
+    store = await service.create_vector_store(session, project, body)
     ingestion.wake()
     return await _store(session, store)
 
 
 @router.get("")
 async def list_vector_stores(
-    session: Session, params: Annotated[ListParams, Depends(list_params)]
+    session: Session, project: Project, params: Annotated[ListParams, Depends(list_params)]
 ) -> dict[str, Any]:
-    page = await service.list_vector_stores(session, params)
+    page = await service.list_vector_stores(session, project, params)
     counts = await service.store_counts(session, page.items)
     return page.to_response(lambda row: VectorStoreObject.from_row(row, counts[row.id]).render())
 
 
 @router.get("/{vector_store_id}")
-async def get_vector_store(vector_store_id: str, session: Session) -> dict[str, Any]:
-    return await _store(session, await service.get_vector_store(session, vector_store_id))
+async def get_vector_store(
+    vector_store_id: str, session: Session, project: Project
+) -> dict[str, Any]:
+    return await _store(session, await service.get_vector_store(session, project, vector_store_id))
 
 
 @router.post("/{vector_store_id}")
 async def modify_vector_store(
-    vector_store_id: str, body: VectorStoreUpdate, session: Session
+    vector_store_id: str, body: VectorStoreUpdate, session: Session, project: Project
 ) -> dict[str, Any]:
-    store = await service.update_vector_store(session, vector_store_id, body)
+    store = await service.update_vector_store(session, project, vector_store_id, body)
     return await _store(session, store)
 
 
 @router.delete("/{vector_store_id}")
 async def delete_vector_store(
-    vector_store_id: str, session: Session, index: Index
+    vector_store_id: str, session: Session, project: Project, index: Index
 ) -> DeletedObject:
-    await service.delete_vector_store(session, index, vector_store_id)
+    await service.delete_vector_store(session, index, project, vector_store_id)
     return DeletedObject(id=vector_store_id, object="vector_store.deleted")
 
 
@@ -89,9 +91,13 @@ async def delete_vector_store(
 
 @router.post("/{vector_store_id}/files")
 async def create_vector_store_file(
-    vector_store_id: str, body: VectorStoreFileCreate, session: Session, ingestion: Ingestion
+    vector_store_id: str,
+    body: VectorStoreFileCreate,
+    session: Session,
+    project: Project,
+    ingestion: Ingestion,
 ) -> dict[str, Any]:
-    row = await files.create_vector_store_file(session, vector_store_id, body)
+    row = await files.create_vector_store_file(session, project, vector_store_id, body)
     ingestion.wake()
     return _file(row)
 
@@ -100,18 +106,19 @@ async def create_vector_store_file(
 async def list_vector_store_files(
     vector_store_id: str,
     session: Session,
+    project: Project,
     params: Annotated[ListParams, Depends(list_params)],
     filter: Annotated[FileStatus | None, Query()] = None,
 ) -> dict[str, Any]:
-    page = await files.list_vector_store_files(session, vector_store_id, params, filter)
+    page = await files.list_vector_store_files(session, project, vector_store_id, params, filter)
     return page.to_response(_file)
 
 
 @router.get("/{vector_store_id}/files/{file_id}")
 async def get_vector_store_file(
-    vector_store_id: str, file_id: str, session: Session, response: Response
+    vector_store_id: str, file_id: str, session: Session, project: Project, response: Response
 ) -> dict[str, Any]:
-    row = await files.get_vector_store_file(session, vector_store_id, file_id)
+    row = await files.get_vector_store_file(session, project, vector_store_id, file_id)
     if row.status == "in_progress":
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return _file(row)
@@ -123,27 +130,30 @@ async def update_vector_store_file(
     file_id: str,
     body: VectorStoreFileUpdate,
     session: Session,
+    project: Project,
     index: Index,
 ) -> dict[str, Any]:
     row = await files.update_vector_store_file(
-        session, index, vector_store_id, file_id, body.attributes
+        session, index, project, vector_store_id, file_id, body.attributes
     )
     return _file(row)
 
 
 @router.delete("/{vector_store_id}/files/{file_id}")
 async def delete_vector_store_file(
-    vector_store_id: str, file_id: str, session: Session, index: Index
+    vector_store_id: str, file_id: str, session: Session, project: Project, index: Index
 ) -> DeletedObject:
-    await files.delete_vector_store_file(session, index, vector_store_id, file_id)
+    await files.delete_vector_store_file(session, index, project, vector_store_id, file_id)
     return DeletedObject(id=file_id, object="vector_store.file.deleted")
 
 
 @router.get("/{vector_store_id}/files/{file_id}/content")
 async def vector_store_file_content(
-    vector_store_id: str, file_id: str, session: Session, settings: Settings
+    vector_store_id: str, file_id: str, session: Session, project: Project, settings: Settings
 ) -> FileContentPage:
-    text = await files.vector_store_file_text(session, settings.files_dir, vector_store_id, file_id)
+    text = await files.vector_store_file_text(
+        session, settings.files_dir, project, vector_store_id, file_id
+    )
     return FileContentPage.from_text(text)
 
 
@@ -152,18 +162,24 @@ async def vector_store_file_content(
 
 @router.post("/{vector_store_id}/file_batches")
 async def create_file_batch(
-    vector_store_id: str, body: FileBatchCreate, session: Session, ingestion: Ingestion
+    vector_store_id: str,
+    body: FileBatchCreate,
+    session: Session,
+    project: Project,
+    ingestion: Ingestion,
 ) -> FileBatchObject:
-    batch = await files.create_file_batch(session, vector_store_id, body)
+    batch = await files.create_file_batch(session, project, vector_store_id, body)
     ingestion.wake()
     return await _batch(session, batch)
 
 
 @router.get("/{vector_store_id}/file_batches/{batch_id}")
 async def get_file_batch(
-    vector_store_id: str, batch_id: str, session: Session, response: Response
+    vector_store_id: str, batch_id: str, session: Session, project: Project, response: Response
 ) -> FileBatchObject:
-    batch = await _batch(session, await files.get_file_batch(session, vector_store_id, batch_id))
+    batch = await _batch(
+        session, await files.get_file_batch(session, project, vector_store_id, batch_id)
+    )
     if batch.status == "in_progress":
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     return batch
@@ -171,9 +187,9 @@ async def get_file_batch(
 
 @router.post("/{vector_store_id}/file_batches/{batch_id}/cancel")
 async def cancel_file_batch(
-    vector_store_id: str, batch_id: str, session: Session, index: Index
+    vector_store_id: str, batch_id: str, session: Session, project: Project, index: Index
 ) -> FileBatchObject:
-    batch = await files.cancel_file_batch(session, index, vector_store_id, batch_id)
+    batch = await files.cancel_file_batch(session, index, project, vector_store_id, batch_id)
     return await _batch(session, batch)
 
 
@@ -182,11 +198,12 @@ async def list_file_batch_files(
     vector_store_id: str,
     batch_id: str,
     session: Session,
+    project: Project,
     params: Annotated[ListParams, Depends(list_params)],
     filter: Annotated[FileStatus | None, Query()] = None,
 ) -> dict[str, Any]:
     page = await files.list_vector_store_files(
-        session, vector_store_id, params, filter, batch_id=batch_id
+        session, project, vector_store_id, params, filter, batch_id=batch_id
     )
     return page.to_response(_file)
 
@@ -199,6 +216,7 @@ async def search_vector_store(
     vector_store_id: str,
     body: SearchRequest,
     session: Session,
+    project: Project,
     index: Index,
     embedder: Embedder,
 ) -> SearchResultsPage:
@@ -207,6 +225,7 @@ async def search_vector_store(
         session,
         index,
         embedder,
+        project,
         vector_store_id,
         queries,
         max_num_results=body.max_num_results,

@@ -23,6 +23,7 @@ async def search_stores(
     session: AsyncSession,
     index: VectorIndex,
     embedder: Embedder | None,
+    project_id: str,
     vector_store_ids: Sequence[str],
     queries: Sequence[str],
     *,
@@ -43,7 +44,11 @@ async def search_stores(
     if not vector_store_ids:
         return []
     stores = (
-        await session.scalars(select(VectorStore).where(VectorStore.id.in_(vector_store_ids)))
+        await session.scalars(
+            select(VectorStore).where(
+                VectorStore.id.in_(vector_store_ids), VectorStore.project_id == project_id
+            )
+        )
     ).all()
     live = [store for store in stores if not store.has_expired()]
     live_ids = [store.id for store in live]
@@ -73,6 +78,7 @@ async def search_store(
     session: AsyncSession,
     index: VectorIndex,
     embedder: Embedder | None,
+    project_id: str,
     vector_store_id: str,
     queries: list[str],
     *,
@@ -81,11 +87,12 @@ async def search_store(
     filters: dict[str, Any] | None,
 ) -> list[SearchHit]:
     """`POST /vector_stores/{id}/search`: 404 / 400 for a missing / expired store; commits."""
-    store = await get_active_store(session, vector_store_id)
+    store = await get_active_store(session, project_id, vector_store_id)
     hits = await search_stores(
         session,
         index,
         embedder,
+        project_id,
         [store.id],
         queries,
         max_num_results=max_num_results,

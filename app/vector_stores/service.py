@@ -39,16 +39,20 @@ DAY = 86_400
 # -- reading -----------------------------------------------------------------------------
 
 
-async def get_vector_store(session: AsyncSession, vector_store_id: str) -> VectorStore:
+async def get_vector_store(
+    session: AsyncSession, project_id: str, vector_store_id: str
+) -> VectorStore:
     store = await session.get(VectorStore, vector_store_id)
-    if store is None:
+    if store is None or store.project_id != project_id:
         raise NotFound("vector store", vector_store_id)
     return store
 
 
-async def get_active_store(session: AsyncSession, vector_store_id: str) -> VectorStore:
+async def get_active_store(
+    session: AsyncSession, project_id: str, vector_store_id: str
+) -> VectorStore:
     """The store, for an operation that uses it: 404 when missing, 400 when expired."""
-    store = await get_vector_store(session, vector_store_id)
+    store = await get_vector_store(session, project_id, vector_store_id)
     if store.has_expired():
         raise InvalidRequest(
             f"Vector store {store.id} has expired and can no longer be used; create a new one.",
@@ -57,8 +61,27 @@ async def get_active_store(session: AsyncSession, vector_store_id: str) -> Vecto
     return store
 
 
-async def list_vector_stores(session: AsyncSession, params: ListParams) -> Page[VectorStore]:
-    return await paginate(session, VectorStore, params)
+async def list_vector_stores(
+    session: AsyncSession, project_id: str, params: ListParams
+) -> Page[VectorStore]:
+    return await paginate(session, VectorStore, params, VectorStore.project_id == project_id)
+
+
+async def require_stores(
+    session: AsyncSession, project_id: str, vector_store_ids: Sequence[str]
+) -> None:
+    """404 for the first id that is not one of the project's stores."""
+    wanted = list(dict.fromkeys(vector_store_ids))
+    found = set(
+        await session.scalars(
+            select(VectorStore.id).where(
+                VectorStore.id.in_(wanted), VectorStore.project_id == project_id
+            )
+        )
+    )
+    for store_id in wanted:
+        if store_id not in found:
+            raise NotFound("vector store", store_id)
 
 
 async def store_counts(
@@ -98,17 +121,22 @@ def _expires_at(store: VectorStore) -> int | None:
     return store.last_active_at + int(store.expires_after["days"]) * DAY
 
 
-async def create_vector_store(session: AsyncSession, body: VectorStoreCreate) -> VectorStore:
-    store = await add_vector_store(session, body)
+async def create_vector_store(
+    session: AsyncSession, project_id: str, body: VectorStoreCreate
+) -> VectorStore:
+    store = await add_vector_store(session, project_id, body)
     await session.commit()
     return store
 
 
-async def add_vector_store(session: AsyncSession, body: VectorStoreCreate) -> VectorStore:
+async def add_vector_store(
+    session: AsyncSession, project_id: str, body: VectorStoreCreate
+) -> VectorStore:
     """The store and its files' ingestion rows, in the caller's transaction (uncommitted)."""
-    files = await get_files(session, body.file_ids) if body.file_ids else {}
+    files = await get_files(session, project_id, body.file_ids) if body.file_ids else {}
     store = VectorStore(
         id=new_id("vs_"),
+        project_id=project_id,
         name=body.name,
         expires_after=body.expires_after.model_dump() if body.expires_after else None,
         last_active_at=now(),
@@ -124,9 +152,9 @@ async def add_vector_store(session: AsyncSession, body: VectorStoreCreate) -> Ve
 
 
 async def update_vector_store(
-    session: AsyncSession, vector_store_id: str, body: VectorStoreUpdate
+    session: AsyncSession, project_id: str, vector_store_id: str, body: VectorStoreUpdate
 ) -> VectorStore:
-    store = await get_vector_store(session, vector_store_id)
+    store = await get_vector_store(session, project_id, vector_store_id)
     sent = body.model_fields_set
     if "name" in sent:
         store.name = body.name
@@ -141,9 +169,13 @@ async def update_vector_store(
 
 
 async def delete_vector_store(
-    session: AsyncSession, index: VectorIndex, vector_store_id: str
+    session: AsyncSession, index: VectorIndex, project_id: str, vector_store_id: str
 ) -> None:
-    result = await session.execute(delete(VectorStore).where(VectorStore.id == vector_store_id))
+    result = await session.execute(
+        delete(VectorStore).where(
+            VectorStore.id == vector_store_id, VectorStore.project_id == project_id
+        )
+    )
     if result.rowcount == 0:
         raise NotFound("vector store", vector_store_id)
     await session.commit()

@@ -36,13 +36,14 @@ async def attach_to_thread_store(
     file_ids = file_search_attachments(messages)
     if not file_ids:
         return
-    await get_files(session, file_ids)  # unknown files are a 404, before anything is written
+    # Unknown (or another project's) files are a 404, before anything is written.
+    await get_files(session, thread.project_id, file_ids)
     resources = dict(thread.tool_resources or {})
     store_ids = list((resources.get("file_search") or {}).get("vector_store_ids") or [])
     store = await session.get(VectorStore, store_ids[0]) if store_ids else None
-    if store is None:
+    if store is None or store.project_id != thread.project_id:
         store = await add_vector_store(
-            session, VectorStoreCreate(expires_after=THREAD_STORE_EXPIRY)
+            session, thread.project_id, VectorStoreCreate(expires_after=THREAD_STORE_EXPIRY)
         )
         thread.tool_resources = {**resources, "file_search": {"vector_store_ids": [store.id]}}
     attachment = Attachment(stored_chunking(None))

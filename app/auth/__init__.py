@@ -1,0 +1,1 @@
+"""API keys, projects, and the limits a project works within (rate limits, quotas, models)."""
