@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.keys import Caller
+from app.auth.quotas import ProjectLimits
 from app.config import Settings as AppSettings
 from app.db import Database
 from app.llm.routing import ModelRouter
@@ -109,3 +110,12 @@ def get_project_id(request: Request) -> str:
 
 
 Project = Annotated[str, Depends(get_project_id)]
+
+
+def get_limits(request: Request) -> ProjectLimits:
+    runtime = get_runtime(request)
+    return ProjectLimits(get_caller(request), runtime.settings, runtime.streams)
+
+
+# The caller's project quotas (active runs, open streams).
+Limits = Annotated[ProjectLimits, Depends(get_limits)]

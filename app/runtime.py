@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from app.auth.keys import KeyRing, adopt_bootstrap_key
+from app.auth.quotas import OpenStreams
 from app.auth.ratelimit import RateLimiter
 from app.config import Settings
 from app.db import Database
@@ -50,6 +51,7 @@ class Runtime:
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
     keyring: KeyRing = field(init=False)
+    streams: OpenStreams = field(default_factory=OpenStreams)  # per-project stream quota
     rate_limiter: Any = None  # app.auth.ratelimit.RateLimiter
     started_at: int = field(default_factory=now)  # unix seconds; /v1/models' `created`
     _housekeeping: asyncio.Task[None] | None = None

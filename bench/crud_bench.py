@@ -5,9 +5,10 @@
 
 Target (issue 8): >= 1,500 req/s with p99 <= 100 ms, on SQLite and on PostgreSQL.
 Target (issue 9): auth + rate limiting add <= 0.3 ms per request. `--auth both` runs each
-database twice, on fresh databases: without a key (no key exists: anonymous, no limits) and
-with one (every request verified and rate limited, the limits set far above the load), and
-reports the difference of the medians of the rounds: server CPU ms per request and p50.
+database twice, side by side on fresh databases: without a key (no key exists: anonymous, no
+limits) and with one (every request verified and rate limited, the limits set far above the
+load); their rounds alternate, and the difference of the medians of the rounds is reported:
+server CPU ms per request (the figure: it does not depend on load) and p50 latency.
 
 Two processes on 127.0.0.1: the real server (`opengrove serve`, tests.server_process) on a
 fresh database (tests/databases.py: a SQLite file, or a fresh PostgreSQL database dropped
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import statistics
@@ -156,49 +158,80 @@ class Config:
     profile_dir: Path | None
 
 
-async def bench_server(
-    cfg: Config, db_name: str, server: ServerProcess, key: str | None
-) -> dict[str, Any]:
+def client_session(key: str | None) -> Any:
     import aiohttp
 
-    assert server.proc is not None
-    pid = server.proc.pid
-    base = server.base_url
-    profiler = Profiler(cfg.profile_dir / db_name if cfg.profile_dir else None, pid, {"round1"}, [])
-    async with aiohttp.ClientSession(
+    return aiohttp.ClientSession(
         # keepalive below uvicorn's 5 s, so a pooled connection is never one it closed
         connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=2),
         timeout=aiohttp.ClientTimeout(total=60, connect=10),
         headers={"Authorization": f"Bearer {key}"} if key else None,
-    ) as session:
-        threads = await setup_threads(session, base, CONCURRENCY)
-        warm = await drive("warm", session, base, threads, cfg.total // 3, cfg.time_limit, pid)
-        if warm.errors:
-            print(f"  [{db_name}] warm-up errors: {warm.errors}", flush=True)
-        rounds = []
+    )
+
+
+def print_round(label: str, i: int, rnd: Round) -> None:
+    lat = rnd.latencies["create"] + rnd.latencies["list"]
+    print(
+        f"  [{label}] round {i + 1}: {rnd.n_ok}/{rnd.n} in {rnd.wall:.2f}s = "
+        f"{rnd.rate:.0f} req/s  p50 {ms(pct(lat, 50)).strip()} "
+        f"p99 {ms(pct(lat, 99)).strip()} ms  server CPU "
+        f"{rnd.server_cpu * 1000 / max(rnd.n, 1):.2f} ms/req"
+        f"{'  errors: ' + str(rnd.errors) if rnd.errors else ''}",
+        flush=True,
+    )
+
+
+@dataclass
+class Target:
+    """One server under test: `key` None is anonymous (no key exists on its database)."""
+
+    label: str
+    server: ServerProcess
+    key: str | None
+    rounds: list[Round] = field(default_factory=list)
+
+    def result(self) -> dict[str, Any]:
+        log = self.server.log()
+        return {
+            "db": self.label,
+            "rounds": self.rounds,
+            "tracebacks": log.count("Traceback"),
+            "error_lines": len(re.findall(r" (ERROR|CRITICAL) ", log)),
+        }
+
+
+async def bench_targets(cfg: Config, targets: list[Target]) -> list[dict[str, Any]]:
+    """Rounds of each target in turn (round i: A then B, round i+1: B then A), so drifting
+    background load on the machine falls on both alike."""
+    async with contextlib.AsyncExitStack() as stack:
+        work = []
+        for target in targets:
+            assert target.server.proc is not None
+            pid = target.server.proc.pid
+            session = await stack.enter_async_context(client_session(target.key))
+            base = target.server.base_url
+            threads = await setup_threads(session, base, CONCURRENCY)
+            work.append((target, session, base, threads, pid))
+        for target, session, base, threads, pid in work:
+            warm = await drive("warm", session, base, threads, cfg.total // 3, cfg.time_limit, pid)
+            if warm.errors:
+                print(f"  [{target.label}] warm-up errors: {warm.errors}", flush=True)
         for i in range(cfg.rounds):
-            profiler.start(f"round{i + 1}")
-            rnd = await drive(
-                f"round {i + 1}", session, base, threads, cfg.total, cfg.time_limit, pid
-            )
-            profiler.stop()
-            rounds.append(rnd)
-            lat = rnd.latencies["create"] + rnd.latencies["list"]
-            print(
-                f"  [{db_name}] round {i + 1}: {rnd.n_ok}/{rnd.n} in {rnd.wall:.2f}s = "
-                f"{rnd.rate:.0f} req/s  p50 {ms(pct(lat, 50)).strip()} "
-                f"p99 {ms(pct(lat, 99)).strip()} ms  server CPU "
-                f"{rnd.server_cpu * 1000 / max(rnd.n, 1):.2f} ms/req"
-                f"{'  errors: ' + str(rnd.errors) if rnd.errors else ''}",
-                flush=True,
-            )
-    log = server.log()
-    return {
-        "db": db_name,
-        "rounds": rounds,
-        "tracebacks": log.count("Traceback"),
-        "error_lines": len(re.findall(r" (ERROR|CRITICAL) ", log)),
-    }
+            for target, session, base, threads, pid in work if i % 2 == 0 else work[::-1]:
+                profiler = Profiler(
+                    cfg.profile_dir / target.label if cfg.profile_dir else None,
+                    pid,
+                    {"round1"},
+                    [],
+                )
+                profiler.start(f"round{i + 1}")
+                rnd = await drive(
+                    f"round {i + 1}", session, base, threads, cfg.total, cfg.time_limit, pid
+                )
+                profiler.stop()
+                target.rounds.append(rnd)
+                print_round(target.label, i, rnd)
+    return [target.result() for target in targets]
 
 
 async def issue_key(url: str) -> str:
@@ -212,32 +245,35 @@ async def issue_key(url: str) -> str:
         await db.dispose()
 
 
-def run_db(cfg: Config, db_name: str, tmp: Path, auth: bool) -> dict[str, Any]:
-    label = f"{db_name}+key" if auth else db_name
-    work = tmp / label
-    work.mkdir(parents=True, exist_ok=True)
+def run_db(cfg: Config, db_name: str, tmp: Path, modes: list[bool]) -> list[dict[str, Any]]:
+    """One server per mode (False: no key, True: with a key), each on a fresh database."""
     saved = os.environ.get("OPENGROVE_TEST_DATABASE_URL")
     if db_name == "postgres":
         os.environ["OPENGROVE_TEST_DATABASE_URL"] = saved or PG_URL
     else:
         os.environ.pop("OPENGROVE_TEST_DATABASE_URL", None)
+    targets: list[Target] = []
     try:
-        with fresh_database(work / "db") as url:
-            if url.startswith("sqlite"):
+        with contextlib.ExitStack() as stack:
+            for auth in modes:
+                label = f"{db_name}+key" if auth else db_name
+                work = tmp / label
                 (work / "db").mkdir(parents=True, exist_ok=True)
-            key = asyncio.run(issue_key(url)) if auth else None
-            env = {"DATABASE_URL": url}
-            if auth:
-                env["OPENGROVE_RATE_LIMIT_OVERRIDES"] = HIGH_LIMITS
-            server = ServerProcess(work / "server", env=env)
-            server.start()
+                url = stack.enter_context(fresh_database(work / "db"))
+                key = asyncio.run(issue_key(url)) if auth else None
+                env = {"DATABASE_URL": url}
+                if auth:
+                    env["OPENGROVE_RATE_LIMIT_OVERRIDES"] = HIGH_LIMITS
+                server = ServerProcess(work / "server", env=env)
+                stack.callback(server.stop)
+                server.start()
+                targets.append(Target(label, server, key))
             try:
-                return asyncio.run(bench_server(cfg, label, server, key))
+                return asyncio.run(bench_targets(cfg, targets))
             except BaseException:
-                print(server.log()[-4000:], file=sys.stderr)
+                for target in targets:
+                    print(target.server.log()[-4000:], file=sys.stderr)
                 raise
-            finally:
-                server.stop()
     finally:
         if saved is None:
             os.environ.pop("OPENGROVE_TEST_DATABASE_URL", None)
@@ -296,8 +332,8 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
         p50 = [_median_p50(r) for r in (res, keyed)]
         print(
             f"auth + rate limits on {res['db']}: server CPU {cpu[0]:.3f} -> {cpu[1]:.3f} ms/req "
-            f"(+{cpu[1] - cpu[0]:.3f}), p50 {p50[0]:.2f} -> {p50[1]:.2f} ms "
-            f"(+{p50[1] - p50[0]:.2f}); medians of {cfg.rounds} rounds; target <= 0.3 ms/req"
+            f"({cpu[1] - cpu[0]:+.3f}), p50 {p50[0]:.2f} -> {p50[1]:.2f} ms "
+            f"({p50[1] - p50[0]:+.2f}); medians of {cfg.rounds} rounds; target <= 0.3 ms/req"
         )
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
 
@@ -339,9 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="opengrove-crud-bench-") as tmp_name:
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.auth]
         for db_name in dbs:
-            for auth in modes:
-                print(f"== {db_name}{' with a key' if auth else ''} ==", flush=True)
-                results.append(run_db(cfg, db_name, Path(tmp_name), auth))
+            print(f"== {db_name} ==", flush=True)
+            results += run_db(cfg, db_name, Path(tmp_name), modes)
     report(cfg, results)
     return 0
 

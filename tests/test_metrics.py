@@ -233,7 +233,7 @@ def test_metrics_add_up_across_processes(json_server: ServerProcess) -> None:
     labels = {"route": "/v1/models", "method": "GET", "status": "200"}
     # Each process counted the requests it served, in its own file...
     served = []
-    for path in Path(json_server.data_dir, "metrics").glob("counter_*.db"):
+    for path in Path(json_server.data_dir, "metrics").glob("*/counter_*.db"):
         for family in MultiProcessCollector.merge([str(path)], accumulate=False):
             served += [
                 sample.value

@@ -30,22 +30,33 @@ def sdk_python(version: str) -> Path:
     return python
 
 
-@pytest.mark.parametrize("version", SDK_VERSIONS)
-def test_flows_with_sdk_version(version: str, base_url: str) -> None:
+def run_python_flows(version: str, base_url: str, key: str | None = None) -> None:
+    """The flows with that SDK version; `key`: a real key for a server with keys."""
     python = sdk_python(version)
+    env = {**os.environ, **({"OPENGROVE_TEST_KEY": key} if key else {})}
     result = subprocess.run(
-        [str(python), str(FLOWS), f"{base_url}/v1"], capture_output=True, text=True, timeout=300
+        [str(python), str(FLOWS), f"{base_url}/v1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"(openai {version})" in result.stdout
     assert f"{len(result.stdout.splitlines()) - 1} passed, 0 failed" in result.stdout
 
 
+@pytest.mark.parametrize("version", SDK_VERSIONS)
+def test_flows_with_sdk_version(version: str, base_url: str) -> None:
+    run_python_flows(version, base_url)
+
+
 NODE_DIR = Path(__file__).with_name("sdk_compat")
 
 
-def test_flows_with_node_sdk(base_url: str) -> None:
-    """The official Node SDK (npm `openai`, pinned in sdk_compat/package-lock.json)."""
+def node_script(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a script of sdk_compat/ with the official Node SDK (npm `openai`, pinned in
+    sdk_compat/package-lock.json), installed on first use."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not (node and npm):
         if os.environ.get("OPENGROVE_REQUIRE_NODE"):
@@ -58,12 +69,13 @@ def test_flows_with_node_sdk(base_url: str) -> None:
             check=True,
             timeout=300,
         )
-    result = subprocess.run(
-        [node, "flows.mjs", f"{base_url}/v1", "fake-model"],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    env = {**os.environ, **({"OPENGROVE_TEST_KEY": key} if key else {})}
+    return subprocess.run(
+        [node, *args], cwd=NODE_DIR, capture_output=True, text=True, timeout=300, env=env
     )
+
+
+def test_flows_with_node_sdk(base_url: str) -> None:
+    result = node_script("flows.mjs", f"{base_url}/v1", "fake-model")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed, 0 failed" in result.stdout

@@ -41,6 +41,61 @@ class QuotaExceeded(APIError):
 async def lock_project(session: AsyncSession, project_id: str) -> None:
     """Hold the project's row lock until the transaction ends (PostgreSQL), or the write
     lock (SQLite): a quota check and the insert it allows happen as one, per project."""
-    await session.execute(
-        update(Project).where(Project.id == project_id).values(name=Project.name)
-    )
+    await session.execute(update(Project).where(Project.id == project_id).values(name=Project.name))
+
+
+class OpenStreams:
+    """SSE streams open in this process, by project, against the `open_streams` quota."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def reserve(self, project_id: str, limit: int | None) -> StreamSlot:
+        """A slot for one stream, taken now (429 when the project has none left); the
+        stream releases it when it ends, or the caller when no stream starts after all."""
+        count = self._open.get(project_id, 0)
+        if limit is not None and count >= limit:
+            raise QuotaExceeded("open streams", limit)
+        self._open[project_id] = count + 1
+        return StreamSlot(self, project_id)
+
+    def count(self, project_id: str) -> int:
+        return self._open.get(project_id, 0)
+
+    def _release(self, project_id: str) -> None:
+        left = self._open.get(project_id, 0) - 1
+        if left > 0:
+            self._open[project_id] = left
+        else:
+            self._open.pop(project_id, None)
+
+
+class StreamSlot:
+    def __init__(self, streams: OpenStreams, project_id: str) -> None:
+        self._streams: OpenStreams | None = streams
+        self._project_id = project_id
+
+    def release(self) -> None:  # idempotent: the stream's end and an error path may both call
+        if self._streams is not None:
+            self._streams._release(self._project_id)
+            self._streams = None
+
+
+class ProjectLimits:
+    """The quotas of the caller's project, as a route needs them."""
+
+    def __init__(self, caller: Caller, settings: Settings, streams: OpenStreams) -> None:
+        self.caller = caller
+        self.settings = settings
+        self.streams = streams
+
+    @property
+    def active_runs(self) -> int | None:
+        return quota(self.caller, self.settings, "active_runs")
+
+    def stream_slot(self, wanted: bool | None) -> StreamSlot | None:
+        """A stream slot when the request streams (429 when none is left), else None."""
+        if not wanted:
+            return None
+        limit = quota(self.caller, self.settings, "open_streams")
+        return self.streams.reserve(self.caller.project_id, limit)

@@ -161,7 +161,9 @@ class DatabaseCounters:
         self.db = db
         self._insert = sqlite.insert if db.is_sqlite else postgresql.insert
 
-    def _claim(self, conn: Connection, bucket: str, window: int, n: int, limit: int) -> Any:
+    def _claim(
+        self, conn: Connection, bucket: str, window: int, n: int, limit: int
+    ) -> tuple[int, int]:
         stmt = self._insert(_T).values(bucket=bucket, window=window, used=n)
         stmt = stmt.on_conflict_do_update(
             index_elements=_ROW, set_={"used": _T.c.used + n}, where=_T.c.used + n <= limit
@@ -178,7 +180,7 @@ class DatabaseCounters:
         conn.execute(update(_T).where(_where(bucket, window)).values(used=limit))
         return limit - used, limit
 
-    def _add(self, conn: Connection, bucket: str, window: int, n: int) -> Any:
+    def _add(self, conn: Connection, bucket: str, window: int, n: int) -> int:
         stmt = self._insert(_T).values(bucket=bucket, window=window, used=n)
         stmt = stmt.on_conflict_do_update(
             index_elements=_ROW, set_={"used": _T.c.used + n}
@@ -342,10 +344,20 @@ class RateLimiter:
         if not enabled:
             return None
         requests = dict(self.defaults.requests)
-        for name in CLASSES:
-            if name in overrides:
-                requests[name] = _limit(overrides[name])
-        tokens = _limit(overrides["tokens"]) if "tokens" in overrides else self.defaults.tokens
+        tokens = self.defaults.tokens
+        for name, value in overrides.items():
+            if name not in CLASSES and name != "tokens":
+                continue  # "enabled", or a class a newer version knows
+            try:
+                limit = _limit(value)
+            except (TypeError, ValueError):
+                # Set by hand in the database; the CLI checks. Keep the server's figure.
+                logger.warning("project rate limit %s=%r is not a number; ignored", name, value)
+                continue
+            if name == "tokens":
+                tokens = limit
+            else:
+                requests[name] = limit
         return _Limits(requests, tokens)
 
     # -- admission

@@ -16,6 +16,8 @@ from app.schemas import DeletedObject
 
 router = APIRouter(prefix="/files", tags=["files"])
 
+MULTIPART_FRAMING = 16 * 1024  # boundaries, part headers and the other fields, generously
+
 
 @router.post("")
 async def create_file(
@@ -23,9 +25,10 @@ async def create_file(
 ) -> dict[str, Any]:
     limit = settings.max_file_bytes
     room = quota(caller, settings, "stored_bytes")
-    declared = int(request.headers.get("content-length") or 0)
-    # Refused before a byte is read when the declared body alone would not fit.
-    await service.check_room(session, caller.project_id, declared, room)
+    # Refused before a byte is read when the declared body could not fit even without its
+    # multipart framing; the exact size is checked once the file is in.
+    declared = int(request.headers.get("content-length") or 0) - MULTIPART_FRAMING
+    await service.check_room(session, caller.project_id, max(declared, 0), room)
     await session.rollback()  # no connection held while the body arrives
     form = await receive_form(request, settings.files_dir, limit)
     try:

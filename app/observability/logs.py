@@ -53,10 +53,12 @@ class RedactSecrets(logging.Filter):
     _exceptions = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True  # a broken format string: the handler reports it as logging does
+        # Formatted once: the formatter finds the final message, with no arguments left.
+        record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
             # Formatted once here (formatters reuse `exc_text`): a provider's error can quote
             # the key it was sent.

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
-from app.auth.quotas import quota
-from app.deps import CallerDep, DatabaseDep, Models, Project, Session, Settings, Signals
+from app.auth.quotas import StreamSlot
+from app.deps import CallerDep, DatabaseDep, Limits, Models, Project, Session, Signals
 from app.errors import InvalidRequest
 from app.pagination import ListParams, list_params
 from app.runs import service
@@ -23,6 +25,18 @@ from app.runs.streaming import run_event_stream
 
 router = APIRouter(prefix="/threads", tags=["runs"])
 
+
+@contextmanager
+def _given_back_on_error(slot: StreamSlot | None) -> Iterator[None]:
+    """A stream slot is the stream's once it starts; a request that fails first frees it."""
+    try:
+        yield
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+
+
 IncludeParam = Annotated[
     list[Literal["step_details.tool_calls[*].file_search.results[*].content"]],
     Query(alias="include[]"),
@@ -34,18 +48,20 @@ async def create_thread_and_run(
     body: ThreadAndRunCreate,
     session: Session,
     caller: CallerDep,
-    settings: Settings,
+    limits: Limits,
     signals: Signals,
     db: DatabaseDep,
     models: Models,
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model, caller.models)
-    new = await service.create_thread_and_run(
-        session, signals, caller.project_id, body, [], quota(caller, settings, "active_runs")
-    )
-    if body.stream:
-        return run_event_stream(db, signals.hub, new.run.id, known=new.events)
+    slot = limits.stream_slot(body.stream)
+    with _given_back_on_error(slot):
+        new = await service.create_thread_and_run(
+            session, signals, caller.project_id, body, [], limits.active_runs
+        )
+    if slot is not None:
+        return run_event_stream(db, signals.hub, new.run.id, known=new.events, slot=slot)
     return RunObject(**render_run(new.run))
 
 
@@ -55,7 +71,7 @@ async def create_run(
     body: RunCreate,
     session: Session,
     caller: CallerDep,
-    settings: Settings,
+    limits: Limits,
     signals: Signals,
     db: DatabaseDep,
     models: Models,
@@ -63,12 +79,13 @@ async def create_run(
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model, caller.models)
-    max_active = quota(caller, settings, "active_runs")
-    new = await service.create_run(
-        session, signals, caller.project_id, thread_id, body, list(include), max_active
-    )
-    if body.stream:
-        return run_event_stream(db, signals.hub, new.run.id, known=new.events)
+    slot = limits.stream_slot(body.stream)
+    with _given_back_on_error(slot):
+        new = await service.create_run(
+            session, signals, caller.project_id, thread_id, body, list(include), limits.active_runs
+        )
+    if slot is not None:
+        return run_event_stream(db, signals.hub, new.run.id, known=new.events, slot=slot)
     return RunObject(**render_run(new.run))
 
 
@@ -88,6 +105,7 @@ async def get_run(
     run_id: str,
     session: Session,
     project: Project,
+    limits: Limits,
     signals: Signals,
     db: DatabaseDep,
     stream: bool = False,
@@ -110,7 +128,7 @@ async def get_run(
                 "run's stream.",
                 param="Last-Event-ID",
             )
-    return run_event_stream(db, signals.hub, run.id, after)
+    return run_event_stream(db, signals.hub, run.id, after, slot=limits.stream_slot(True))
 
 
 @router.post("/{thread_id}/runs/{run_id}")
@@ -136,14 +154,17 @@ async def submit_tool_outputs(
     body: SubmitToolOutputs,
     session: Session,
     project: Project,
+    limits: Limits,
     signals: Signals,
     db: DatabaseDep,
 ) -> RunObject | EventSourceResponse:
-    run, first_seq = await service.submit_tool_outputs(
-        session, signals, project, thread_id, run_id, body
-    )
-    if body.stream:
-        return run_event_stream(db, signals.hub, run.id, first_seq - 1)
+    slot = limits.stream_slot(body.stream)
+    with _given_back_on_error(slot):
+        run, first_seq = await service.submit_tool_outputs(
+            session, signals, project, thread_id, run_id, body
+        )
+    if slot is not None:
+        return run_event_stream(db, signals.hub, run.id, first_seq - 1, slot=slot)
     return RunObject(**render_run(run))
 
 

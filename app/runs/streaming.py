@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
+from app.auth.quotas import StreamSlot
 from app.db import Database
 from app.observability.metrics import OPEN_STREAMS
 from app.runs.events import Event, EventHub, dumps, follow
@@ -31,7 +32,10 @@ async def _frames(
 
 class _CountedStream(EventSourceResponse):
     """Counted in `opengrove_sse_streams_open` from its start until it ends or the client
-    goes (around the whole response: the event generator may never start, or be dropped)."""
+    goes (around the whole response: the event generator may never start, or be dropped);
+    its project's stream slot is given back then too."""
+
+    slot: StreamSlot | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         OPEN_STREAMS.inc()
@@ -39,6 +43,8 @@ class _CountedStream(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             OPEN_STREAMS.dec()
+            if self.slot is not None:
+                self.slot.release()
 
 
 def _keep_alive() -> ServerSentEvent:
@@ -51,11 +57,14 @@ def run_event_stream(
     run_id: str,
     after_seq: int = -1,
     known: list[Event] | None = None,
+    slot: StreamSlot | None = None,
 ) -> EventSourceResponse:
-    return _CountedStream(
+    response = _CountedStream(
         _frames(db, hub, run_id, after_seq, known),
         sep="\n",
         ping=15,
         ping_message_factory=_keep_alive,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.slot = slot
+    return response

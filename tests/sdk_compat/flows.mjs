@@ -4,7 +4,8 @@
 import OpenAI from "openai";
 
 const [baseURL, model] = process.argv.slice(2);
-const client = new OpenAI({ apiKey: "node-compat", baseURL, maxRetries: 0 });
+// OPENGROVE_TEST_KEY: a real key, for a server with keys.
+const client = new OpenAI({ apiKey: process.env.OPENGROVE_TEST_KEY ?? "node-compat", baseURL, maxRetries: 0 });
 
 function check(condition, what) {
   if (!condition) throw new Error(`check failed: ${what}`);
