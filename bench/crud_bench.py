@@ -156,6 +156,7 @@ class Config:
     total: int
     time_limit: float
     profile_dir: Path | None
+    concurrency: int = CONCURRENCY
 
 
 def client_session(key: str | None) -> Any:
@@ -210,7 +211,7 @@ async def bench_targets(cfg: Config, targets: list[Target]) -> list[dict[str, An
             pid = target.server.proc.pid
             session = await stack.enter_async_context(client_session(target.key))
             base = target.server.base_url
-            threads = await setup_threads(session, base, CONCURRENCY)
+            threads = await setup_threads(session, base, cfg.concurrency)
             work.append((target, session, base, threads, pid))
         for target, session, base, threads, pid in work:
             warm = await drive("warm", session, base, threads, cfg.total // 3, cfg.time_limit, pid)
@@ -286,7 +287,7 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
     print()
     print(line)
     print(
-        f"CRUD — concurrency {CONCURRENCY}, each worker alternating POST message / GET "
+        f"CRUD — concurrency {cfg.concurrency}, each worker alternating POST message / GET "
         f"{PAGE} messages on its own thread; {cfg.total} requests x {cfg.rounds} rounds"
     )
     print("target: >= 1500 req/s, p99 <= 100 ms. Latencies over all rounds, in ms.")
@@ -358,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         default="off",
         help="without a key, with one (auth + rate limits on), or both and their difference",
     )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"workers ({CONCURRENCY}); 1 shows added latency per request directly",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds (3; quick 1)")
     parser.add_argument("--requests", type=int, default=None, help="per round (6000; quick 2000)")
     parser.add_argument(
@@ -369,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         total=args.requests or (2000 if args.quick else 6000),
         time_limit=60.0,
         profile_dir=args.profile,
+        concurrency=args.concurrency,
     )
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results = []

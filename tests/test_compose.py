@@ -95,9 +95,13 @@ def interpolate_tree(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
+BOOTSTRAP_KEY_VAR = "OPENGROVE_BOOTSTRAP_KEY"
+A_KEY = {BOOTSTRAP_KEY_VAR: "k" * 40}  # what a user's .env holds
+
+
 def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
     raw = yaml.safe_load(COMPOSE_FILE.read_text())
-    return interpolate_tree(raw, env or {})
+    return interpolate_tree(raw, {**A_KEY, **(env or {})})
 
 
 def environment_of(service: dict[str, Any]) -> dict[str, str]:
@@ -939,3 +943,12 @@ def test_readme_production_section_matches_compose_file(compose: dict[str, Any])
         assert mention in section, mention
     assert "POSTGRES_PASSWORD" in section
     assert "8000-8001" not in section and "8000\u20138001" not in section, "stale port range"
+
+
+def test_compose_requires_a_bootstrap_key() -> None:
+    """Keys are on in compose: without the first key, compose refuses to start."""
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())
+    with pytest.raises(ValueError, match=BOOTSTRAP_KEY_VAR):
+        interpolate_tree(raw, {})
+    for name in APP_SERVICES:
+        assert environment_of(load_compose()["services"][name])[BOOTSTRAP_KEY_VAR] == "k" * 40

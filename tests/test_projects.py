@@ -526,3 +526,76 @@ def test_validating_client_works_with_keys(keyed: KeyedServer) -> None:
             max_retries=0,
         )
         assert client.beta.assistants.list().object == "list"
+
+
+# -- fairness ----------------------------------------------------------------------------
+
+FLOOD = 48  # project alpha's runs, queued at once
+RUN_SECONDS = 0.4  # each waits this long for its model
+SLOTS = 4  # runs the server executes at once
+# Bound: beta's run, created after alpha's flood, completes within two run lengths of the
+# next free slot plus overhead, not after the flood (FLOOD / SLOTS * RUN_SECONDS = 4.8 s).
+BETA_BOUND_SECONDS = 2.5
+
+
+def test_a_flood_from_one_project_does_not_starve_another(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.reset()
+    with fresh_database(tmp_path_factory.mktemp("fair-db")) as url:
+        data_dir = tmp_path_factory.mktemp("fair")
+        env = {
+            **os.environ,
+            **server_env(url, fake_upstream, data_dir),
+            "OPENGROVE_WORKER_CONCURRENCY": str(SLOTS),
+        }
+        alpha_key = issue_key(env, data_dir, "alpha").key
+        beta_key = issue_key(env, data_dir, "beta").key
+        server = ServerProcess(data_dir, env=env).start()
+        try:
+            client = {
+                key: openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+                for key in (alpha_key, beta_key)
+            }
+            alpha, beta = client[alpha_key], client[beta_key]
+            fake_upstream.script(
+                *[FakeReply(text="slow", hang_seconds=RUN_SECONDS) for _ in range(FLOOD + 1)]
+            )
+            a_assistant = alpha.beta.assistants.create(model="fake-model")
+            b_assistant = beta.beta.assistants.create(model="fake-model")
+            b_thread = beta.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
+            flood_started = time.monotonic()
+            flood = [
+                alpha.beta.threads.create_and_run(
+                    assistant_id=a_assistant.id,
+                    thread={"messages": [{"role": "user", "content": "flood"}]},
+                )
+                for _ in range(FLOOD)
+            ]
+            b_started = time.monotonic()
+            b_run = beta.beta.threads.runs.create(
+                thread_id=b_thread.id, assistant_id=b_assistant.id
+            )
+            while beta.beta.threads.runs.retrieve(b_run.id, thread_id=b_thread.id).status not in (
+                "completed",
+                "failed",
+            ):
+                time.sleep(0.05)
+            b_seconds = time.monotonic() - b_started
+            still_waiting = sum(
+                alpha.beta.threads.runs.retrieve(r.id, thread_id=r.thread_id).status
+                in ("queued", "in_progress")
+                for r in flood
+            )
+            assert b_seconds < BETA_BOUND_SECONDS, (b_seconds, still_waiting)
+            assert still_waiting > FLOOD / 2, "the flood ended first: the test proved nothing"
+            for run in flood:  # the flood itself still completes
+                while alpha.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id).status in (
+                    "queued",
+                    "in_progress",
+                ):
+                    time.sleep(0.1)
+            assert time.monotonic() - flood_started >= FLOOD / SLOTS * RUN_SECONDS * 0.9
+        finally:
+            server.stop()
+            fake_upstream.reset()

@@ -162,16 +162,34 @@ class RunWorker:
         """Lease up to `limit` runs: queued ones, and in-progress ones whose worker died
         (counted as an interruption; a run handed back at shutdown is not).
 
-        Fair across projects: each project's oldest waiting run first, then each one's
-        second, … — 500 runs queued by one project do not starve another's next run."""
+        Fair across projects: the project with the fewest runs executing goes first (its
+        k-th waiting run ranks as `executing + k`, ties by age) — 500 runs queued by one
+        project do not hold back another's next run."""
         stamp = time.time()
         lapsed = Run.lease_expires_at < stamp
         waiting = or_(
             and_(Run.status == "queued", or_(Run.lease_owner.is_(None), lapsed)),
             and_(Run.status == "in_progress", lapsed),
         )
-        turn = func.row_number().over(partition_by=Run.project_id, order_by=Run.seq)
-        ranked = select(Run.id, Run.seq, turn.label("turn")).where(waiting).subquery()
+        executing = (
+            select(Run.project_id, func.count().label("runs"))
+            .where(
+                Run.status.in_(("queued", "in_progress", "cancelling")),
+                Run.lease_owner.is_not(None),
+                Run.lease_expires_at >= stamp,
+            )
+            .group_by(Run.project_id)
+            .subquery()
+        )
+        turn = func.row_number().over(
+            partition_by=Run.project_id, order_by=Run.seq
+        ) + func.coalesce(executing.c.runs, 0)
+        ranked = (
+            select(Run.id, Run.seq, turn.label("turn"))
+            .outerjoin(executing, executing.c.project_id == Run.project_id)
+            .where(waiting)
+            .subquery()
+        )
         chosen = select(ranked.c.id).order_by(ranked.c.turn, ranked.c.seq).limit(limit)
         # `waiting` again outside: PostgreSQL re-checks it on rows another worker leased
         # since the subquery's snapshot (the window function cannot sit under FOR UPDATE).

@@ -188,8 +188,9 @@ class IngestionWorker:
 
     async def claim(self, limit: int) -> list[_Job]:
         """Lease up to `limit` unleased (or lease-expired) in-progress files, fair across
-        projects (each project's oldest file first, then each one's second, …): one
-        project's 2,000-file batch does not hold back another's upload."""
+        projects: the project with the fewest files being ingested goes first (its k-th
+        waiting file ranks as `ingesting + k`, ties by age), so one project's 2,000-file
+        batch does not hold back another's upload."""
         stamp = time.time()
         waiting = and_(
             VectorStoreFile.status == "in_progress",
@@ -201,12 +202,24 @@ class IngestionWorker:
             # that (now stale) job to end: one job per file per process.
             VectorStoreFile.key.not_in(list(self._tasks)),
         )
+        ingesting = (
+            select(VectorStore.project_id, func.count().label("files"))
+            .join(VectorStoreFile, VectorStore.id == VectorStoreFile.vector_store_id)
+            .where(
+                VectorStoreFile.status == "in_progress",
+                VectorStoreFile.lease_owner.is_not(None),
+                VectorStoreFile.lease_expires_at >= stamp,
+            )
+            .group_by(VectorStore.project_id)
+            .subquery()
+        )
         turn = func.row_number().over(
             partition_by=VectorStore.project_id, order_by=VectorStoreFile.seq
-        )
+        ) + func.coalesce(ingesting.c.files, 0)
         ranked = (
             select(VectorStoreFile.key, VectorStoreFile.seq, turn.label("turn"))
             .join(VectorStore, VectorStore.id == VectorStoreFile.vector_store_id)
+            .outerjoin(ingesting, ingesting.c.project_id == VectorStore.project_id)
             .where(waiting)
             .subquery()
         )
