@@ -932,7 +932,9 @@ def readme_section(title: str) -> str:
 
 
 def test_readme_production_section_matches_compose_file(compose: dict[str, Any]) -> None:
-    section = readme_section("Production: docker compose")
+    section = readme_section("Going to production").split("### docker compose", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    assert "OPENGROVE_BOOTSTRAP_KEY" in section
     assert UP_COMMAND in section
     assert re.search(rf"^\s+{re.escape(UP_COMMAND)}\s*$", compose_header(), re.M)
     assert "v2.24" in section and "docker compose version" in section
