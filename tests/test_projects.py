@@ -599,3 +599,55 @@ def test_a_flood_from_one_project_does_not_starve_another(
         finally:
             server.stop()
             fake_upstream.reset()
+
+
+# -- migration ---------------------------------------------------------------------------
+
+
+def test_existing_objects_move_into_the_default_project(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from app.migrate import upgrade_database
+
+    async def migrate() -> list[tuple[str, ...]]:
+        with fresh_database(tmp_path_factory.mktemp("migrate-db")) as url:
+            await upgrade_database(url, "0004")  # the schema before projects
+            engine = create_async_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO assistants (id, created_at, seq, model, tools, "
+                            "tool_resources, metadata) VALUES ('asst_old', 1, 1, 'gpt-4o', "
+                            "'[]', '{}', '{}')"
+                        )
+                    )
+                    await conn.execute(
+                        text(
+                            "INSERT INTO threads (id, created_at, seq, tool_resources, metadata)"
+                            " VALUES ('thread_old', 1, 1, '{}', '{}')"
+                        )
+                    )
+                await upgrade_database(url)
+                async with engine.connect() as conn:
+                    rows = await conn.execute(
+                        text(
+                            "SELECT 'assistant', project_id FROM assistants UNION ALL "
+                            "SELECT 'thread', project_id FROM threads UNION ALL "
+                            "SELECT 'project', name FROM projects"
+                        )
+                    )
+                    return sorted(tuple(row) for row in rows)
+            finally:
+                await engine.dispose()
+
+    assert asyncio.run(migrate()) == [
+        ("assistant", "proj_default"),
+        ("project", "default"),
+        ("thread", "proj_default"),
+    ]
