@@ -614,39 +614,40 @@ def test_existing_objects_move_into_the_default_project(
 
     from app.migrate import upgrade_database
 
-    async def migrate() -> list[tuple[str, ...]]:
-        with fresh_database(tmp_path_factory.mktemp("migrate-db")) as url:
-            await upgrade_database(url, "0004")  # the schema before projects
-            engine = create_async_engine(url)
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(
-                        text(
-                            "INSERT INTO assistants (id, created_at, seq, model, tools, "
-                            "tool_resources, metadata) VALUES ('asst_old', 1, 1, 'gpt-4o', "
-                            "'[]', '{}', '{}')"
-                        )
+    async def migrate(url: str) -> list[tuple[str, ...]]:
+        await upgrade_database(url, "0004")  # the schema before projects
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO assistants (id, created_at, seq, model, tools, "
+                        "tool_resources, metadata) VALUES ('asst_old', 1, 1, 'gpt-4o', "
+                        "'[]', '{}', '{}')"
                     )
-                    await conn.execute(
-                        text(
-                            "INSERT INTO threads (id, created_at, seq, tool_resources, metadata)"
-                            " VALUES ('thread_old', 1, 1, '{}', '{}')"
-                        )
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO threads (id, created_at, seq, tool_resources, metadata)"
+                        " VALUES ('thread_old', 1, 1, '{}', '{}')"
                     )
-                await upgrade_database(url)
-                async with engine.connect() as conn:
-                    rows = await conn.execute(
-                        text(
-                            "SELECT 'assistant', project_id FROM assistants UNION ALL "
-                            "SELECT 'thread', project_id FROM threads UNION ALL "
-                            "SELECT 'project', name FROM projects"
-                        )
+                )
+            await upgrade_database(url)
+            async with engine.connect() as conn:
+                rows = await conn.execute(
+                    text(
+                        "SELECT 'assistant', project_id FROM assistants UNION ALL "
+                        "SELECT 'thread', project_id FROM threads UNION ALL "
+                        "SELECT 'project', name FROM projects"
                     )
-                    return sorted(tuple(row) for row in rows)
-            finally:
-                await engine.dispose()
+                )
+                return sorted(tuple(row) for row in rows)
+        finally:
+            await engine.dispose()
 
-    assert asyncio.run(migrate()) == [
+    with fresh_database(tmp_path_factory.mktemp("migrate-db")) as url:
+        migrated = asyncio.run(migrate(url))
+    assert migrated == [
         ("assistant", "proj_default"),
         ("project", "default"),
         ("thread", "proj_default"),
