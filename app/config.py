@@ -153,6 +153,20 @@ class Settings(BaseSettings):
         description="Model calls one run may make before it ends incomplete.",
     )
 
+    max_request_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        ge=1024,
+        validation_alias=_env("OPENGROVE_MAX_REQUEST_BYTES"),
+        description="Largest JSON request body in bytes (413 above it, refused before it is "
+        "read; uploads are capped by OPENGROVE_MAX_FILE_BYTES).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_ALLOWED_HOSTS"),
+        description="Host header values the server answers to (comma-separated; '*' any). "
+        "Default: on loopback, 127.0.0.1, localhost and ::1 (a web page cannot drive the "
+        "server through DNS rebinding); on other interfaces, any.",
+    )
     key_cache_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -270,6 +284,13 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_INGESTION_LEASE_SECONDS"),
         description="An ingesting process silent this long loses the file to another.",
     )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

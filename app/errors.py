@@ -37,6 +37,15 @@ class APIError(Exception):
         self.code = code
 
 
+class BodyRefused(StarletteHTTPException):
+    """An APIError found while the request body is read. FastAPI turns other exceptions
+    raised there into a bare 400, but lets HTTPExceptions through to our handler."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(error.status_code, error.message)
+        self.error = error
+
+
 class InvalidRequest(APIError):
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(400, message, param=param, code=code)
@@ -246,6 +255,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyRefused):
+            return error_response(exc.error)
         if exc.status_code in (404, 405):
             message = f"Invalid URL ({request.method} {request.url.path})"
             return error_response(APIError(exc.status_code, message), headers=exc.headers)

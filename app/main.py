@@ -19,6 +19,7 @@ from app.files.router import router as files_router
 from app.models_api.router import router as models_router
 from app.observability import context, scrape
 from app.observability.metrics import HttpMetricsMiddleware
+from app.request_guard import LOOPBACK_HOSTS, RequestGuard
 from app.runs.router import router as runs_router
 from app.runtime import Runtime
 from app.threads.router import router as threads_router
@@ -66,6 +67,17 @@ def api_router() -> APIRouter:
     router.include_router(files_router)
     router.include_router(vector_stores_router)
     return router
+
+
+def _allowed_hosts(settings: Settings) -> set[str] | None:
+    """None: any Host. On loopback the default is loopback names only, so a web page that
+    rebinds a DNS name to 127.0.0.1 is refused."""
+    configured = set(settings.allowed_hosts or [])
+    if "*" in configured:
+        return None
+    if is_loopback(settings.host):
+        return set(LOOPBACK_HOSTS) | configured
+    return configured or None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -131,5 +143,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.metrics_enabled:  # outside auth: refusals are counted and timed too
         app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_file_bytes,
+        allowed_hosts=_allowed_hosts(settings),
+    )
     app.add_middleware(RequestIdMiddleware)  # outermost: refusals carry a request id too
     return app

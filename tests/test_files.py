@@ -193,12 +193,18 @@ def test_oversized_upload_rejected(small_limit_server: AppServer) -> None:
         at_limit = upload(client, "exact.txt", b"a" * 64 * 1024)
         assert at_limit.bytes == 64 * 1024
         before = client.files.list().data
-        for size in (64 * 1024 + 1, 5 * 1024 * 1024):
+        for size in (64 * 1024 + 1, 512 * 1024):
             with pytest.raises(openai.BadRequestError) as info:
                 upload(client, "big.txt", b"b" * size)
             body: dict[str, Any] = info.value.body  # type: ignore[assignment]
             assert body["param"] == "file" and body["code"] == "file_too_large"
             assert str(64 * 1024) in body["message"] and str(size) in body["message"]
+        # A body far past the limit (more than the file limit plus 1 MiB of form) is refused
+        # from its Content-Length, before a byte of it is read.
+        with pytest.raises(openai.APIStatusError) as refused:
+            upload(client, "huge.txt", b"c" * (3 * 1024 * 1024))
+        assert refused.value.status_code == 413
+        assert refused.value.code == "request_too_large"
         assert client.files.list().data == before
         # Nothing of the rejected uploads is left on disk.
         assert sorted(p.name for p in files_dir.iterdir()) == [at_limit.id]

@@ -1,0 +1,162 @@
+"""Requests a careless or hostile client sends: oversized and endless bodies, bodies not sent
+as JSON, NUL characters, foreign Host headers. Each gets a clear OpenAI-shaped error, fast,
+and the server stays up and consistent."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.app_server import AppServer, make_settings
+from tests.server_process import ServerProcess
+
+
+def _raw_request(server: ServerProcess, head: str, body: bytes = b"") -> tuple[int, dict, float]:
+    """Send a request by hand (headers may lie); the status, error body and seconds taken."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        sock.shutdown(socket.SHUT_WR) if not body else None
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    elapsed = time.monotonic() - started
+    status = int(data.split(b" ", 2)[1])
+    payload = json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+    return status, payload, elapsed
+
+
+def test_a_declared_64_mb_body_is_refused_before_it_is_read(server: ServerProcess) -> None:
+    head = (
+        "POST /v1/assistants HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 67108864\r\n\r\n"
+    )
+    status, body, seconds = _raw_request(server, head, b'{"model": "gpt-4o", ')
+    assert status == 413
+    assert body["error"]["code"] == "request_too_large"
+    assert "10485760" in body["error"]["message"]
+    assert seconds < 2  # answered without waiting for the 64 MB
+
+
+def test_a_streamed_body_past_the_cap_is_cut_off(http: httpx.Client) -> None:
+    def endless() -> Iterator[bytes]:
+        yield b'{"model": "gpt-4o", "instructions": "'
+        for _ in range(12 * 1024):  # 12 MB of instructions, more than the 10 MB cap
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = http.post(
+        "/assistants", content=endless(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert http.get("/models").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_json_routes_need_a_json_content_type(
+    server: ServerProcess, content_type: str | None
+) -> None:
+    # What a web page can send cross-origin without a preflight: no JSON content type.
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps({"model": "gpt-4o", "name": "from a web page"}).encode()
+    response = httpx.post(f"{server.base_url}/v1/assistants", content=body, headers=headers)
+    assert response.status_code == 400
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+    listed = httpx.get(f"{server.base_url}/v1/assistants", params={"limit": 100}).json()
+    assert "from a web page" not in {a["name"] for a in listed["data"]}
+
+
+def test_bodiless_posts_need_no_content_type(client: openai.OpenAI) -> None:
+    assert client.beta.threads.create().id.startswith("thread_")  # SDK: no body at all
+
+
+def test_nul_characters_are_refused_not_stored(client: openai.OpenAI, http: httpx.Client) -> None:
+    thread = client.beta.threads.create()
+    for payload in (
+        {"role": "user", "content": "before\u0000after"},
+        {"role": "user", "content": "x", "metadata": {"k": "\u0000"}},
+    ):
+        response = http.post(f"/threads/{thread.id}/messages", json=payload)
+        assert response.status_code == 400, response.text
+        assert "NUL" in response.json()["error"]["message"]
+    # A backslash followed by "u0000" is text, not a NUL.
+    kept = http.post(
+        f"/threads/{thread.id}/messages", json={"role": "user", "content": "C:\\u0000"}
+    )
+    assert kept.status_code == 200
+    assert [m.content[0].text.value for m in client.beta.threads.messages.list(thread.id).data] == [
+        "C:\\u0000"
+    ]
+
+
+@pytest.mark.parametrize("host", ["evil.example", "rebind.attacker.test:8000", "10.0.0.1"])
+def test_a_loopback_server_refuses_foreign_host_headers(server: ServerProcess, host: str) -> None:
+    response = httpx.get(f"{server.base_url}/v1/models", headers={"Host": host})
+    assert response.status_code == 400
+    assert "Invalid Host header" in response.json()["error"]["message"]
+    for ok in ("127.0.0.1", "localhost", f"localhost:{server.port}", "[::1]:80"):
+        assert httpx.get(f"{server.base_url}/v1/models", headers={"Host": ok}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def small_upload_server(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str
+) -> Iterator[AppServer]:
+    data_dir = tmp_path_factory.mktemp("small-upload")
+    settings = make_settings(data_dir, database_url, max_file_bytes=64 * 1024)
+    with AppServer(settings) as server:
+        yield server
+
+
+def test_an_endless_upload_is_cut_off(small_upload_server: AppServer) -> None:
+    """A multipart body that never ends: answered 413 once past the file limit plus the form
+    allowance, and the connection closed, instead of being drained forever."""
+    head = (
+        "POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    form = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nassistants\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
+    )
+    piece = b"z" * 65536
+    chunk = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    reply = b""
+    with socket.create_connection(("127.0.0.1", small_upload_server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + f"{len(form):x}\r\n".encode() + form + b"\r\n")
+        sock.setblocking(False)
+        try:
+            while sent < 64 * 1024 * 1024 and not reply:
+                try:
+                    sent += sock.send(chunk)
+                except BlockingIOError:
+                    time.sleep(0.001)
+                try:
+                    reply = sock.recv(65536)
+                except BlockingIOError:
+                    pass
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        sock.setblocking(True)
+        while reply.count(b"\r\n\r\n") < 1 or not reply.rstrip().endswith(b"}"):
+            more = sock.recv(65536)
+            if not more:
+                break
+            reply += more
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"request_too_large" in reply
+    assert sent < 16 * 1024 * 1024  # the server answered long before the 64 MB were sent
+    files_dir: Path = small_upload_server.settings.files_dir
+    assert not any(p.is_file() for p in files_dir.rglob("*"))
