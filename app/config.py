@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         "Default: on loopback, 127.0.0.1, localhost and ::1 (a web page cannot drive the "
         "server through DNS rebinding); on other interfaces, any.",
     )
+    image_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_env("OPENGROVE_IMAGE_URL_HOSTS"),
+        description="Hosts image_url parts may name even when they resolve to private "
+        "addresses (comma-separated; these may use http:// too). Others must be https:// on "
+        "public addresses, or data:image URLs.",
+    )
     key_cache_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -285,7 +292,7 @@ class Settings(BaseSettings):
         description="An ingesting process silent this long loses the file to another.",
     )
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "image_url_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):

@@ -12,6 +12,7 @@ from app.auth.keys import Caller
 from app.auth.quotas import ProjectLimits
 from app.config import Settings as AppSettings
 from app.db import Database
+from app.image_urls import ImageUrlPolicy
 from app.llm.routing import ModelRouter
 from app.retrieval.embeddings import Embedder as AppEmbedder
 from app.retrieval.index import VectorIndex
@@ -119,3 +120,11 @@ def get_limits(request: Request) -> ProjectLimits:
 
 # The caller's project quotas (active runs, open streams).
 Limits = Annotated[ProjectLimits, Depends(get_limits)]
+
+
+def get_image_urls(request: Request) -> ImageUrlPolicy:
+    return get_runtime(request).image_urls
+
+
+# Checks image_url parts before a message is stored (no fetches of private addresses).
+ImageUrls = Annotated[ImageUrlPolicy, Depends(get_image_urls)]

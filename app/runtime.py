@@ -21,6 +21,7 @@ from app.auth.ratelimit import RateLimiter
 from app.config import Settings
 from app.db import Database
 from app.ids import now
+from app.image_urls import ImageUrlPolicy
 from app.llm import adapter
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
@@ -52,7 +53,10 @@ class Runtime:
     ingestion: IngestionWorker | None = None
     keyring: KeyRing = field(init=False)
     streams: OpenStreams = field(default_factory=OpenStreams)  # per-project stream quota
-    rate_limiter: Any = None  # app.auth.ratelimit.RateLimiter
+    rate_limiter: Any = None
+    image_urls: ImageUrlPolicy = field(
+        default_factory=ImageUrlPolicy
+    )  # app.auth.ratelimit.RateLimiter
     started_at: int = field(default_factory=now)  # unix seconds; /v1/models' `created`
     _housekeeping: asyncio.Task[None] | None = None
     _preload: asyncio.Task[object] | None = None
@@ -69,6 +73,7 @@ class Runtime:
             router=ModelRouter.from_file(settings.model_config_file, settings.models),
         )
         runtime.keyring = KeyRing(runtime.db, settings.key_cache_seconds)
+        runtime.image_urls = ImageUrlPolicy(settings.image_url_hosts)
         runtime.rate_limiter = RateLimiter(runtime.db, settings)
         await adopt_bootstrap_key(runtime.db, settings)
         if not runtime.db.is_sqlite:

@@ -73,6 +73,8 @@ def server_env(database_url: str, upstream: FakeUpstream, data_dir: Path) -> dic
         "OPENGROVE_LLM_TIMEOUT": "2",
         "OPENGROVE_LLM_ATTEMPTS": "3",
         "OPENGROVE_LLM_RETRY_DELAY": "0.05",
+        # The tests' image URLs name example.com; this machine has no DNS to show it public.
+        "OPENGROVE_IMAGE_URL_HOSTS": "example.com",
     }
 
 

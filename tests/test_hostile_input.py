@@ -160,3 +160,44 @@ def test_an_endless_upload_is_cut_off(small_upload_server: AppServer) -> None:
     assert sent < 16 * 1024 * 1024  # the server answered long before the 64 MB were sent
     files_dir: Path = small_upload_server.settings.files_dir
     assert not any(p.is_file() for p in files_dir.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://images.example.net/a.png",  # not https
+        "file:///etc/passwd",
+        "ftp://images.example.net/a.png",
+        "https://no-such-host.invalid/a.png",  # cannot be resolved
+        "https://127.0.0.1/a.png",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://10.0.0.1/a.png",
+        "https://[::1]/a.png",
+        "https://localhost/a.png",
+        "https://[::ffff:127.0.0.1]/a.png",
+        "data:text/html;base64,PHNjcmlwdD4=",
+    ],
+)
+def test_image_urls_that_would_reach_private_places_are_refused(
+    client: openai.OpenAI, url: str
+) -> None:
+    thread = client.beta.threads.create()
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.beta.threads.messages.create(thread.id, role="user", content=content)
+    assert refused.value.param == "content[0].image_url.url"
+    with pytest.raises(openai.BadRequestError):
+        client.beta.threads.create(messages=[{"role": "user", "content": content}])
+    assert client.beta.threads.messages.list(thread.id).data == []
+
+
+def test_inline_image_data_is_accepted(client: openai.OpenAI) -> None:
+    png = (
+        "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8Dw"
+        "HwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+    )
+    thread = client.beta.threads.create()
+    message = client.beta.threads.messages.create(
+        thread.id, role="user", content=[{"type": "image_url", "image_url": {"url": png}}]
+    )
+    assert message.content[0].image_url.url == png

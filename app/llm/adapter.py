@@ -372,8 +372,33 @@ async def _litellm_stream(
     yield Finish(finish_reason, usage)
 
 
+# Tokens an image is taken to cost when a prompt is measured: OpenAI's charge for a
+# high-detail 512x512 image. Measuring never fetches the image (litellm would, to read its
+# size: a request to any URL, made synchronously on the event loop).
+IMAGE_TOKENS = 765
+
+
+def _without_images(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    images = 0
+    stripped = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            kept = [
+                p for p in content if not (isinstance(p, dict) and p.get("type") == "image_url")
+            ]
+            images += len(content) - len(kept)
+            message = {**message, "content": kept}
+        stripped.append(message)
+    return stripped, images
+
+
 def count_tokens(model: str, messages: list[dict[str, Any]]) -> int:
+    messages, images = _without_images(messages)
     try:
-        return int(_import_litellm().token_counter(model=model, messages=messages))
+        counted = int(_import_litellm().token_counter(model=model, messages=messages))
+        return counted + images * IMAGE_TOKENS
     except Exception:  # unknown tokenizer for an exotic model: a rough estimate is enough here
-        return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages)
+        return sum(len(str(m.get("content") or "")) // 4 + 4 for m in messages) + (
+            images * IMAGE_TOKENS
+        )

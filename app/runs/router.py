@@ -8,7 +8,16 @@ from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
 from app.auth.quotas import StreamSlot
-from app.deps import CallerDep, DatabaseDep, Limits, Models, Project, Session, Signals
+from app.deps import (
+    CallerDep,
+    DatabaseDep,
+    ImageUrls,
+    Limits,
+    Models,
+    Project,
+    Session,
+    Signals,
+)
 from app.errors import InvalidRequest
 from app.pagination import ListParams, list_params
 from app.runs import service
@@ -49,12 +58,16 @@ async def create_thread_and_run(
     session: Session,
     caller: CallerDep,
     limits: Limits,
+    image_urls: ImageUrls,
     signals: Signals,
     db: DatabaseDep,
     models: Models,
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model, caller.models)
+    await image_urls.check_messages(
+        (body.thread.messages or []) if body.thread else [], "thread.messages"
+    )
     slot = limits.stream_slot(body.stream)
     with _given_back_on_error(slot):
         new = await service.create_thread_and_run(
@@ -72,6 +85,7 @@ async def create_run(
     session: Session,
     caller: CallerDep,
     limits: Limits,
+    image_urls: ImageUrls,
     signals: Signals,
     db: DatabaseDep,
     models: Models,
@@ -79,6 +93,7 @@ async def create_run(
 ) -> RunObject | EventSourceResponse:
     if body.model is not None:
         await models.require_known(body.model, caller.models)
+    await image_urls.check_messages(body.additional_messages or [], "additional_messages")
     slot = limits.stream_slot(body.stream)
     with _given_back_on_error(slot):
         new = await service.create_run(

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import Project, Session
+from app.deps import ImageUrls, Project, Session
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject, ObjectResponse
 from app.threads import service
@@ -24,9 +24,11 @@ router = APIRouter(prefix="/threads", tags=["threads"])
 
 @router.post("", response_model=ThreadObject)
 async def create_thread(
-    session: Session, project: Project, body: ThreadCreate | None = None
+    session: Session, project: Project, image_urls: ImageUrls, body: ThreadCreate | None = None
 ) -> ObjectResponse:
-    thread = await service.create_thread(session, project, body or ThreadCreate())
+    body = body or ThreadCreate()
+    await image_urls.check_messages(body.messages or [], "messages")
+    thread = await service.create_thread(session, project, body)
     return ObjectResponse(ThreadObject.from_row(thread))
 
 
@@ -54,8 +56,9 @@ async def delete_thread(thread_id: str, session: Session, project: Project) -> O
 
 @router.post("/{thread_id}/messages", response_model=MessageObject)
 async def create_message(
-    thread_id: str, body: MessageCreate, session: Session, project: Project
+    thread_id: str, body: MessageCreate, session: Session, project: Project, image_urls: ImageUrls
 ) -> ObjectResponse:
+    await image_urls.check_messages([body], "")
     return ObjectResponse(
         MessageObject.from_row(await service.create_message(session, project, thread_id, body))
     )
