@@ -110,6 +110,7 @@ class Runtime:
                 ),
                 max_run_steps=settings.max_run_steps,
                 expiry_seconds=settings.run_expiry_seconds,
+                on_usage=runtime.rate_limiter.note_tokens,
             )
             runtime.worker = RunWorker(
                 runtime.db,

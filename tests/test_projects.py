@@ -153,6 +153,33 @@ def test_sdks_work_unchanged_with_a_real_key(keyed: KeyedServer) -> None:
     assert "4 passed, 0 failed" in auth.stdout
 
 
+def test_run_usage_is_charged_to_the_projects_token_budget(
+    keyed: KeyedServer, upstream: FakeUpstream
+) -> None:
+    alpha = keyed.client(keyed.alpha.key)
+    assistant = alpha.beta.assistants.create(model="fake-model")
+    thread = alpha.beta.threads.create(messages=[{"role": "user", "content": "count me"}])
+    upstream.script(
+        FakeReply(text="counted", usage={"prompt_tokens": 700, "completion_tokens": 77})
+    )
+    raw = alpha.beta.threads.runs.with_raw_response.create(
+        thread_id=thread.id, assistant_id=assistant.id
+    )
+    before = int(raw.headers["x-ratelimit-remaining-tokens"])
+    run = raw.parse()
+    while alpha.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status != "completed":
+        time.sleep(0.05)
+    time.sleep(2.5)  # charged within a second; totals re-read at most once a second
+    # A runs-class request (this one refused: the run has ended) reports the budget.
+    refused = httpx.post(
+        f"{keyed.server.base_url}/v1/threads/{thread.id}/runs/{run.id}/cancel",
+        headers={"Authorization": f"Bearer {keyed.alpha.key}"},
+    )
+    assert refused.status_code == 400
+    remaining = int(refused.headers["x-ratelimit-remaining-tokens"])
+    assert before - remaining >= 777
+
+
 # -- the route table ---------------------------------------------------------------------
 
 # With project beta's key, on project alpha's objects: 404, exactly as for a missing id.

@@ -38,6 +38,7 @@ from app.observability.metrics import count_rate_limited
 logger = logging.getLogger("opengrove.ratelimit")
 
 WINDOW_SECONDS = 60
+NOTED_TOKENS_FLUSH_SECONDS = 1.0  # how long model usage waits to be charged in one write
 # Requests per key per minute. runs, assistants, files and messages: the hosted API's
 # published figures; writes and reads: ours (documented in the README).
 DEFAULT_LIMITS: dict[str, int | None] = {
@@ -323,6 +324,8 @@ class RateLimiter:
         self._project_limits: dict[str, tuple[Any, _Limits | None]] = {}
         self._last_prune = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._noted: dict[str, int] = {}  # tokens not yet charged, by project
+        self._flushing: asyncio.Task[None] | None = None
         self._last_failure_log = -math.inf
 
     # -- configuration
@@ -492,6 +495,21 @@ class RateLimiter:
                 state.window, state.used, state.fetched = window, 0, -math.inf
             state.used = max(state.used, used)
 
+    def note_tokens(self, project_id: str, tokens: int) -> None:
+        """Count a model turn's tokens for the project, off the run's hot path: summed in
+        memory and charged (one write per project) within a second."""
+        if not self.enabled or tokens <= 0:
+            return
+        self._noted[project_id] = self._noted.get(project_id, 0) + tokens
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_noted(), name="charge-tokens")
+
+    async def _flush_noted(self) -> None:
+        await asyncio.sleep(NOTED_TOKENS_FLUSH_SECONDS)
+        noted, self._noted = self._noted, {}
+        for project_id, tokens in noted.items():
+            await self.charge_tokens(project_id, tokens)
+
     # -- housekeeping
 
     def _maybe_prune(self) -> None:
@@ -525,6 +543,11 @@ class RateLimiter:
             logger.exception("rate limits: %s failed; admitting requests meanwhile", doing)
 
     async def close(self) -> None:
+        if self._flushing is not None and not self._flushing.done():
+            self._flushing.cancel()
+        noted, self._noted = self._noted, {}
+        for project_id, tokens in noted.items():  # what a stopping server still owes
+            await self.charge_tokens(project_id, tokens)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

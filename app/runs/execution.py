@@ -71,6 +71,8 @@ class ExecutionContext:
     policy: RetryPolicy
     max_run_steps: int
     expiry_seconds: int
+    # Told each model turn's tokens, by project (the rate limiter's token budget).
+    on_usage: Callable[[str, int], None] | None = None
 
 
 class RunExecution:
@@ -312,6 +314,8 @@ class RunExecution:
             "total_tokens": usage.total_tokens,
         }
         self.usage = {key: self.usage[key] + step_usage[key] for key in step_usage}
+        if self.ctx.on_usage is not None:
+            self.ctx.on_usage(self.run.project_id, step_usage["total_tokens"])
         truncated = finish.finish_reason == "length"
         if turn.message is not None and turn.message.status == "in_progress":
             assert turn.message_step is not None

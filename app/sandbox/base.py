@@ -43,6 +43,9 @@ class Kernel(Protocol):
 
     data_dir: str  # the directory the code sees its files in (and its working directory)
 
+    async def start(self) -> None:
+        """Start (or, after it died or was killed, start again) keeping the kernel's files."""
+
     async def execute(self, code: str, timeout: float) -> Execution: ...
 
     async def write_file(self, name: str, data: bytes) -> str:
@@ -66,7 +69,8 @@ class Backend(Protocol):
     async def probe(self) -> None:
         """Raise SandboxUnavailable (with the reason) if kernels cannot run."""
 
-    async def launch(self, thread_id: str) -> Kernel: ...
+    async def launch(self, thread_id: str) -> Kernel:
+        """A started kernel for the thread, with an empty data directory."""
 
     async def close(self) -> None: ...
 
@@ -85,7 +89,11 @@ class Sandbox(Protocol):
     async def execute(self, thread_id: str, code: str) -> Execution:
         """Run `code` in the thread's kernel (started if needed) within the call timeout."""
 
-    async def upload(self, thread_id: str, name: str, data: bytes) -> str: ...
+    async def upload(self, thread_id: str, file_id: str, name: str, data: bytes) -> str:
+        """Put a file at `<data dir>/<name>` in the thread's kernel; returns its path."""
+
+    def uploaded(self, thread_id: str) -> dict[str, str]:
+        """The files uploaded into the thread's live session: file id → path inside."""
 
     async def list_files(self, thread_id: str) -> list[SandboxFile]: ...
 
