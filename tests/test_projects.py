@@ -679,3 +679,48 @@ def test_existing_objects_move_into_the_default_project(
         ("project", "default"),
         ("thread", "proj_default"),
     ]
+
+
+# -- safe by default ---------------------------------------------------------------------
+
+
+def test_no_keys_on_a_public_interface_refuses_to_start(
+    tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
+) -> None:
+    from tests.server_process import free_port
+
+    with fresh_database(tmp_path_factory.mktemp("public-db")) as url:
+        data_dir = tmp_path_factory.mktemp("public")
+        env = {**os.environ, **server_env(url, fake_upstream, data_dir)}
+        port = free_port()
+        command = [sys.executable, "-m", "app.cli", "serve", "--host", "0.0.0.0"]
+        command += ["--port", str(port), "--data-dir", str(data_dir)]
+        refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "Refusing to serve on 0.0.0.0 with no API keys" in refused.stdout + refused.stderr
+
+        # With a bootstrap key it starts, and that key is the one that works.
+        key = "sk-og-bootstrap-" + "x" * 32
+        server = subprocess.Popen(
+            command,
+            env={**env, "OPENGROVE_BOOTSTRAP_KEY": key},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            assert httpx.get(f"{base}/v1/models").status_code == 401
+            ok = httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        listed = opengrove(env, data_dir, "keys", "list")
+        assert "name=bootstrap" in listed and "project=default" in listed and key not in listed
