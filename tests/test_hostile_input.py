@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.app_server import AppServer, make_settings
+from tests.fake_upstream import FakeReply, FakeUpstream
 from tests.server_process import ServerProcess
 
 
@@ -201,3 +202,21 @@ def test_inline_image_data_is_accepted(client: openai.OpenAI) -> None:
         thread.id, role="user", content=[{"type": "image_url", "image_url": {"url": png}}]
     )
     assert message.content[0].image_url.url == png
+
+
+def test_provider_error_text_stays_in_the_log(
+    client: openai.OpenAI, upstream: FakeUpstream, server: ServerProcess
+) -> None:
+    leaky = "upstream db at 10.1.2.3:5432 rejected key sk-live-0123456789abcdef"
+    upstream.script(*[FakeReply(status=400, error_message=leaky) for _ in range(3)])
+    assistant = client.beta.assistants.create(model="fake-model")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
+    )
+    assert run.status == "failed" and run.last_error is not None
+    assert run.last_error.message == "The model provider returned an error (HTTP 400)."
+    assert "10.1.2.3" not in run.model_dump_json()
+    log = server.log()
+    assert "10.1.2.3" in log  # the operator still sees why
+    assert "sk-live-0123456789abcdef" not in log  # but never a key

@@ -155,20 +155,29 @@ def _retryable(litellm: ModuleType) -> tuple[type[BaseException], ...]:
 
 
 def _classify(litellm: ModuleType, exc: Exception) -> LLMError:
+    """The run's `last_error`: a stable message in our words. The provider's own text (which
+    can quote request bodies, internal hosts or keys) goes to the log, with the run's id."""
     if isinstance(exc, LLMError):
         return exc
+    logger.warning("model call failed: %s: %s", type(exc).__name__, exc)
     # litellm reports Ollama's HTTP errors as APIConnectionError (status 500); the provider's
     # own error, with the real status, is the chained exception.
     chained = exc.__cause__ or exc.__context__
-    if isinstance(exc, litellm.RateLimitError) or getattr(chained, "status_code", None) == 429:
-        return LLMError("rate_limit_exceeded", f"The model provider is rate limiting: {exc}")
-    if isinstance(exc, litellm.ContextWindowExceededError | litellm.ContentPolicyViolationError):
-        return LLMError("invalid_prompt", str(exc))
+    status = getattr(chained, "status_code", None) or getattr(exc, "status_code", None)
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        return LLMError(
+            "rate_limit_exceeded", "The model provider is rate limiting requests (HTTP 429)."
+        )
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return LLMError("invalid_prompt", "The prompt is longer than the model's context window.")
+    if isinstance(exc, litellm.ContentPolicyViolationError):
+        return LLMError("invalid_prompt", "The model provider refused the prompt (content policy).")
     if isinstance(exc, litellm.Timeout | TimeoutError | httpx.TimeoutException):
-        return LLMError("server_error", f"The model provider timed out: {exc}")
-    if isinstance(exc, litellm.APIConnectionError):
-        return LLMError("server_error", f"Could not reach the model provider: {exc}")
-    return LLMError("server_error", f"The model provider returned an error: {exc}")
+        return LLMError("server_error", "The model provider did not answer in time.")
+    if isinstance(exc, litellm.APIConnectionError) and not isinstance(status, int):
+        return LLMError("server_error", "Could not reach the model provider.")
+    shown = f" (HTTP {status})" if isinstance(status, int) else ""
+    return LLMError("server_error", f"The model provider returned an error{shown}.")
 
 
 def _is_secret_variable(name: str) -> bool:

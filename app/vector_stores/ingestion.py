@@ -35,10 +35,10 @@ from app.files.models import StoredFile
 from app.files.service import delete_expired_files, file_path
 from app.ids import new_id
 from app.observability.metrics import count_ingested
-from app.retrieval.chunking import chunk_text
+from app.retrieval.chunking import Chunk, chunk_stream
 from app.retrieval.embeddings import Embedder, EmbeddingError, drain_litellm_logging
 from app.retrieval.index import VectorIndex
-from app.retrieval.parsing import InvalidFileError, UnsupportedFileError, extract_text
+from app.retrieval.parsing import InvalidFileError, Limits, UnsupportedFileError, iter_text
 from app.tasks import cancel_all
 from app.vector_stores.models import VectorStore, VectorStoreFile
 from app.vector_stores.service import expire_vector_stores
@@ -47,6 +47,8 @@ logger = logging.getLogger("opengrove.ingestion")
 
 MAX_ATTEMPTS = 3
 POLL_SECONDS = 1.0
+PAGE_CHUNKS = 256  # chunks parsed, embedded and written together
+STILL_MINE_CHECK_SECONDS = 5.0  # a long file re-checks it was not cancelled this often
 
 
 def create_embedder(settings: Settings) -> Embedder | None:
@@ -123,6 +125,8 @@ class IngestionWorker:
         self.files_dir: Path = settings.files_dir
         self.concurrency = settings.ingestion_concurrency
         self.lease_seconds = settings.ingestion_lease_seconds
+        self.max_text_chars = settings.ingestion_max_text_bytes
+        self.parse_timeout = settings.ingestion_parse_timeout
         self.worker_id = new_id("ing_")
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -278,6 +282,9 @@ class IngestionWorker:
             self._wake.set()
 
     async def process(self, job: _Job) -> None:
+        """Parse, chunk, embed and write one file a page (PAGE_CHUNKS chunks) at a time, so
+        memory stays bounded whatever the file's size; between pages other files get their
+        turn (the event loop interleaves the files being ingested)."""
         async with self.db.sessionmaker() as session:
             row = await session.get(VectorStoreFile, job.key)
             stored = await session.get(StoredFile, job.file_id)
@@ -292,19 +299,39 @@ class IngestionWorker:
                 ),
             )
             return
+        written = usage = 0
         try:
             if stored is None:
                 raise FileFailure("invalid_file", "The file no longer exists.")
-            chunks, usage = await self._chunk(stored, row.chunking_strategy)
-            dense = await self._embed([chunk.text for chunk in chunks])
-            await self.index.upsert_chunks(
-                job.vector_store_id,
-                job.file_id,
+            pages = _Pages(
+                file_path(self.files_dir, stored.id),
                 stored.filename,
-                chunks,
-                attributes=row.attributes or {},
-                dense_vectors=dense,
+                stored.mime_type,
+                row.chunking_strategy,
+                Limits(max_chars=self.max_text_chars, max_unzipped_bytes=self.max_text_chars),
             )
+            check_at = time.monotonic() + STILL_MINE_CHECK_SECONDS
+            while (page := await self._next_page(pages, stored.filename)) is not None:
+                dense = await self._embed([chunk.text for chunk in page])
+                await self.index.upsert_chunks(
+                    job.vector_store_id,
+                    job.file_id,
+                    stored.filename,
+                    page,
+                    attributes=row.attributes or {},
+                    dense_vectors=dense,
+                    replace=written == 0,  # the first page drops the file's older chunks
+                )
+                written += len(page)
+                usage += sum(len(chunk.text.encode()) for chunk in page)
+                if time.monotonic() >= check_at:
+                    check_at = time.monotonic() + STILL_MINE_CHECK_SECONDS
+                    if not await self._still_leased(job):
+                        await self._drop_if_abandoned(job, await self._current(job))
+                        return
+                await asyncio.sleep(0)  # a fair turn for the other files in progress
+            if not written:
+                raise FileFailure("invalid_file", f"File {stored.filename!r} has no text to index.")
         except FileFailure as failure:
             await self._finish_failed(job, failure)
             return
@@ -316,7 +343,7 @@ class IngestionWorker:
                 job, FileFailure("server_error", "The server had an error processing this file.")
             )
             return
-        await self._finish_completed(job, row.attributes, len(chunks), usage)
+        await self._finish_completed(job, row.attributes, written, usage)
 
     def _still_mine(self, row: VectorStoreFile, job: _Job) -> bool:
         return (
@@ -325,26 +352,35 @@ class IngestionWorker:
             and row.lease_owner == self.worker_id
         )
 
-    async def _chunk(self, stored: StoredFile, strategy: dict[str, Any]) -> tuple[list[Any], int]:
-        path = file_path(self.files_dir, stored.id)
+    async def _current(self, job: _Job) -> VectorStoreFile | None:
+        async with self.db.sessionmaker() as session:
+            return await session.get(VectorStoreFile, job.key)
+
+    async def _still_leased(self, job: _Job) -> bool:
+        row = await self._current(job)
+        return row is not None and self._still_mine(row, job)
+
+    async def _next_page(self, pages: _Pages, filename: str) -> list[Chunk] | None:
+        """The next page of chunks, parsed in a worker thread within what is left of the
+        file's parse budget (OPENGROVE_INGESTION_PARSE_TIMEOUT)."""
+        budget = self.parse_timeout - pages.parse_seconds
+        pages.limits.deadline = time.monotonic() + budget  # the thread stops itself, too
+        started = time.monotonic()
         try:
-            text = await asyncio.to_thread(extract_text, path, stored.filename, stored.mime_type)
+            return await asyncio.wait_for(asyncio.to_thread(pages.next), timeout=max(budget, 0))
+        except TimeoutError as exc:
+            raise FileFailure(
+                "invalid_file",
+                f"Parsing {filename!r} took longer than {self.parse_timeout:g} seconds; gave up.",
+            ) from exc
         except UnsupportedFileError as exc:
             raise FileFailure("unsupported_file", str(exc)) from exc
         except InvalidFileError as exc:
             raise FileFailure("invalid_file", str(exc)) from exc
         except FileNotFoundError as exc:
             raise FileFailure("server_error", "The file's stored content is missing.") from exc
-        static = strategy.get("static") or {}
-        chunks = await asyncio.to_thread(
-            chunk_text,
-            text,
-            int(static.get("max_chunk_size_tokens", 800)),
-            int(static.get("chunk_overlap_tokens", 400)),
-        )
-        if not chunks:
-            raise FileFailure("invalid_file", f"File {stored.filename!r} has no text to index.")
-        return chunks, sum(len(chunk.text.encode()) for chunk in chunks)
+        finally:
+            pages.parse_seconds += time.monotonic() - started
 
     async def _embed(self, texts: list[str]) -> list[list[float]] | None:
         if self.embedder is None or not self.index.dense_dim:
@@ -352,7 +388,11 @@ class IngestionWorker:
         try:
             vectors = await self.embedder.embed(texts)
         except EmbeddingError as exc:
-            raise FileFailure("server_error", f"Embedding the file failed: {exc}") from exc
+            # The provider's text (request bodies, hosts, keys) goes to the log, not the API.
+            logger.warning("embedding failed: %s", exc)
+            raise FileFailure(
+                "server_error", "Embedding the file failed: the embedding provider refused it."
+            ) from exc
         if any(len(vector) != self.index.dense_dim for vector in vectors):
             raise FileFailure(
                 "server_error",
@@ -433,3 +473,33 @@ class IngestionWorker:
         the chunks we may have written. (Re-attached: the newer job rewrites them.)"""
         if current is None or current.status == "cancelled":
             await self.index.delete_file(job.vector_store_id, job.file_id)
+
+
+class _Pages:
+    """A file's chunks, PAGE_CHUNKS at a time: `iter_text` (bounded by `limits`) into
+    `chunk_stream`. Synchronous: `next()` runs in a worker thread, one call at a time."""
+
+    def __init__(
+        self,
+        path: Path,
+        filename: str,
+        mime_type: str | None,
+        strategy: dict[str, Any],
+        limits: Limits,
+    ) -> None:
+        static = strategy.get("static") or {}
+        self.limits = limits
+        self.parse_seconds = 0.0
+        self._chunks = chunk_stream(
+            iter_text(path, filename, mime_type, limits),
+            int(static.get("max_chunk_size_tokens", 800)),
+            int(static.get("chunk_overlap_tokens", 400)),
+        )
+
+    def next(self) -> list[Chunk] | None:
+        page: list[Chunk] = []
+        for chunk in self._chunks:
+            page.append(chunk)
+            if len(page) == PAGE_CHUNKS:
+                break
+        return page or None
