@@ -29,15 +29,16 @@ async def resolve_tool_resources(
         await require_stores(session, project_id, store_ids)
         for helper in resources.file_search.vector_stores or []:
             # The `vector_stores` helper: create the store (and queue its files) right here.
-            store = await add_vector_store(
-                session,
-                project_id,
-                VectorStoreCreate(
-                    file_ids=helper.file_ids,
-                    chunking_strategy=helper.chunking_strategy,
-                    metadata=helper.metadata,
-                ),
+            # Built without revalidation: the helper's own bound (10,000 files) is not the
+            # 500 of a create-vector-store request, and its fields were validated already.
+            request = VectorStoreCreate.model_construct(
+                file_ids=list(helper.file_ids),
+                chunking_strategy=helper.chunking_strategy,
+                metadata=helper.metadata,
+                name=None,
+                expires_after=None,
             )
+            store = await add_vector_store(session, project_id, request)
             store_ids.append(store.id)
         stored["file_search"] = {"vector_store_ids": store_ids}
     return stored

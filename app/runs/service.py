@@ -29,7 +29,13 @@ from app.runs.state import transition
 from app.schemas import dump_optional, dump_tools
 from app.threads.models import Message
 from app.threads.schemas import MessageObject, ThreadCreate, ThreadObject
-from app.threads.service import add_messages, create_thread_rows, get_thread, new_message
+from app.threads.service import (
+    add_messages,
+    create_thread_rows,
+    get_thread,
+    lock_thread,
+    new_message,
+)
 
 
 @dataclass(frozen=True)
@@ -147,7 +153,10 @@ async def create_run(
     include: list[str],
     max_active: int | None = None,
 ) -> NewRun:
-    thread = await get_thread(session, project_id, thread_id)
+    # PostgreSQL: hold the thread's row until the run commits, so a message being added
+    # meanwhile waits and then sees the run (SQLite: the message insert is one statement).
+    sqlite = session.bind.dialect.name == "sqlite"
+    thread = await (get_thread if sqlite else lock_thread)(session, project_id, thread_id)
     active = await active_run_id(session, thread_id)
     if active is not None:
         raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, null, select
+from sqlalchemy import and_, bindparam, delete, exists, insert, null, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import autocommit
@@ -71,6 +71,22 @@ async def get_thread(session: AsyncSession, project_id: str, thread_id: str) -> 
     thread = await session.get(Thread, thread_id)
     if thread is None or thread.project_id != project_id:
         raise NotFound("thread", thread_id)
+    return thread
+
+
+async def lock_thread(session: AsyncSession, project_id: str, thread_id: str) -> Thread:
+    """The thread, its row locked until the transaction ends (PostgreSQL: the row; SQLite:
+    the write lock), read after the lock: a check made now holds until the commit."""
+    locked = await session.execute(
+        update(Thread)
+        .where(Thread.id == thread_id, Thread.project_id == project_id)
+        .values(id=Thread.id)
+        .execution_options(synchronize_session=False)
+    )
+    if locked.rowcount == 0:
+        raise NotFound("thread", thread_id)
+    thread = await session.get(Thread, thread_id, populate_existing=True)
+    assert thread is not None
     return thread
 
 
@@ -154,6 +170,11 @@ def _insert_message_if_open() -> Any:
 
 
 _INSERT_MESSAGE_IF_OPEN = _insert_message_if_open()
+_LOCK_THREAD = (
+    select(Thread.id)
+    .where(Thread.id == bindparam("thread_id"), Thread.project_id == bindparam("owner"))
+    .with_for_update(read=True)  # FOR SHARE: messages do not wait for each other
+)
 _COLUMN_NAMES = {attr.key: attr.columns[0].key for attr in Message.__mapper__.column_attrs}
 
 
@@ -167,8 +188,14 @@ async def create_message(
     # (issue 12), as with separate queries.
     values = _message_values(thread_id, body, None, None)
     params = {_COLUMN_NAMES[key]: value for key, value in values.items()} | {"owner": project_id}
+    sqlite = session.bind.dialect.name == "sqlite"
     for _ in range(3):
-        await autocommit(session, write=True)
+        if sqlite:
+            await autocommit(session, write=True)
+        else:
+            # PostgreSQL: the insert's snapshot would miss a run committed while it waits;
+            # the thread's row lock, which run creation holds until it commits, orders them.
+            await session.execute(_LOCK_THREAD, {"thread_id": thread_id, "owner": project_id})
         result = await session.execute(_INSERT_MESSAGE_IF_OPEN, params)
         await session.commit()
         if result.rowcount == 1:
@@ -179,9 +206,12 @@ async def create_message(
 
 
 async def _check_open_for_messages(
-    session: AsyncSession, project_id: str, thread_id: str
+    session: AsyncSession, project_id: str, thread_id: str, *, lock: bool = False
 ) -> Thread:
-    thread = await get_thread(session, project_id, thread_id)
+    if lock:
+        thread = await lock_thread(session, project_id, thread_id)
+    else:
+        thread = await get_thread(session, project_id, thread_id)
     active = await session.scalar(_active_run(thread_id))
     if active is not None:
         raise InvalidRequest(
@@ -193,7 +223,8 @@ async def _check_open_for_messages(
 async def _create_message_with_files(
     session: AsyncSession, project_id: str, thread_id: str, body: MessageCreate
 ) -> Message:
-    thread = await _check_open_for_messages(session, project_id, thread_id)
+    # Locked: two first attachments must not make two thread stores.
+    thread = await _check_open_for_messages(session, project_id, thread_id, lock=True)
     message = new_message(thread_id, body)
     await add_messages(session, thread, [message])
     await session.commit()

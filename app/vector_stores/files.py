@@ -45,7 +45,7 @@ def file_not_found(vector_store_id: str, file_id: str) -> APIError:
 async def create_vector_store_file(
     session: AsyncSession, project_id: str, vector_store_id: str, body: VectorStoreFileCreate
 ) -> VectorStoreFile:
-    store = await get_active_store(session, project_id, vector_store_id)
+    store = await get_active_store(session, project_id, vector_store_id, lock=True)
     await get_files(session, project_id, [body.file_id])
     attachment = Attachment(stored_chunking(body.chunking_strategy), body.attributes)
     [row] = await attach_files(session, store.id, {body.file_id: attachment})
@@ -148,7 +148,7 @@ async def batch_counts(session: AsyncSession, batch_id: str) -> dict[str, int]:
 async def create_file_batch(
     session: AsyncSession, project_id: str, vector_store_id: str, body: FileBatchCreate
 ) -> VectorStoreFileBatch:
-    store = await get_active_store(session, project_id, vector_store_id)
+    store = await get_active_store(session, project_id, vector_store_id, lock=True)
     default_chunking = stored_chunking(body.chunking_strategy)
     files: dict[str, Attachment] = {}
     if body.files is not None:

@@ -49,9 +49,18 @@ async def get_vector_store(
 
 
 async def get_active_store(
-    session: AsyncSession, project_id: str, vector_store_id: str
+    session: AsyncSession, project_id: str, vector_store_id: str, *, lock: bool = False
 ) -> VectorStore:
-    """The store, for an operation that uses it: 404 when missing, 400 when expired."""
+    """The store, for an operation that uses it: 404 when missing, 400 when expired.
+    `lock`: held until the transaction ends, so concurrent attaches to one store run one
+    after the other (each sees the other's rows: a file is never attached twice)."""
+    if lock:
+        await session.execute(
+            update(VectorStore)
+            .where(VectorStore.id == vector_store_id, VectorStore.project_id == project_id)
+            .values(id=VectorStore.id)
+            .execution_options(synchronize_session=False)
+        )
     store = await get_vector_store(session, project_id, vector_store_id)
     if store.has_expired():
         raise InvalidRequest(
