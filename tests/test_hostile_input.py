@@ -220,3 +220,73 @@ def test_provider_error_text_stays_in_the_log(
     log = server.log()
     assert "10.1.2.3" in log  # the operator still sees why
     assert "sk-live-0123456789abcdef" not in log  # but never a key
+
+
+def _limit_cases(thread: str, run: str, store: str) -> list[tuple[str, str, dict, str]]:
+    message = {"role": "user", "content": "x"}
+    return [
+        ("POST", "/assistants", {"model": "gpt-4o", "instructions": "i" * 256_001}, "instructions"),
+        (
+            "POST",
+            f"/threads/{thread}/runs",
+            {"assistant_id": "asst_x", "instructions": "i" * 256_001},
+            "instructions",
+        ),
+        (
+            "POST",
+            f"/threads/{thread}/runs",
+            {"assistant_id": "asst_x", "additional_instructions": "i" * 256_001},
+            "additional_instructions",
+        ),
+        (
+            "POST",
+            f"/threads/{thread}/runs",
+            {"assistant_id": "asst_x", "additional_messages": [message] * 101},
+            "additional_messages",
+        ),
+        ("POST", "/threads", {"messages": [message] * 101}, "messages"),
+        (
+            "POST",
+            f"/threads/{thread}/messages",
+            {"role": "user", "content": [{"type": "text", "text": "t"}] * 101},
+            "content",
+        ),
+        (
+            "POST",
+            f"/threads/{thread}/messages",
+            {"role": "user", "content": "x", "attachments": [{"file_id": "f", "tools": []}] * 21},
+            "attachments",
+        ),
+        (
+            "POST",
+            f"/threads/{thread}/runs/{run}/submit_tool_outputs",
+            {"tool_outputs": [{"tool_call_id": "c", "output": "o"}] * 129},
+            "tool_outputs",
+        ),
+        (
+            "POST",
+            f"/threads/{thread}/runs/{run}/submit_tool_outputs",
+            {"tool_outputs": [{"tool_call_id": "c", "output": "o" * 1_000_001}]},
+            "tool_outputs[0].output",
+        ),
+        ("POST", f"/vector_stores/{store}/search", {"query": "q" * 4097}, "query"),
+        ("POST", "/vector_stores", {"file_ids": ["f"] * 501}, "file_ids"),
+    ]
+
+
+def test_documented_field_limits(client: openai.OpenAI, http: httpx.Client) -> None:
+    thread = client.beta.threads.create().id
+    store = client.vector_stores.create(name="limits").id
+    for method, path, body, param in _limit_cases(thread, "run_x", store):
+        response = http.request(method, path, json=body)
+        assert response.status_code == 400, (path, param, response.text[:300])
+        assert response.json()["error"]["param"] == param, (path, response.text[:300])
+
+
+def test_a_multipart_header_without_end_is_refused(http: httpx.Client) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="purpose"; x="' + b"h" * 20_000
+    response = http.post(
+        "/files", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status_code == 400
+    assert "header is longer than" in response.json()["error"]["message"]

@@ -80,6 +80,17 @@ class _Part:
         self.content_type = self.headers.get("content-type", b"").decode("latin-1") or None
 
 
+MAX_PART_HEADER_BYTES = 8 * 1024
+
+
+def _check_header(field: bytearray, value: bytearray) -> None:
+    """A part header without end must not grow memory (the parser streams it to us)."""
+    if len(field) + len(value) > MAX_PART_HEADER_BYTES:
+        raise InvalidRequest(
+            f"A multipart part header is longer than {MAX_PART_HEADER_BYTES} bytes."
+        )
+
+
 async def receive_form(request: Request, upload_dir: Path, max_file_bytes: int) -> ReceivedForm:
     """Read the whole multipart body; the `file` part lands in a temp file in upload_dir.
 
@@ -101,9 +112,11 @@ async def receive_form(request: Request, upload_dir: Path, max_file_bytes: int) 
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header_field.extend(data[start:end])
+        _check_header(header_field, header_value)
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
         header_value.extend(data[start:end])
+        _check_header(header_field, header_value)
 
     def on_header_end() -> None:
         events.append(("header", (bytes(header_field), bytes(header_value))))

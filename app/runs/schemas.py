@@ -51,7 +51,7 @@ class _RunOptions(RequestModel):
 
     assistant_id: str
     model: str | None = None
-    instructions: str | None = None
+    instructions: Annotated[str | None, Field(max_length=256_000)] = None
     tools: ToolList | None = None
     metadata: Metadata = None
     temperature: Temperature = None
@@ -67,8 +67,8 @@ class _RunOptions(RequestModel):
 
 
 class RunCreate(_RunOptions):
-    additional_instructions: str | None = None
-    additional_messages: list[MessageCreate] | None = None
+    additional_instructions: Annotated[str | None, Field(max_length=256_000)] = None
+    additional_messages: Annotated[list[MessageCreate] | None, Field(max_length=100)] = None
 
 
 class ThreadAndRunCreate(_RunOptions):
@@ -81,12 +81,12 @@ class RunUpdate(RequestModel):
 
 
 class ToolOutput(RequestModel):
-    tool_call_id: str | None = None
-    output: str | None = None
+    tool_call_id: Annotated[str | None, Field(max_length=256)] = None
+    output: Annotated[str | None, Field(max_length=1_000_000)] = None
 
 
 class SubmitToolOutputs(RequestModel):
-    tool_outputs: list[ToolOutput]
+    tool_outputs: Annotated[list[ToolOutput], Field(max_length=128)]
     stream: bool | None = None
 
 

@@ -16,7 +16,7 @@ class TextPart(RequestModel):
 
 
 class ImageURL(RequestModel):
-    url: str
+    url: Annotated[str, Field(min_length=1, max_length=10_000_000)]  # data URLs are long
     detail: ImageDetail = "auto"
 
 
@@ -38,7 +38,7 @@ class ImageFilePart(RequestModel):
 ContentPart = Annotated[TextPart | ImageURLPart | ImageFilePart, Field(discriminator="type")]
 MessageContent = (
     Annotated[str, Field(min_length=1, max_length=256_000)]
-    | Annotated[list[ContentPart], Field(min_length=1)]
+    | Annotated[list[ContentPart], Field(min_length=1, max_length=100)]
 )
 
 
@@ -47,14 +47,14 @@ class AttachmentTool(RequestModel):
 
 
 class Attachment(RequestModel):
-    file_id: str
-    tools: list[AttachmentTool] = Field(default_factory=list)
+    file_id: Annotated[str, Field(max_length=64)]
+    tools: list[AttachmentTool] = Field(default_factory=list, max_length=2)
 
 
 class MessageCreate(RequestModel):
     role: Literal["user", "assistant"]
     content: MessageContent
-    attachments: list[Attachment] | None = None
+    attachments: Annotated[list[Attachment] | None, Field(max_length=20)] = None
     metadata: Metadata = None
 
 
@@ -63,7 +63,7 @@ class MessageUpdate(RequestModel):
 
 
 class ThreadCreate(RequestModel):
-    messages: list[MessageCreate] | None = None
+    messages: Annotated[list[MessageCreate] | None, Field(max_length=100)] = None
     tool_resources: ToolResources | None = None
     metadata: Metadata = None
 

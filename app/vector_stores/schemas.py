@@ -108,10 +108,8 @@ class RankingOptions(RequestModel):
     score_threshold: float = Field(default=0.0, ge=0, le=1)
 
 
-Query = (
-    Annotated[str, Field(min_length=1)]
-    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=16)]
-)
+SearchText = Annotated[str, Field(min_length=1, max_length=4096)]
+Query = SearchText | Annotated[list[SearchText], Field(min_length=1, max_length=16)]
 
 
 class SearchRequest(RequestModel):
