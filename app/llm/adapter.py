@@ -174,8 +174,10 @@ def _classify(litellm: ModuleType, exc: Exception) -> LLMError:
         return LLMError("invalid_prompt", "The model provider refused the prompt (content policy).")
     if isinstance(exc, litellm.Timeout | TimeoutError | httpx.TimeoutException):
         return LLMError("server_error", "The model provider did not answer in time.")
-    if isinstance(exc, litellm.APIConnectionError) and not isinstance(status, int):
-        return LLMError("server_error", "Could not reach the model provider.")
+    if isinstance(exc, litellm.APIConnectionError):
+        status = getattr(chained, "status_code", None)  # litellm's own 500 says nothing
+        if not isinstance(status, int):
+            return LLMError("server_error", "Could not reach the model provider.")
     shown = f" (HTTP {status})" if isinstance(status, int) else ""
     return LLMError("server_error", f"The model provider returned an error{shown}.")
 
