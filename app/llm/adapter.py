@@ -154,6 +154,16 @@ def _retryable(litellm: ModuleType) -> tuple[type[BaseException], ...]:
     )
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exceptions `exc` was raised from, nearest first (a few levels)."""
+    found: list[BaseException] = []
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and len(found) < 8:
+        found.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return found
+
+
 def _classify(litellm: ModuleType, exc: Exception) -> LLMError:
     """The run's `last_error`: a stable message in our words. The provider's own text (which
     can quote request bodies, internal hosts or keys) goes to the log, with the run's id."""
@@ -174,10 +184,17 @@ def _classify(litellm: ModuleType, exc: Exception) -> LLMError:
         return LLMError("invalid_prompt", "The model provider refused the prompt (content policy).")
     if isinstance(exc, litellm.Timeout | TimeoutError | httpx.TimeoutException):
         return LLMError("server_error", "The model provider did not answer in time.")
-    if isinstance(exc, litellm.APIConnectionError):
-        status = getattr(chained, "status_code", None)  # litellm's own 500 says nothing
-        if not isinstance(status, int):
-            return LLMError("server_error", "Could not reach the model provider.")
+    # litellm reports a refused connection as a 500 of its own; the causes tell the truth.
+    unreachable = any(
+        isinstance(cause, httpx.TransportError | OSError)
+        or type(cause).__name__ == "APIConnectionError"  # the openai SDK's, under litellm
+        for cause in _causes(exc)
+    ) or (
+        isinstance(exc, litellm.APIConnectionError)
+        and not isinstance(getattr(chained, "status_code", None), int)
+    )
+    if unreachable:
+        return LLMError("server_error", "Could not reach the model provider.")
     shown = f" (HTTP {status})" if isinstance(status, int) else ""
     return LLMError("server_error", f"The model provider returned an error{shown}.")
 
