@@ -954,3 +954,96 @@ def test_compose_requires_a_bootstrap_key() -> None:
         interpolate_tree(raw, {})
     for name in APP_SERVICES:
         assert environment_of(load_compose()["services"][name])[BOOTSTRAP_KEY_VAR] == "k" * 40
+
+
+# --------------------------------------------------------------------------- the sandbox
+
+SANDBOX_SERVICE = "sandbox"
+SANDBOX_NETWORK = "sandbox"
+SANDBOX_DOCKERFILE = ROOT / "sandbox" / "Dockerfile"
+
+
+def check_sandbox(doc: dict[str, Any]) -> list[str]:
+    """code_interpreter's kernel gateway: built from the kernels' lock, on an internal network
+    (no route out) shared with the worker alone, no ports, nothing of the server's."""
+    problems: list[str] = []
+    services = doc.get("services", {})
+    sandbox = services.get(SANDBOX_SERVICE)
+    if sandbox is None:
+        return [f"service {SANDBOX_SERVICE!r} missing"]
+    build = sandbox.get("build")
+    context = build.get("context") if isinstance(build, dict) else build
+    if str(context).rstrip("/") not in ("./sandbox", "sandbox"):
+        problems.append(f"{SANDBOX_SERVICE} must be built from ./sandbox, not {context!r}")
+    network = (doc.get("networks") or {}).get(SANDBOX_NETWORK) or {}
+    if network.get("internal") is not True:
+        problems.append(f"network {SANDBOX_NETWORK!r} must be internal (no route out)")
+    if list(sandbox.get("networks") or []) != [SANDBOX_NETWORK]:
+        problems.append(f"{SANDBOX_SERVICE} must be on the {SANDBOX_NETWORK!r} network only")
+    if sandbox.get("ports"):
+        problems.append(f"{SANDBOX_SERVICE} must not publish ports")
+    if sandbox.get("volumes") or sandbox.get("env_file"):
+        problems.append(f"{SANDBOX_SERVICE} must not mount volumes or read the server's .env")
+    leaked = {
+        k
+        for k in environment_of(sandbox)
+        if k.startswith(("OPENGROVE_", "DATABASE", "QDRANT", "POSTGRES")) or k.endswith("_KEY")
+    }
+    if leaked:
+        problems.append(f"{SANDBOX_SERVICE} gets the server's settings: {sorted(leaked)}")
+    hc = sandbox.get("healthcheck") or {}
+    if hc.get("disable") or "8888" not in healthcheck_text(sandbox):
+        problems.append(f"{SANDBOX_SERVICE} needs a healthcheck on its port 8888")
+    for name, svc in services.items():
+        joined = SANDBOX_NETWORK in (svc.get("networks") or [])
+        if name not in (SANDBOX_SERVICE, "worker") and joined:
+            problems.append(f"{name} must not join the {SANDBOX_NETWORK!r} network")
+    worker = services.get("worker", {})
+    if SANDBOX_NETWORK not in (worker.get("networks") or []):
+        problems.append(f"worker must join the {SANDBOX_NETWORK!r} network")
+    env = environment_of(worker)
+    url = urlsplit(env.get("OPENGROVE_SANDBOX_URL", ""))
+    if env.get("OPENGROVE_SANDBOX") != "remote" or (url.hostname, url.port) != (
+        SANDBOX_SERVICE,
+        8888,
+    ):
+        problems.append("worker must use OPENGROVE_SANDBOX=remote at http://sandbox:8888")
+    deps = worker.get("depends_on") or {}
+    if (deps.get(SANDBOX_SERVICE) or {}).get("condition") != "service_healthy":
+        problems.append("worker must wait for the sandbox to be healthy")
+    return problems
+
+
+def test_compose_sandbox_service(compose: dict[str, Any]) -> None:
+    assert check_sandbox(compose) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("networks.sandbox.internal", None, "must be internal"),
+        ("services.sandbox.networks", ["default", "sandbox"], "network only"),
+        ("services.sandbox.ports", ["8888:8888"], "must not publish"),
+        ("services.sandbox.volumes", ["opengrove-data:/data"], "must not mount"),
+        ("services.sandbox.environment.OPENAI_API_KEY", "x", "server's settings"),
+        ("services.api-1.networks", ["default", "sandbox"], "api-1 must not join"),
+        ("services.worker.environment.OPENGROVE_SANDBOX", "local", "OPENGROVE_SANDBOX=remote"),
+        ("services.worker.depends_on.sandbox", None, "healthy"),
+    ],
+)
+def test_sandbox_check_catches_mistakes(
+    compose: dict[str, Any], path: str, value: Any, expected: str
+) -> None:
+    problems = check_sandbox(mutated(compose, path, value))
+    assert any(expected in p for p in problems), problems
+
+
+def test_sandbox_image_installs_the_kernel_lock() -> None:
+    instructions = dockerfile_instructions(SANDBOX_DOCKERFILE)
+    runs = " ".join(a for k, a in instructions if k == "RUN")
+    assert "uv sync --frozen" in runs and "--group gateway" in runs
+    copies = " ".join(a for k, a in instructions if k == "COPY")
+    assert "kernel/uv.lock" in copies
+    users = [a for k, a in instructions if k == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert "jupyter-kernelgateway" in " ".join(a for k, a in instructions if k == "CMD")

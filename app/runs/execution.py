@@ -255,7 +255,11 @@ class RunExecution:
             route=route,
             messages=prompt,
             tools=tools,
-            tool_choice=llm_tool_choice(run.tool_choice) if tools else None,
+            tool_choice=llm_tool_choice(
+                run.tool_choice, {t.type: t.name for t in self.tools.values()}
+            )
+            if tools
+            else None,
             parallel_tool_calls=run.parallel_tool_calls if tools else None,
             response_format=llm_response_format(run.response_format),
             temperature=run.temperature,
@@ -320,7 +324,7 @@ class RunExecution:
         if turn.message is not None and turn.message.status == "in_progress":
             assert turn.message_step is not None
             turn.message_step.usage = step_usage
-            self.recorder.complete_message(
+            await self.recorder.complete_message(
                 turn, "incomplete" if truncated and not turn.calls else "completed"
             )
         if turn.calls and not truncated:
@@ -341,7 +345,7 @@ class RunExecution:
         step_calls: list[dict[str, Any]] = []
         llm_calls: list[dict[str, Any]] = []
         required: list[dict[str, Any]] = []
-        for call in turn.calls.values():
+        for index, call in enumerate(turn.calls.values()):
             llm_call: dict[str, Any] = {
                 "id": call.id,
                 "name": call.name,
@@ -354,6 +358,20 @@ class RunExecution:
                     await session.commit()
                 step_calls.append(result.step_call)
                 llm_call["output"] = result.output
+                if result.delta is not None:  # e.g. code outputs, in a final delta
+                    self.writer.emit_delta(
+                        "thread.run.step.delta",
+                        {
+                            "id": step.id,
+                            "object": "thread.run.step.delta",
+                            "delta": {
+                                "step_details": {
+                                    "type": "tool_calls",
+                                    "tool_calls": [{"index": index, **result.delta}],
+                                }
+                            },
+                        },
+                    )
             else:
                 try:
                     json.loads(call.arguments or "{}")

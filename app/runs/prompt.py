@@ -123,13 +123,17 @@ def llm_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return converted
 
 
-def llm_tool_choice(choice: Any) -> Any:
+def llm_tool_choice(choice: Any, builtin: dict[str, str] | None = None) -> Any:
+    """`builtin`: the run's built-in tools, type → the function name the model calls."""
     if choice is None or isinstance(choice, str):
         return choice
     if choice.get("type") == "function":
         return {"type": "function", "function": {"name": choice["function"]["name"]}}
-    if choice.get("type") == "file_search":
-        return {"type": "function", "function": {"name": "file_search"}}
+    name = (builtin or {}).get(choice.get("type", ""))
+    if name is None and choice.get("type") == "file_search":
+        name = "file_search"
+    if name is not None:
+        return {"type": "function", "function": {"name": name}}
     return "auto"
 
 

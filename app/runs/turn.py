@@ -140,7 +140,7 @@ class TurnRecorder:
 
     async def on_tool_delta(self, turn: Turn, delta: ToolCallDelta) -> None:
         if turn.message is not None and turn.message.status == "in_progress":
-            self.complete_message(turn, "completed")
+            await self.complete_message(turn, "completed")
         if turn.tool_step is None:
             turn.tool_step = self.new_step(
                 turn, "tool_calls", {"type": "tool_calls", "tool_calls": []}
@@ -159,16 +159,22 @@ class TurnRecorder:
         entry: dict[str, Any] = {"index": list(turn.calls).index(delta.index)}
         builtin = self.tools.get(call.name)
         if builtin is not None:
-            if not fresh:
-                return
-            entry.update(builtin.started(call.id))
-        else:
-            function: dict[str, Any] = {"arguments": delta.arguments}
-            entry["type"] = "function"
             if fresh:
-                entry["id"] = call.id
-                function.update(name=call.name, output=None)
-            entry["function"] = function
+                self._emit_call_delta(turn, {**entry, **builtin.started(call.id)})
+            shown = builtin.arguments_delta(call.id, call.arguments) if delta.arguments else None
+            if shown is not None:
+                self._emit_call_delta(turn, {**entry, **shown})
+            return
+        function: dict[str, Any] = {"arguments": delta.arguments}
+        entry["type"] = "function"
+        if fresh:
+            entry["id"] = call.id
+            function.update(name=call.name, output=None)
+        entry["function"] = function
+        self._emit_call_delta(turn, entry)
+
+    def _emit_call_delta(self, turn: Turn, entry: dict[str, Any]) -> None:
+        assert turn.tool_step is not None
         self.writer.emit_delta(
             "thread.run.step.delta",
             {
@@ -178,12 +184,26 @@ class TurnRecorder:
             },
         )
 
-    def complete_message(self, turn: Turn, status: str) -> None:
+    async def complete_message(self, turn: Turn, status: str) -> None:
         message, step = turn.message, turn.message_step
         assert message is not None and step is not None
         text = "".join(turn.text)
+        # Built-in tools add parts after the text (e.g. charts) and prepare their annotations.
+        extra = [part for tool in self.tools.values() for part in await tool.finish_message(text)]
         annotations = [a for tool in self.tools.values() for a in tool.annotate(text)]
-        message.content = [{"type": "text", "text": {"value": text, "annotations": annotations}}]
+        message.content = [
+            {"type": "text", "text": {"value": text, "annotations": annotations}},
+            *extra,
+        ]
+        if extra:
+            self.writer.emit_delta(
+                "thread.message.delta",
+                {
+                    "id": message.id,
+                    "object": "thread.message.delta",
+                    "delta": {"content": [{"index": i, **p} for i, p in enumerate(extra, 1)]},
+                },
+            )
         message.status = status
         if status == "completed":
             message.completed_at = now()

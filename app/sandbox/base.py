@@ -46,7 +46,7 @@ class Kernel(Protocol):
     async def start(self) -> None:
         """Start (or, after it died or was killed, start again) keeping the kernel's files."""
 
-    async def execute(self, code: str, timeout: float) -> Execution: ...
+    async def execute(self, code: str, time_limit: float) -> Execution: ...
 
     async def write_file(self, name: str, data: bytes) -> str:
         """Put `data` at `<data_dir>/<name>`; returns the path the code sees."""
@@ -68,6 +68,9 @@ class Backend(Protocol):
 
     async def probe(self) -> None:
         """Raise SandboxUnavailable (with the reason) if kernels cannot run."""
+
+    def data_dir(self, thread_id: str) -> str:
+        """Where the thread's files are, as its code sees them (known before a kernel starts)."""
 
     async def launch(self, thread_id: str) -> Kernel:
         """A started kernel for the thread, with an empty data directory."""
@@ -99,7 +102,7 @@ class Sandbox(Protocol):
 
     async def read_file(self, thread_id: str, path: str) -> bytes | None: ...
 
-    async def data_dir(self, thread_id: str) -> str: ...
+    def data_dir(self, thread_id: str) -> str: ...
 
     async def shutdown(self, thread_id: str) -> None: ...
 

@@ -180,6 +180,10 @@ class LocalBackend:
             "--dev",
             "/dev",
             "--size",
+            str(64 * 1024 * 1024),
+            "--tmpfs",
+            "/dev/shm",  # multiprocessing's semaphores
+            "--size",
             str(self.tmp_bytes),
             "--perms",
             "1777",
@@ -191,6 +195,10 @@ class LocalBackend:
             "--bind",
             str(run_dir),
             RUN_DIR,
+            "--remount-ro",  # the sandbox's own root: only /mnt/data, /tmp (and sockets) write
+            "/dev",
+            "--remount-ro",
+            "/",
             "--chdir",
             DATA_DIR,
         ]
@@ -207,8 +215,9 @@ class LocalBackend:
         python = f"{VENV_IN_SANDBOX}/bin/python"
         return self._bwrap_args(ws, run_dir, uid, [python, "-c", code, *argv]), {}, "/"
 
-    def _popen(self, args: list[str], env: dict[str, str], cwd: str, uid: int | None,
-               log: Any) -> subprocess.Popen[bytes]:
+    def _popen(
+        self, args: list[str], env: dict[str, str], cwd: str, uid: int | None, log: Any
+    ) -> subprocess.Popen[bytes]:
         kwargs: dict[str, Any] = {}
         if uid is not None:
             kwargs.update(user=uid, group=uid, extra_groups=[])
@@ -256,8 +265,14 @@ class LocalBackend:
             log.seek(0)
             said = log.read().decode(errors="replace").strip()
             if code_ != 0 or "ok" not in said:
+                hint = ""
+                if "Permission denied" in said and uid is not None:
+                    hint = (
+                        f" (kernels run as uid {uid}: the kernel venv, the Python it was made "
+                        "from and OPENGROVE_SANDBOX_DIR must be readable by other users)"
+                    )
                 raise SandboxUnavailable(
-                    f"a test sandbox failed (exit {code_}): {said[-500:] or 'no output'}"
+                    f"a test sandbox failed (exit {code_}): {said[-500:] or 'no output'}{hint}"
                 )
         finally:
             log.close()
@@ -272,13 +287,20 @@ class LocalBackend:
         if uid is not None:
             os.chown(ws, uid, uid)
         os.chmod(ws, 0o700)
-        # Socket paths are limited to ~100 bytes: a short directory under /tmp.
-        run_dir = Path(tempfile.mkdtemp(prefix="og-k-"))
+        # Sockets live beside the workspaces (swept with them after a crash), unless that
+        # path is too long for a socket (~100 bytes): then a short directory under /tmp.
+        short = len(str(self.root.path)) < 80
+        run_dir = Path(tempfile.mkdtemp(prefix="k-", dir=self.root.path if short else None))
         (run_dir / "home").mkdir()
         if uid is not None:
             os.chown(run_dir, uid, uid)
             os.chown(run_dir / "home", uid, uid)
         return ws, run_dir, uid
+
+    def data_dir(self, thread_id: str) -> str:
+        if self.unsafe and self.root is not None:
+            return str(self.root.path / thread_id)
+        return DATA_DIR
 
     async def launch(self, thread_id: str) -> LocalKernel:
         slot = next(i for i in range(len(self._slots) + 1) if i not in self._slots)
@@ -367,18 +389,19 @@ class LocalKernel:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def execute(self, code: str, timeout: float) -> Execution:
+    async def execute(self, code: str, time_limit: float) -> Execution:
         client = self.client
         msg_id = client.execute(code, store_history=True, allow_stdin=False, stop_on_error=True)
         collector = OutputCollector()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + time_limit
         while not collector.done:
             if not self.alive():
-                return self._lost(collector, "The kernel died (it may have hit its CPU time "
-                                  "or memory limit)")
+                return self._lost(
+                    collector, "The kernel died (it may have hit its CPU time or memory limit)"
+                )
             left = deadline - time.monotonic()
             if left <= 0:
-                return await self._timed_out(collector, msg_id, timeout)
+                return await self._timed_out(collector, msg_id, time_limit)
             try:
                 msg = await client.get_iopub_msg(timeout=min(left, 0.5))
             except Exception:  # queue.Empty: nothing yet
@@ -394,7 +417,9 @@ class LocalKernel:
         result.logs += f"\n{result.error}\n"
         return result
 
-    async def _timed_out(self, collector: OutputCollector, msg_id: str, timeout: float) -> Execution:
+    async def _timed_out(
+        self, collector: OutputCollector, msg_id: str, time_limit: float
+    ) -> Execution:
         client = self.client
         with contextlib.suppress(Exception):
             client.control_channel.send(client.session.msg("interrupt_request", content={}))
@@ -409,13 +434,14 @@ class LocalKernel:
         if collector.done:
             result = collector.result()
             result.timed_out = True
-            result.error = f"Execution timed out after {timeout:g} seconds and was interrupted."
+            result.error = f"Execution timed out after {time_limit:g} seconds and was interrupted."
             result.logs += f"\n{result.error}\n"
             return result
         await self.restart()
         result = self._lost(
-            collector, f"Execution timed out after {timeout:g} seconds and did not stop when "
-            "interrupted, so the kernel was restarted"
+            collector,
+            f"Execution timed out after {time_limit:g} seconds and did not stop when "
+            "interrupted, so the kernel was restarted",
         )
         result.timed_out = True
         return result
@@ -452,4 +478,4 @@ class LocalKernel:
         prefix = self.data_dir.rstrip("/") + "/"
         if not path.startswith(prefix):
             return None
-        return await asyncio.to_thread(workspace.read_file, self.ws, path[len(prefix):], limit)
+        return await asyncio.to_thread(workspace.read_file, self.ws, path[len(prefix) :], limit)

@@ -118,9 +118,7 @@ class KernelPool:
     async def _make_room(self) -> None:
         while len(self.sessions) >= self.max_kernels:
             idle = [
-                (s.last_used, t)
-                for t, s in self.sessions.items()
-                if not self._lock(t).locked()
+                (s.last_used, t) for t, s in self.sessions.items() if not self._lock(t).locked()
             ]
             if not idle:
                 raise RuntimeError(
@@ -150,9 +148,8 @@ class KernelPool:
         session = self.sessions.get(thread_id)
         return dict(session.uploaded) if session else {}
 
-    async def data_dir(self, thread_id: str) -> str:
-        async with self._lock(thread_id):
-            return (await self._session(thread_id)).kernel.data_dir
+    def data_dir(self, thread_id: str) -> str:
+        return self.backend.data_dir(thread_id)
 
     async def list_files(self, thread_id: str) -> list[SandboxFile]:
         session = self.sessions.get(thread_id)

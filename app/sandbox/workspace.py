@@ -82,8 +82,9 @@ def read_file(root: Path, relative: str, limit: int) -> bytes | None:
     except OSError:
         return None
     try:
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=parent)
+        fd = os.open(
+            parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent
+        )
     except OSError:
         return None
     finally:

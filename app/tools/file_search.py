@@ -194,6 +194,7 @@ class FileSearchTool:
 
 class ActiveFileSearch:
     name = TOOL_NAME
+    type = TOOL_NAME
     definition = DEFINITION
 
     def __init__(self, tool: FileSearchTool, settings: FileSearchSettings) -> None:
@@ -204,6 +205,9 @@ class ActiveFileSearch:
     def started(self, call_id: str) -> dict[str, Any]:
         # The client sees a file_search call, never the model's query text.
         return {"id": call_id, "type": "file_search", "file_search": {}}
+
+    def arguments_delta(self, call_id: str, arguments: str) -> dict[str, Any] | None:
+        return None
 
     def replay(self, step_call: dict[str, Any]) -> None:
         self.searches.append(step_call["file_search"].get("results", []))
@@ -220,6 +224,9 @@ class ActiveFileSearch:
         )
         self.replay(outcome.step_call)
         return ToolResult(outcome.step_call, outcome.output)
+
+    async def finish_message(self, text: str) -> list[dict[str, Any]]:
+        return []
 
     def annotate(self, text: str) -> list[dict[str, Any]]:
         return citations(text, self.searches) if self.searches else []
