@@ -640,3 +640,12 @@ def test_code_streams_out_of_partial_json_arguments() -> None:
     assert all(len(a) <= len(b) for a, b in itertools.pairwise(seen))
     assert code_of(arguments) == code and code_of("print(1)") == "print(1)"
     assert code_of('{"code": "print(2)"') == "print(2)"  # a stream cut short
+
+
+def test_node_sdk_computation_and_state(ci_server: ServerProcess, upstream: FakeUpstream) -> None:
+    from tests.test_sdk_versions import node_script
+
+    upstream.script(code_call("x = 6 * 7\nprint(x)"), answer(), code_call("print(x + 1)"), answer())
+    result = node_script("code_interpreter.mjs", f"{ci_server.base_url}/v1", "fake-model")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed, 0 failed" in result.stdout
