@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
-from app.auth.quotas import StreamSlot
+from app.auth.keys import Caller
+from app.auth.quotas import ProjectLimits, StreamSlot
 from app.deps import (
     CallerDep,
     DatabaseDep,
@@ -19,6 +21,8 @@ from app.deps import (
     Signals,
 )
 from app.errors import InvalidRequest
+from app.image_urls import ImageUrlPolicy
+from app.llm.routing import ModelRouter
 from app.pagination import ListParams, list_params
 from app.runs import service
 from app.runs.schemas import (
@@ -52,30 +56,53 @@ IncludeParam = Annotated[
 ]
 
 
-@router.post("/runs", response_model=None)
-async def create_thread_and_run(
-    body: ThreadAndRunCreate,
-    session: Session,
-    caller: CallerDep,
-    limits: Limits,
-    image_urls: ImageUrls,
-    signals: Signals,
-    db: DatabaseDep,
-    models: Models,
+@dataclass(frozen=True)
+class NewRunChecks:
+    """What every request that starts a run checks before anything is written: the model
+    (the project's allowlist), image URLs in new messages, and a stream slot when it streams."""
+
+    caller: Caller
+    limits: ProjectLimits
+    image_urls: ImageUrlPolicy
+    models: ModelRouter
+
+    async def admit(
+        self, body: RunCreate | ThreadAndRunCreate, messages: list[Any], param: str
+    ) -> StreamSlot | None:
+        if body.model is not None:
+            await self.models.require_known(body.model, self.caller.models)
+        await self.image_urls.check_messages(messages, param)
+        return self.limits.stream_slot(body.stream)
+
+
+def new_run_checks(
+    caller: CallerDep, limits: Limits, image_urls: ImageUrls, models: Models
+) -> NewRunChecks:
+    return NewRunChecks(caller, limits, image_urls, models)
+
+
+NewRun = Annotated[NewRunChecks, Depends(new_run_checks)]
+
+
+def _answer(
+    new: service.NewRun, slot: StreamSlot | None, db: DatabaseDep, signals: Signals
 ) -> RunObject | EventSourceResponse:
-    if body.model is not None:
-        await models.require_known(body.model, caller.models)
-    await image_urls.check_messages(
-        (body.thread.messages or []) if body.thread else [], "thread.messages"
-    )
-    slot = limits.stream_slot(body.stream)
-    with _given_back_on_error(slot):
-        new = await service.create_thread_and_run(
-            session, signals, caller.project_id, body, [], limits.active_runs
-        )
     if slot is not None:
         return run_event_stream(db, signals.hub, new.run.id, known=new.events, slot=slot)
     return RunObject(**render_run(new.run))
+
+
+@router.post("/runs", response_model=None)
+async def create_thread_and_run(
+    body: ThreadAndRunCreate, session: Session, checks: NewRun, signals: Signals, db: DatabaseDep
+) -> RunObject | EventSourceResponse:
+    messages = (body.thread.messages or []) if body.thread else []
+    slot = await checks.admit(body, messages, "thread.messages")
+    with _given_back_on_error(slot):
+        new = await service.create_thread_and_run(
+            session, signals, checks.caller.project_id, body, [], checks.limits.active_runs
+        )
+    return _answer(new, slot, db, signals)
 
 
 @router.post("/{thread_id}/runs", response_model=None)
@@ -83,25 +110,23 @@ async def create_run(
     thread_id: str,
     body: RunCreate,
     session: Session,
-    caller: CallerDep,
-    limits: Limits,
-    image_urls: ImageUrls,
+    checks: NewRun,
     signals: Signals,
     db: DatabaseDep,
-    models: Models,
     include: IncludeParam = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> RunObject | EventSourceResponse:
-    if body.model is not None:
-        await models.require_known(body.model, caller.models)
-    await image_urls.check_messages(body.additional_messages or [], "additional_messages")
-    slot = limits.stream_slot(body.stream)
+    slot = await checks.admit(body, body.additional_messages or [], "additional_messages")
     with _given_back_on_error(slot):
         new = await service.create_run(
-            session, signals, caller.project_id, thread_id, body, list(include), limits.active_runs
+            session,
+            signals,
+            checks.caller.project_id,
+            thread_id,
+            body,
+            list(include),
+            checks.limits.active_runs,
         )
-    if slot is not None:
-        return run_event_stream(db, signals.hub, new.run.id, known=new.events, slot=slot)
-    return RunObject(**render_run(new.run))
+    return _answer(new, slot, db, signals)
 
 
 @router.get("/{thread_id}/runs")
