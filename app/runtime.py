@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from sqlalchemy import select
+
 from app.auth.keys import KeyRing, adopt_bootstrap_key
 from app.auth.quotas import OpenStreams
 from app.auth.ratelimit import RateLimiter
@@ -28,10 +30,13 @@ from app.migrate import upgrade_database
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.index import LazyIndex, create_index
 from app.runs.dispatch import RunDispatcher
-from app.runs.events import EventHub, PostgresListener
+from app.runs.events import EventHub, LogWatcher, PostgresListener
 from app.runs.execution import ExecutionContext
+from app.runs.retention import prune_event_logs
 from app.runs.service import RunSignals
 from app.runs.worker import RunWorker
+from app.sandbox import KernelPool, create_sandbox
+from app.threads.models import Thread
 from app.tools import builtin_tools
 from app.vector_stores.ingestion import IngestionWorker, cleanup_expired, create_embedder
 
@@ -48,12 +53,14 @@ class Runtime:
     router: ModelRouter = field(default_factory=ModelRouter)
     worker: RunWorker | None = None
     listener: PostgresListener | None = None
+    watcher: LogWatcher | None = None  # reads the event log for this process's streams
     index: LazyIndex | None = None
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
     keyring: KeyRing = field(init=False)
     streams: OpenStreams = field(default_factory=OpenStreams)  # per-project stream quota
     rate_limiter: Any = None
+    sandbox: KernelPool | None = None  # code_interpreter's kernels (app.sandbox)
     image_urls: ImageUrlPolicy = field(
         default_factory=ImageUrlPolicy
     )  # app.auth.ratelimit.RateLimiter
@@ -71,14 +78,22 @@ class Runtime:
             settings=settings,
             db=Database(url, settings.db_pool_size),
             router=ModelRouter.from_file(settings.model_config_file, settings.models),
+            hub=EventHub(
+                compaction=settings.event_compaction,
+                send_timeout=settings.stream_send_timeout or None,
+            ),
         )
         runtime.keyring = KeyRing(runtime.db, settings.key_cache_seconds)
         runtime.image_urls = ImageUrlPolicy(settings.image_url_hosts)
         runtime.rate_limiter = RateLimiter(runtime.db, settings)
         await adopt_bootstrap_key(runtime.db, settings)
+        runtime.watcher = LogWatcher(runtime.db, runtime.hub)
+        runtime.watcher.start()
         if not runtime.db.is_sqlite:
             # Cross-process wake-ups: new runs for workers, new events for streams.
-            runtime.listener = PostgresListener(url, runtime.hub.wake, runtime.dispatcher.queued)
+            runtime.listener = PostgresListener(
+                url, runtime.watcher.notify, runtime.dispatcher.queued
+            )
             await runtime.listener.start()
         # Slow parts load in the background: the API answers while they do.
         runtime.index = create_index(settings)
@@ -101,7 +116,13 @@ class Runtime:
                 db=runtime.db,
                 hub=runtime.hub,
                 router=runtime.router,
-                tools=builtin_tools(runtime.index, runtime.embedder),
+                tools=builtin_tools(
+                    runtime.index,
+                    runtime.embedder,
+                    runtime._start_sandbox(),
+                    runtime.db,
+                    settings.files_dir,
+                ),
                 policy=adapter.RetryPolicy(
                     attempts=settings.llm_attempts,
                     base_delay=settings.llm_retry_base_delay,
@@ -128,17 +149,40 @@ class Runtime:
         )
         return runtime
 
+    def _start_sandbox(self) -> KernelPool | None:
+        """code_interpreter's kernels (where runs execute); probed in the background."""
+
+        async def threads_gone(thread_ids: list[str]) -> set[str]:
+            async with self.db.sessionmaker() as session:
+                found = await session.scalars(select(Thread.id).where(Thread.id.in_(thread_ids)))
+                return set(thread_ids) - set(found)
+
+        self.sandbox = create_sandbox(self.settings, threads_gone)
+        return self.sandbox
+
     async def _housekeep(self) -> None:
-        """Expire vector stores and files past their `expires_after` (every process may)."""
-        assert self.index is not None
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            await self.housekeep_once()
+
+    async def housekeep_once(self) -> None:
+        """Expire vector stores and files past their `expires_after`; delete the event logs
+        of runs that ended longer ago than OPENGROVE_EVENT_RETENTION_SECONDS (every process
+        may)."""
+        assert self.index is not None
+        try:
+            done = await cleanup_expired(self.db, self.index, self.settings)
+            if any(done.values()):
+                logger.info("housekeeping: %s", done)
+        except Exception:
+            logger.exception("housekeeping failed")
+        if self.settings.event_retention_seconds:
             try:
-                done = await cleanup_expired(self.db, self.index, self.settings)
-                if any(done.values()):
-                    logger.info("housekeeping: %s", done)
+                pruned = await prune_event_logs(self.db, self.settings.event_retention_seconds)
+                if pruned:
+                    logger.info("housekeeping: %d event log rows pruned", pruned)
             except Exception:
-                logger.exception("housekeeping failed")
+                logger.exception("pruning event logs failed")
 
     @cached_property
     def signals(self) -> RunSignals:
@@ -187,12 +231,16 @@ class Runtime:
             # litellm's logging task must be idle before the loop closes (see the function).
             await drain_litellm_logging()
             await adapter.aclose()  # the LLM fast path's shared HTTP connections
+        if self.sandbox is not None:
+            await self.sandbox.close()  # every kernel, and this process's workspaces
         if self.ingestion is not None:
             await self.ingestion.stop()
         if self.index is not None:
             await self.index.close()
         if self.listener is not None:
             await self.listener.stop()
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self.rate_limiter is not None:
             await self.rate_limiter.close()
         await self.db.dispose()

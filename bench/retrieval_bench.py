@@ -1,4 +1,5 @@
-"""Retrieval benchmark: ingestion throughput and search latency on a local-mode Qdrant.
+"""Retrieval benchmark: ingestion throughput and search latency on the embedded index
+(Qdrant Edge; `--backend local` measures qdrant-client's local mode, the engine before it).
 
     uv run python -m bench.retrieval_bench [--quick] [--budget-minutes 14]
 
@@ -55,12 +56,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # litellm's bundled model-cost map instead of a download: no traffic off 127.0.0.1.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from app.retrieval import lexical
 from app.retrieval.chunking import Chunk, chunk_text, get_encoding
+from app.retrieval.edge_index import EdgeIndex
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.qdrant_index import QdrantIndex
 from bench.upstream import Upstream
@@ -81,6 +84,24 @@ def cpu_seconds(pid: int | None = None) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def disk_mb(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) // (1 << 20)
+
+
+def open_index(args: argparse.Namespace, path: Path, dense_dim: int | None) -> Any:
+    if args.backend == "local":
+        return QdrantIndex(path=path, dense_dim=dense_dim)
+    return EdgeIndex(path, dense_dim=dense_dim)
 
 
 def load_average() -> str:
@@ -181,6 +202,9 @@ class Ingest:
     bm25_s: float = 0.0  # BM25 encoding (part of upsert), measured in a separate pass
     upstream_cpu_s: float = 0.0
     complete: bool = True
+    optimize_s: float = 0.0
+    rss_mb: int = 0  # peak RSS of this process (VmHWM) after the build
+    disk_mb: int = 0
 
     @property
     def total_s(self) -> float:
@@ -216,7 +240,7 @@ class Context:
 
 async def ingest_files(
     ctx: Context,
-    index: QdrantIndex,
+    index: Any,
     target_chunks: int,
     words_per_file: tuple[int, int],
     dense: bool,
@@ -264,8 +288,8 @@ async def ingest_files(
 
 async def ingestion_phase(ctx: Context, root: Path, dense: bool, rep: int) -> Ingest:
     mode = "hybrid" if dense else "lexical"
-    index = QdrantIndex(
-        path=root / f"ingest_{mode}_{rep}", dense_dim=ctx.args.embedding_dim if dense else None
+    index = open_index(
+        ctx.args, root / f"ingest_{mode}_{rep}", ctx.args.embedding_dim if dense else None
     )
     try:
         await index.ensure_collection()
@@ -294,14 +318,15 @@ def pct(values: list[float], q: int) -> float:
 
 
 async def search_phase(
-    ctx: Context, index: QdrantIndex, size: int, queries: list[str], budget_s: float, warm: bool
+    ctx: Context, index: Any, size: int, queries: list[str], budget_s: float, warm: bool
 ) -> list[Latency]:
     """Lexical then hybrid over the same queries. Each mode gets its share of the budget
     (hybrid costs ~2.5x lexical in local mode) and starts no query it cannot finish in
     time, judging by the slowest query so far."""
     k = ctx.args.k
     out: list[Latency] = []
-    for mode, share in (("lexical", 0.3), ("hybrid", 1.0)):
+    modes = (("lexical", 1.0),) if ctx.args.lexical_only else (("lexical", 0.3), ("hybrid", 1.0))
+    for mode, share in modes:
         lat = Latency(size, mode, planned=len(queries))
         stop_at = time.monotonic() + (budget_s - sum(sum(x.seconds) for x in out)) * share
         if warm:  # unmeasured, so lazily built state doesn't land in the figures
@@ -323,7 +348,7 @@ async def search_phase(
     return out
 
 
-async def delete_scan_seconds(index: QdrantIndex, repeat: int = 3) -> float:
+async def delete_scan_seconds(index: Any, repeat: int = 3) -> float:
     """Median cost of upsert_chunks' first step for a new file: deleting its (absent)
     old chunks, which in local mode scans every stored point's payload."""
     times = []
@@ -345,7 +370,7 @@ class Scale:
 
 async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]:
     args = ctx.args
-    index = QdrantIndex(path=root / "scale", dense_dim=args.embedding_dim)
+    index = open_index(args, root / "scale", None if args.lexical_only else args.embedding_dim)
     results: list[Scale] = []
     queries: list[str] = []
     words = args.scale_file_chunks * (args.max_chunk_tokens - args.overlap) * 9 // 10
@@ -365,7 +390,7 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
                 index,
                 size - have,
                 (words, words),
-                True,
+                not args.lexical_only,
                 stop_at,
                 keep_texts=texts if not queries else None,
             )
@@ -376,6 +401,13 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
             )
             if not queries:
                 queries = ctx.corpus.queries(texts, args.queries)
+            if isinstance(index, EdgeIndex):  # what maintain() does once writes pause
+                t0 = time.perf_counter()
+                await index.flush()
+                await index.optimize()
+                build.optimize_s = time.perf_counter() - t0
+            build.rss_mb = rss_mb()
+            build.disk_mb = disk_mb(root / "scale")
             scan = await delete_scan_seconds(index)
             budget = max(10.0, min(search_budget, ctx.remaining() - 5))
             latencies = await search_phase(ctx, index, reached, queries, budget, warm=n == 0)
@@ -408,7 +440,7 @@ def report(ctx: Context, ingests: dict[str, Ingest], scales: list[Scale], starte
     args = ctx.args
     print()
     print(
-        f"Retrieval bench: local-mode Qdrant under a temp dir; chunks {args.max_chunk_tokens}"
+        f"Retrieval bench: {args.backend} index under a temp dir; chunks {args.max_chunk_tokens}"
         f"/{args.overlap} tokens; dense dim {args.embedding_dim} (fake upstream, own process,"
         f" via Embedder -> litellm); vocab {len(ctx.corpus.vocab):,}; {os.cpu_count()} CPUs,"
         f" load avg now {load_average()}"
@@ -481,7 +513,8 @@ def report(ctx: Context, ingests: dict[str, Ingest], scales: list[Scale], starte
             f"  to {scale.reached:>7,}: {b.chunks:>7,} chunks in {b.files} files at "
             f"{b.rate:,.0f} chunks/s (chunk {b.chunk_s:.0f} s, embed {b.embed_s:.0f} s, "
             f"upsert {b.upsert_s:.0f} s); per-file delete scan at this size "
-            f"{scale.delete_scan_s * 1000:,.0f} ms{status}"
+            f"{scale.delete_scan_s * 1000:,.1f} ms; flush+optimise {b.optimize_s:.1f} s; "
+            f"peak RSS {b.rss_mb:,} MB; index on disk {b.disk_mb:,} MB{status}"
         )
     print()
     print(f"Total runtime {time.monotonic() - started:,.0f} s")
@@ -514,7 +547,7 @@ async def run(args: argparse.Namespace) -> None:
                 mode: sorted(results, key=lambda r: r.rate)[len(results) // 2]
                 for mode, results in runs.items()
             }
-            sizes = [10_000] if args.quick else [10_000, 100_000]
+            sizes = [10_000] if args.quick else [int(x) for x in args.sizes.split(",")]
             scales = await scale_phase(ctx, root, sizes)
             report(ctx, ingests, scales, started)
         finally:
@@ -538,6 +571,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-file-chunks", type=int, default=2000)
     parser.add_argument("--search-budget-s", type=float, default=None, help="at 10k chunks")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--backend", choices=["edge", "local"], default="edge")
+    parser.add_argument("--sizes", default="10000,100000", help="chunk counts searched")
+    parser.add_argument(
+        "--lexical-only", action="store_true", help="no dense vectors (for 1M: no embedding)"
+    )
     args = parser.parse_args(argv)
     if args.budget_minutes is None:
         args.budget_minutes = 10.0 if args.quick else 14.0

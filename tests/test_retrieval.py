@@ -1,10 +1,14 @@
-"""Retrieval layer: parsing, chunking, a real embedded (local-mode) Qdrant, embeddings."""
+"""Retrieval layer: parsing, chunking, both index backends (Qdrant Edge, qdrant-client), BM25,
+embeddings."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import re
+import time
+import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -12,26 +16,31 @@ from typing import Any
 
 import pytest
 
-from app.retrieval import lexical
+from app.retrieval import chunking, lexical, parsing
 from app.retrieval.chunking import (
     Chunk,
     ChunkingConfig,
     _load_shipped_encoding,
+    chunk_stream,
     chunk_text,
     get_encoding,
     resolve_chunking_strategy,
     validate_chunking,
 )
+from app.retrieval.edge_index import EdgeIndex, IndexLocked, to_edge_filter
 from app.retrieval.embeddings import Embedder, EmbeddingError, _vectors, drain_litellm_logging
 from app.retrieval.filters import build_filter
 from app.retrieval.parsing import (
     OPENAI_FILE_SEARCH_EXTENSIONS,
     InvalidFileError,
+    Limits,
+    ParseTimeout,
     UnsupportedFileError,
     extract_text,
     is_supported,
+    iter_text,
 )
-from app.retrieval.qdrant_index import QdrantIndex, _idf_sum
+from app.retrieval.qdrant_index import QdrantIndex
 from tests.fake_upstream import FakeUpstream, fake_embedding
 
 DIM = 64
@@ -288,28 +297,39 @@ def test_chunking_never_splits_characters() -> None:
 
 
 # -- vector index -----------------------------------------------------------------------
+# Every case runs on both backends: Qdrant Edge (the embedded default) and qdrant-client
+# (the Qdrant-server backend; here in qdrant-client's local mode, which has the server's
+# request API but not its engine: no Qdrant server runs in these tests).
+
+BACKENDS = ["edge", "qdrant-client-local"]
 
 
 def embed(text: str) -> list[float]:
     """Deterministic hashed bag-of-words embedding, unit length."""
     vector = [0.0] * DIM
-    for term in lexical.tokenize(text):
+    for term in re.findall(r"\w+", text.lower()):
         slot = int.from_bytes(hashlib.sha256(term.encode()).digest()[:4], "big") % DIM
         vector[slot] += 1.0
     norm = math.sqrt(sum(x * x for x in vector)) or 1.0
     return [x / norm for x in vector]
 
 
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[QdrantIndex]:
-    idx = QdrantIndex(path=tmp_path / "qdrant", dense_dim=DIM)
+def _open(backend: str, path: Path, dense_dim: int | None = DIM) -> Any:
+    if backend == "edge":
+        return EdgeIndex(path / "edge", dense_dim=dense_dim)
+    return QdrantIndex(path=path / "qdrant", dense_dim=dense_dim)
+
+
+@pytest.fixture(params=BACKENDS)
+async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    idx = _open(request.param, tmp_path)
     await idx.ensure_collection()
     yield idx
     await idx.close()
 
 
 async def _add(
-    index: QdrantIndex,
+    index: Any,
     store: str,
     file_id: str,
     text: str,
@@ -324,7 +344,7 @@ async def _add(
     )
 
 
-async def test_parsed_documents_are_searchable(index: QdrantIndex, tmp_path: Path) -> None:
+async def test_parsed_documents_are_searchable(index: Any, tmp_path: Path) -> None:
     for number, (filename, (build, _)) in enumerate(sorted(DOCUMENTS.items())):
         path = tmp_path / filename
         build(path)
@@ -341,7 +361,7 @@ async def test_parsed_documents_are_searchable(index: QdrantIndex, tmp_path: Pat
     assert await index.search(["vs_docs"], "cobalt", max_num_results=3) == []
 
 
-async def test_tenancy_and_hit_fields(index: QdrantIndex) -> None:
+async def test_tenancy_and_hit_fields(index: Any) -> None:
     await _add(index, "vs_a", "f1", "Lemurs eat tamarind fruit.", {"lang": "en"})
     await _add(index, "vs_b", "f2", "Lemurs of Madagascar.", {"lang": "fr"})
     hits = await index.search(["vs_a"], "lemurs")
@@ -352,9 +372,11 @@ async def test_tenancy_and_hit_fields(index: QdrantIndex) -> None:
     assert {h.file_id for h in both} == {"f1", "f2"}
     assert await index.search([], "lemurs") == []
     assert await index.search(["vs_a"], "   ...  ") == []
+    assert await index.store_ids() == {"vs_a", "vs_b"}
+    assert await index.file_ids("vs_a") == {"f1"}
 
 
-async def test_attribute_filters(index: QdrantIndex) -> None:
+async def test_attribute_filters(index: Any) -> None:
     docs = [
         ("r1", {"author": "ada", "year": 2021, "draft": False, "region.code": "eu"}),
         ("r2", {"author": "bob", "year": 2023, "draft": True, "region.code": "us"}),
@@ -398,7 +420,7 @@ async def test_attribute_filters(index: QdrantIndex) -> None:
     assert await ids({"type": "and", "filters": [compound, before_2022]}) == {"r1", "r4"}
 
 
-async def test_datetime_range_filter(index: QdrantIndex) -> None:
+async def test_datetime_range_filter(index: Any) -> None:
     await _add(index, "vs_d", "old", "Meeting minutes.", {"date": "2023-01-05T00:00:00Z"})
     await _add(index, "vs_d", "new", "Meeting minutes.", {"date": "2024-06-01T00:00:00Z"})
     flt = {"type": "gt", "key": "date", "value": "2024-01-01T00:00:00Z"}
@@ -423,7 +445,7 @@ def test_invalid_filters(flt: dict[str, Any]) -> None:
         build_filter(flt)
 
 
-async def test_score_threshold(index: QdrantIndex) -> None:
+async def test_score_threshold(index: Any) -> None:
     await _add(index, "vs_s", "full", "Quantum pineapple harvest report.", dense=False)
     await _add(index, "vs_s", "partial", "Quantum physics lecture notes.", dense=False)
     for i in range(5):  # make "quantum" common so it weighs less than the rare terms
@@ -443,27 +465,64 @@ async def test_score_threshold(index: QdrantIndex) -> None:
         await index.search(["vs_s"], "quantum", max_num_results=0)
 
 
-async def test_max_num_results(index: QdrantIndex) -> None:
+async def test_bm25_ranking(index: Any) -> None:
+    """Real BM25: stemming and stopwords, term-frequency saturation, length normalisation."""
+    await _add(index, "vs_b", "stem", "The elephants were running across the plains.")
+    await _add(index, "vs_b", "once", "An elephant. " + "Grass and trees. " * 20)
+    await _add(index, "vs_b", "twice", "An elephant and another elephant. " + "Grass. " * 20)
+    await _add(index, "vs_b", "stop", "The of and to in is it was.")
+    # "running elephant" matches "elephants were running" through the stemmer.
+    hits = await index.search(["vs_b"], "running elephant")
+    assert hits[0].file_id == "stem" and hits[0].score == 1.0
+    # More occurrences and a shorter text rank higher, stopwords match nothing.
+    ranked = [h.file_id for h in await index.search(["vs_b"], "elephant")]
+    assert ranked.index("twice") < ranked.index("once")  # same length, tf 2 beats tf 1
+    assert ranked.index("stem") < ranked.index("once")  # same tf, the shorter text wins
+    assert await index.search(["vs_b"], "the of and") == []
+
+
+async def test_backends_rank_alike(tmp_path: Path) -> None:
+    """The same chunks and queries give the same hits and scores on both backends."""
+    texts = {
+        f"d{i}": f"Document {i} about {topic} and {other}."
+        for i, (topic, other) in enumerate(
+            [
+                ("solar panels", "batteries"),
+                ("wind turbines", "solar storage"),
+                ("battery chemistry", "lithium mining"),
+                ("hydro power", "dams and rivers"),
+                ("solar farms", "desert land"),
+            ]
+        )
+    }
+    results = []
+    for backend in BACKENDS:
+        idx = _open(backend, tmp_path / backend)
+        await idx.ensure_collection()
+        for file_id, text in texts.items():
+            await _add(idx, "vs", file_id, text)
+        results.append(
+            [
+                [(h.file_id, h.score) for h in await idx.search(["vs"], q, dense_query=dq)]
+                for q in ("solar", "battery storage", "rivers dams power", "lithium")
+                for dq in (None, embed(q))
+            ]
+        )
+        await idx.close()
+    edge, client = results
+    assert [[f for f, _ in hits] for hits in edge] == [[f for f, _ in hits] for hits in client]
+    for a, b in zip(edge, client, strict=True):  # f32 in one engine, f64 in the other
+        assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-5)
+
+
+async def test_max_num_results(index: Any) -> None:
     for i in range(12):
         await _add(index, "vs_m", f"m{i}", f"Shared keyword mango {i}.")
     assert len(await index.search(["vs_m"], "mango", max_num_results=5)) == 5
     assert len(await index.search(["vs_m"], "mango", dense_query=embed("mango"))) == 10
 
 
-async def test_local_idf_matches_probes(index: QdrantIndex) -> None:
-    """The local-mode IDF shortcut (qdrant-client internals) agrees with real probes."""
-    await _add(index, "vs_i", "a", "alpha beta gamma alpha")
-    await _add(index, "vs_i", "b", "alpha delta")
-    await _add(index, "vs_i", "c", "epsilon")
-    terms = lexical.query_terms("alpha delta epsilon missingterm")
-    local = index._local_idf_sum(terms)
-    assert local is not None and local > 0
-    probes = [index._idf_probe(t) for t in terms]
-    responses = await index.client.query_batch_points(index.collection_name, probes)
-    assert _idf_sum(terms, responses) == pytest.approx(local, rel=1e-5)
-
-
-async def test_hybrid_rrf_in_local_mode(index: QdrantIndex) -> None:
+async def test_hybrid_rrf(index: Any) -> None:
     await _add(index, "vs_h", "lex", "Tariff schedule for imported bicycles.")
     # Lexically unrelated to the query, but given the query's own embedding.
     await index.upsert_chunks(
@@ -490,7 +549,7 @@ async def test_hybrid_rrf_in_local_mode(index: QdrantIndex) -> None:
         await index.search(["vs_h"], "tariff", dense_query=[1.0, 0.0])
 
 
-async def test_delete_and_reindex(index: QdrantIndex) -> None:
+async def test_delete_and_reindex(index: Any) -> None:
     long_text = " ".join(f"token{i} walnut" for i in range(400))
     assert await _add(index, "vs_x", "doc", long_text) > 1
     await _add(index, "vs_y", "doc", "walnut in another store")
@@ -501,6 +560,10 @@ async def test_delete_and_reindex(index: QdrantIndex) -> None:
     # Re-upserting replaces all previous chunks of the file, even with fewer chunks.
     assert await _add(index, "vs_x", "doc", "short walnut") == 1
     assert await index.count_chunks("vs_x", "doc") == 1
+    # Pages after the first add to the file's chunks instead of replacing them.
+    more = [Chunk("walnut page two", 3, 1)]
+    assert await index.upsert_chunks("vs_x", "doc", "doc.txt", more, None, None, replace=False)
+    assert await index.count_chunks("vs_x", "doc") == 2
 
     await index.delete_file("vs_x", "doc")
     assert {h.file_id for h in await index.search(["vs_x"], "walnut")} == {"keep"}
@@ -514,49 +577,71 @@ async def test_delete_and_reindex(index: QdrantIndex) -> None:
     await index.delete_store("vs_x")
     assert await index.count_chunks("vs_x") == 0
     assert await index.search(["vs_x"], "walnut") == []
+    assert await index.store_ids() == {"vs_y"} or await index.count_chunks("vs_y") == 0
 
 
-async def test_scores_stay_valid_after_deletes(tmp_path: Path) -> None:
-    """Local-mode IDF counts must forget deleted chunks (qdrant-client issue #1426)."""
-    path = tmp_path / "idf"
-    index = QdrantIndex(path=path)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_scores_stay_valid_after_deletes(tmp_path: Path, backend: str) -> None:
+    """IDF counts forget deleted chunks (qdrant-client local mode needed a workaround,
+    issue #1426), also after reopening."""
+    index = _open(backend, tmp_path, dense_dim=None)
+    await index.ensure_collection()
     for i in range(4):
         await _add(index, "vs", f"f{i}", "identical hazelnut text", dense=False)
+    await _add(index, "vs", "other", "unrelated almond text", dense=False)
     for i in range(3):
         await index.delete_file("vs", f"f{i}")
     await index.delete_store("vs_never_existed")
     hits = await index.search(["vs"], "hazelnut")
     assert [(h.file_id, h.score) for h in hits] == [("f3", 1.0)]
-    raw = await index.client.query_points(
-        index.collection_name, query=lexical.query_vector(lexical.query_terms("hazelnut")),
-        using="lexical",
-    )  # fmt: skip
     await index.close()
-    # Reopening rebuilds the counts from disk: the raw BM25 score must not change.
-    reopened = QdrantIndex(path=path)
-    again = await reopened.client.query_points(
-        reopened.collection_name, query=lexical.query_vector(lexical.query_terms("hazelnut")),
-        using="lexical",
-    )  # fmt: skip
-    assert raw.points[0].score > 0
-    assert again.points[0].score == pytest.approx(raw.points[0].score)
+    reopened = _open(backend, tmp_path, dense_dim=None)
+    await reopened.ensure_collection()
+    assert [(h.file_id, h.score) for h in await reopened.search(["vs"], "hazelnut")] == [
+        ("f3", 1.0)
+    ]
     await reopened.close()
 
 
-async def test_update_attributes(index: QdrantIndex) -> None:
-    await _add(index, "vs_u", "f", "Zebra crossing guide.", {"status": "draft"})
+async def test_update_attributes(index: Any) -> None:
+    await _add(index, "vs_u", "f", "Zebra crossing guide.", {"status": "draft", "old": 1})
     await index.update_attributes("vs_u", "f", {"status": "final", "version": 2})
     flt = {"type": "eq", "key": "status", "value": "final"}
     hits = await index.search(["vs_u"], "zebra", filters=flt)
     assert [h.attributes for h in hits] == [{"status": "final", "version": 2}]
 
 
-async def test_upsert_validation(index: QdrantIndex) -> None:
+async def test_upsert_validation(index: Any) -> None:
     chunks = chunk_text("one chunk", 100, 0)
     with pytest.raises(ValueError, match="dense vectors"):
         await index.upsert_chunks("vs", "f", "f.txt", chunks, None, [])
     with pytest.raises(ValueError, match="dimension"):
         await index.upsert_chunks("vs", "f", "f.txt", chunks, None, [[1.0]])
+
+
+async def test_edge_shard_is_locked_persistent_and_grows_dense(tmp_path: Path) -> None:
+    path = tmp_path / "edge"
+    first = EdgeIndex(path)
+    await _add(first, "vs", "f", "Persistent narwhal.", dense=False)
+    # One process, one opener: a second opener (here or in another process) is refused.
+    with pytest.raises(IndexLocked, match="QDRANT_URL"):
+        EdgeIndex(path)
+    await first.maintain()  # nothing due yet: a no-op
+    await first.close()
+
+    reopened = EdgeIndex(path, dense_dim=DIM)  # an embedding model was configured since
+    assert [h.file_id for h in await reopened.search(["vs"], "narwhal")] == ["f"]
+    await _add(reopened, "vs", "g", "Dense narwhal.", dense=True)
+    hits = await reopened.search(["vs"], "narwhal", dense_query=embed("Dense narwhal."))
+    assert hits[0].file_id == "g"
+    await reopened.flush()
+    await reopened.optimize()
+    assert await reopened.count_chunks("vs") == 2
+    await reopened.close()
+    with pytest.raises(RuntimeError, match="dimension"):
+        EdgeIndex(path, dense_dim=DIM * 2)
+    again = EdgeIndex(path, dense_dim=DIM)  # the failed open released the lock
+    await again.close()
 
 
 async def test_shared_local_client_and_reopen(tmp_path: Path) -> None:
@@ -585,16 +670,103 @@ def test_constructor_validation(tmp_path: Path) -> None:
         QdrantIndex()
     with pytest.raises(ValueError):
         QdrantIndex(url="http://localhost:6333", path=tmp_path)
+    with pytest.raises(ValueError):
+        EdgeIndex(tmp_path, dense_dim=0)
 
 
-def test_tokenizer() -> None:
-    assert lexical.tokenize("The Elephants' extract_text() in 東京") == [
-        "elephant",
-        "extract_text",
-        "extract",
-        "text",
-        "東京",
+def test_bm25_vectors() -> None:
+    """English BM25 as Qdrant's own encoder makes it: stemmed, stopwords out, snake_case
+    split, document weights tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len))."""
+    assert lexical.query_terms("Elephants") == lexical.query_terms("elephant")
+    assert lexical.query_terms("running") == lexical.query_terms("runs")
+    assert lexical.query_terms("the of and") == []
+    assert lexical.document_vector("the of and") is None
+    assert lexical.query_terms("extract_text") == sorted(
+        lexical.query_terms("extract") + lexical.query_terms("text")
+    )
+    doc = lexical.document_vector("zebra zebra lion")
+    assert doc is not None and len(doc.indices) == 2
+    norm = lexical.K1 * (1 - lexical.B + lexical.B * 3 / lexical.AVG_DOC_LEN)
+    [zebra] = lexical.query_terms("zebra")
+    weight = doc.values[doc.indices.index(zebra)]
+    assert weight == pytest.approx(2 * (lexical.K1 + 1) / (2 + norm), rel=1e-4)
+
+
+def test_edge_filter_translation() -> None:
+    spec = build_filter(
+        {
+            "type": "or",
+            "filters": [
+                {"type": "in", "key": "a", "value": ["x", "y"]},
+                {"type": "lte", "key": "d", "value": "2024-01-01T00:00:00Z"},
+                {"type": "ne", "key": "n", "value": 3},
+            ],
+        }
+    )
+    assert to_edge_filter(spec).should is not None
+
+
+# -- streaming ingestion pieces -----------------------------------------------------------
+
+
+def test_chunk_stream_matches_whole_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = " ".join(
+        f"Word{i} ünïcode 東京 {i}." + ("\n\n" if i % 7 == 0 else "") for i in range(6000)
+    )
+    whole = chunk_text(text, 200, 50)
+    monkeypatch.setattr(chunking, "PIECE_CHARS", 5000)
+    pieces = [text[i : i + 3333] for i in range(0, len(text), 3333)]
+    streamed = list(chunk_stream(pieces, 200, 50))
+    assert [(c.text, c.index, c.token_count) for c in streamed] == [
+        (c.text, c.index, c.token_count) for c in whole
     ]
+
+
+def test_iter_text_streams_and_normalises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parsing, "BLOCK_BYTES", 64)
+    raw = "  first line  \r\n\r\n\r\n\r\nsecond ünï\tline \t\nthird\r" * 40 + "\n\n  "
+    path = tmp_path / "big.txt"
+    path.write_bytes(raw.encode())
+    pieces = list(iter_text(path, "big.txt"))
+    assert len(pieces) > 10  # really streamed
+    assert "".join(pieces) == parsing._normalise(raw)
+    path.write_bytes("\ufeff".encode("utf-16-le") + raw.encode("utf-16-le"))
+    assert "".join(iter_text(path, "big.txt")) == parsing._normalise(raw)
+    path.write_bytes(b"ok " * 100 + b"\xff\xfe bad")
+    with pytest.raises(InvalidFileError, match="offset 300"):
+        list(iter_text(path, "big.txt"))
+
+
+def test_text_cap_and_deadline(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("word " * 1000)
+    with pytest.raises(InvalidFileError, match="more than 100 characters"):
+        list(iter_text(path, "a.txt", limits=Limits(max_chars=100)))
+    with pytest.raises(ParseTimeout):
+        list(iter_text(path, "a.txt", limits=Limits(deadline=time.monotonic() - 1)))
+
+
+def _zip_bomb_docx(path: Path, member_bytes: int) -> None:
+    """A DOCX whose document.xml inflates ~1000x (zeros compress that well)."""
+    _docx(path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("word/padding.xml", "w") as member:
+            block = b"0" * (1 << 20)
+            for _ in range(member_bytes >> 20):
+                member.write(block)
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.docx"
+    _zip_bomb_docx(path, 64 << 20)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(InvalidFileError, match="zip bomb"):
+        extract_text(path, "bomb.docx")
+    small = tmp_path / "ok.docx"
+    _docx(small)
+    with pytest.raises(InvalidFileError, match="unpacks to"):
+        extract_text(small, "ok.docx", limits=Limits(max_unzipped_bytes=1000))
+    assert extract_text(small, "ok.docx", limits=Limits(max_unzipped_bytes=10 << 20))
 
 
 # -- embeddings -------------------------------------------------------------------------

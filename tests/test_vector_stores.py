@@ -16,14 +16,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from app.auth.models import DEFAULT_PROJECT_ID
 from app.db import Database
 from app.files.models import StoredFile
 from app.retrieval.embeddings import drain_litellm_logging
-from app.vector_stores.ingestion import cleanup_expired
-from app.vector_stores.models import VectorStore
+from app.vector_stores.ingestion import cleanup_expired, reconcile
+from app.vector_stores.models import VectorStore, VectorStoreFile
 from app.vector_stores.search import search_stores
 from tests.app_server import AppServer, make_settings
 from tests.databases import fresh_database
@@ -271,8 +271,16 @@ def test_search_query_list_and_request_fields(client: openai.OpenAI, http: httpx
         rewrite_query=True,
         ranking_options={"ranker": "auto", "score_threshold": 0.0},
     )
-    assert page.search_query == ["lilac ferret", "olive newt"]  # type: ignore[attr-defined]
+    # rewrite_query: one model call per query (the fake upstream's model echoes it back);
+    # search_query says what was searched.
+    assert page.search_query == ["Echo: lilac ferret", "Echo: olive newt"]  # type: ignore[attr-defined]
     assert len(page.data) == 1 and page.has_more is False
+    plain = client.vector_stores.search(store.id, query="lilac ferret", rewrite_query=False)
+    assert plain.search_query == ["lilac ferret"]  # type: ignore[attr-defined]
+    fast = client.vector_stores.search(
+        store.id, query="lilac ferret", ranking_options={"ranker": "none", "score_threshold": 0.0}
+    )
+    assert [d.file_id for d in fast.data] == [d.file_id for d in plain.data]
     for body, param in [
         ({"query": "x", "max_num_results": 0}, "max_num_results"),
         ({"query": "x", "max_num_results": 51}, "max_num_results"),
@@ -624,7 +632,9 @@ def test_expiry_and_cleanup(database: tuple[Path, str]) -> None:
                 db: Database = server.runtime.db
                 async with db.sessionmaker() as session:
                     await session.execute(
-                        update(VectorStore).where(VectorStore.id == store.id).values(expires_at=1)
+                        update(VectorStore)
+                        .where(VectorStore.id == store.id)
+                        .values(expires_at=int(time.time()) - 60)  # expired a minute ago
                     )
                     await session.execute(
                         update(StoredFile).where(StoredFile.id == file.id).values(expires_at=1)
@@ -644,15 +654,85 @@ def test_expiry_and_cleanup(database: tuple[Path, str]) -> None:
             runtime = server.runtime
             assert runtime.index is not None
             result = server.call(cleanup_expired(runtime.db, runtime.index, settings))
-            assert result == {"vector_stores_expired": 1, "files_deleted": 1}
+            assert result == {
+                "vector_stores_expired": 1,
+                "vector_stores_purged": 0,  # expired, kept for the grace period
+                "files_deleted": 1,
+            }
             assert not (settings.files_dir / file.id).exists()
             assert (settings.files_dir / keep.id).exists()
             assert [f.id for f in client.vector_stores.files.list(store.id)] == [keep.id]
             assert client.vector_stores.retrieve(store.id).status == "expired"
             assert server.call(cleanup_expired(runtime.db, runtime.index, settings)) == {
                 "vector_stores_expired": 0,
+                "vector_stores_purged": 0,
                 "files_deleted": 0,
             }
+            assert server.call(runtime.index.count_chunks(store.id)) > 0
+            # Past the grace period the store goes: rows and chunks.
+            no_grace = settings.model_copy(update={"expired_store_grace_days": 0})
+            result = server.call(cleanup_expired(runtime.db, runtime.index, no_grace))
+            assert result["vector_stores_purged"] == 1
+            with pytest.raises(openai.NotFoundError):
+                client.vector_stores.retrieve(store.id)
+            assert server.call(runtime.index.count_chunks(store.id)) == 0
+
+
+def test_reconcile_and_retried_deletes(database: tuple[Path, str]) -> None:
+    """Chunks whose store or store file vanished behind the index's back (a crash between
+    the commit and the index delete) are removed by `reconcile`; a delete that failed is
+    queued and retried by the index's upkeep."""
+    data_dir, url = database
+    with AppServer(make_settings(data_dir, url)) as server:
+        with sdk(server) as client:
+            a = upload(client, "a.txt", b"The teal heron.")
+            b = upload(client, "b.txt", b"The teal heron again.")
+            gone = client.vector_stores.create(name="gone", file_ids=[a.id])
+            kept = client.vector_stores.create(name="kept", file_ids=[a.id, b.id])
+            wait_for_store(client, gone.id)
+            wait_for_store(client, kept.id)
+            runtime = server.runtime
+            index = runtime.index
+            assert index is not None
+
+            async def forget_rows() -> None:  # as if the process died before the index delete
+                async with runtime.db.sessionmaker() as session:
+                    await session.execute(delete(VectorStore).where(VectorStore.id == gone.id))
+                    await session.execute(
+                        delete(VectorStoreFile).where(
+                            VectorStoreFile.vector_store_id == kept.id, VectorStoreFile.id == b.id
+                        )
+                    )
+                    await session.commit()
+
+            server.call(forget_rows())
+            assert server.call(index.count_chunks(gone.id)) == 1
+            removed = server.call(reconcile(runtime.db, index))
+            assert removed == {"stores": 1, "files": 1}
+            assert server.call(index.count_chunks(gone.id)) == 0
+            assert server.call(index.count_chunks(kept.id, b.id)) == 0
+            assert server.call(index.count_chunks(kept.id, a.id)) == 1
+            assert server.call(reconcile(runtime.db, index)) == {"stores": 0, "files": 0}
+
+            backend = server.call(index.backend())
+            original = backend.delete_file
+            failures = [RuntimeError("index down")]
+
+            async def flaky(store_id: str | None, file_id: str) -> None:
+                if failures:
+                    raise failures.pop()
+                await original(store_id, file_id)
+
+            backend.delete_file = flaky
+            try:
+                client.vector_stores.files.delete(a.id, vector_store_id=kept.id)  # no 500
+                assert index.pending_deletes == [("file", kept.id, a.id)]
+                assert server.call(index.count_chunks(kept.id, a.id)) == 1
+                server.call(index.maintain())
+                assert index.pending_deletes == []
+                assert server.call(index.count_chunks(kept.id, a.id)) == 0
+            finally:
+                backend.delete_file = original
 
 
 def test_search_service_for_the_run_executor(database: tuple[Path, str]) -> None:
@@ -690,6 +770,8 @@ def test_search_service_for_the_run_executor(database: tuple[Path, str]) -> None
             assert server.call(run("scarlet bison", "guards the archive", "zzyzx")) == hits
             filtered = run("scarlet", filters={"type": "eq", "key": "x", "value": 1})
             assert server.call(filtered) == []
+            # ranker "none": BM25 alone (no query embedding, no fusion); same hit here.
+            assert server.call(run("scarlet bison", ranker="none")) == hits
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
+import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,42 +171,128 @@ def chunk_text(
     chunk_overlap_tokens: int = DEFAULT_CHUNK_OVERLAP_TOKENS,
 ) -> list[Chunk]:
     """Split text into windows of at most `max_chunk_size_tokens` tokens, consecutive
-    windows sharing `chunk_overlap_tokens` tokens.
+    windows sharing `chunk_overlap_tokens` tokens (`chunk_stream` over one piece)."""
+    return list(chunk_stream([text], max_chunk_size_tokens, chunk_overlap_tokens))
+
+
+PIECE_CHARS = 1 << 20  # chunk_stream encodes at most about this many characters at once
+
+
+def chunk_stream(
+    pieces: Iterable[str],
+    max_chunk_size_tokens: int = DEFAULT_MAX_CHUNK_SIZE_TOKENS,
+    chunk_overlap_tokens: int = DEFAULT_CHUNK_OVERLAP_TOKENS,
+) -> Iterator[Chunk]:
+    """`chunk_text` over text arriving in pieces, in bounded memory: the text is encoded a
+    piece (about PIECE_CHARS) at a time and only the tokens of the current window are kept,
+    so a 512 MB file never becomes one string or one token list.
+
+    Pieces are re-cut after a newline that precedes a non-space character, where the
+    tokenizer splits anyway, so the tokens are those of the whole text in practice; text
+    of one piece (under PIECE_CHARS) is chunked exactly as a whole.
 
     Window edges are nudged back to token boundaries that fall between whole UTF-8
     characters, since a byte-level BPE token can hold part of a character and slicing
     there would leave U+FFFD garbage at both chunk edges.
     """
     validate_chunking(max_chunk_size_tokens, chunk_overlap_tokens)
-    if not text.strip():
-        return []
     encoding = get_encoding()
-    # Documents may legitimately contain "<|endoftext|>": treat it as plain text.
-    tokens = encoding.encode(text, disallowed_special=())
-    token_bytes = encoding.decode_tokens_bytes(tokens)
-    # offsets[i] = byte offset where token i starts; offsets[n] = total length.
-    offsets = [0]
-    for piece in token_bytes:
-        offsets.append(offsets[-1] + len(piece))
-    data = b"".join(token_bytes)
-    n = len(tokens)
+    data = bytearray()  # the bytes of tokens [0, n) of the buffer
+    offsets = [0]  # offsets[i] = where buffered token i starts; offsets[n] = len(data)
+    start = 0  # the current window's first token (buffer-relative)
+    count = 0  # chunks emitted
 
-    def clean(i: int) -> bool:
+    def clean(i: int, n: int) -> bool:
         return i in (0, n) or (data[offsets[i]] & 0xC0) != 0x80
 
-    chunks: list[Chunk] = []
-    start = 0
-    while start < n:
-        end = min(start + max_chunk_size_tokens, n)
-        while end > start + 1 and not clean(end):
-            end -= 1
-        piece = data[offsets[start] : offsets[end]].decode("utf-8", errors="replace")
-        if piece.strip():
-            chunks.append(Chunk(text=piece, token_count=end - start, index=len(chunks)))
-        if end >= n:
+    def windows(final: bool) -> Iterator[Chunk]:
+        nonlocal start, count
+        n = len(offsets) - 1
+        # A window is settled once the token after it is known (or the text has ended).
+        while start < n and (final or start + max_chunk_size_tokens < n):
+            end = min(start + max_chunk_size_tokens, n)
+            while end > start + 1 and not clean(end, n):
+                end -= 1
+            piece = bytes(data[offsets[start] : offsets[end]]).decode("utf-8", errors="replace")
+            if piece.strip():
+                yield Chunk(text=piece, token_count=end - start, index=count)
+                count += 1
+            if end >= n:
+                start = n
+                break
+            next_start = max(end - chunk_overlap_tokens, start + 1)
+            while next_start < end and not clean(next_start, n):
+                next_start += 1
+            start = next_start
+
+    lengths = _token_lengths()
+    for text in _recut(pieces):
+        tokens = encoding.encode(text, disallowed_special=())
+        # BPE is lossless: the tokens' bytes, joined, are the text's UTF-8 bytes.
+        raw = text.encode("utf-8", errors="surrogatepass")
+        offsets += itertools.islice(
+            itertools.accumulate(map(lengths.__getitem__, tokens), initial=len(data)), 1, None
+        )
+        if offsets[-1] != len(data) + len(raw):  # lone surrogates and such: the slow way
+            del offsets[len(offsets) - len(tokens) :]
+            pieces_bytes = encoding.decode_tokens_bytes(tokens)
+            offsets += itertools.islice(
+                itertools.accumulate(map(len, pieces_bytes), initial=len(data)), 1, None
+            )
+            raw = b"".join(pieces_bytes)
+        data += raw
+        yield from windows(final=False)
+        if start > 0:  # forget the tokens before the current window
+            cut = offsets[start]
+            del data[:cut]
+            offsets = [o - cut for o in offsets[start:]]
+            start = 0
+    yield from windows(final=True)
+
+
+_lengths: list[int] | None = None
+
+
+def _token_lengths() -> list[int]:
+    """Byte length of every token id of the encoding (built once, ~0.2 s)."""
+    global _lengths
+    if _lengths is None:
+        encoding = get_encoding()
+        table = [0] * encoding.n_vocab
+        for token in range(encoding.n_vocab):
+            try:
+                table[token] = len(encoding.decode_single_token_bytes(token))
+            except KeyError:
+                pass
+        _lengths = table
+    return _lengths
+
+
+def _recut(pieces: Iterable[str]) -> Iterator[str]:
+    """Pieces of about PIECE_CHARS, each cut where the tokenizer splits anyway (see
+    `_cut_point`)."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        while len(pending) >= PIECE_CHARS:
+            cut = _cut_point(pending, PIECE_CHARS)
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending:
+        yield pending
+
+
+def _cut_point(text: str, near: int) -> int:
+    """An index at or before `near` where o200k's pre-tokenizer splits: before a space or a
+    newline that precedes a non-space character (such a space starts the next word's
+    token; a newline ends its own). Falls back to `near` for text without any."""
+    floor = near // 2
+    position = near
+    while position > floor:
+        found = max(text.rfind(" ", floor, position), text.rfind("\n", floor, position))
+        if found < 0:
             break
-        next_start = max(end - chunk_overlap_tokens, start + 1)
-        while next_start < end and not clean(next_start):
-            next_start += 1
-        start = next_start
-    return chunks
+        if found + 1 < len(text) and not text[found + 1].isspace():
+            return found if text[found] == " " else found + 1
+        position = found
+    return near

@@ -1,26 +1,48 @@
-"""The vector index as the rest of the app sees it: one interface, opened on first use.
+"""The vector index as the rest of the app sees it: one interface, two backends, opened on
+first use.
 
-`VectorIndex` is what services, tools and ingestion call; `QdrantIndex`
-(`app.retrieval.qdrant_index`, the only qdrant-client import) is the backend. Importing
-qdrant-client and opening a local collection take seconds, so `LazyIndex` defers both to
-a worker thread on first use (or to `open_in_background()` right after start): the server
-answers at once, and the first request that needs the index waits for it instead of failing.
+`VectorIndex` is what services, tools and ingestion call. Its backends:
+- `EdgeIndex` (`app.retrieval.edge_index`): Qdrant Edge, the Qdrant engine in process, on
+  disk under the data dir: the embedded default. One process may open it (a file lock).
+- `QdrantIndex` (`app.retrieval.qdrant_index`): qdrant-client, for a Qdrant server at
+  QDRANT_URL (several processes and machines).
+
+Both store the same points (ids, payload, the in-process BM25 sparse vector of
+`app.retrieval.lexical`, the optional dense vector) and run the same search plan
+(`SearchPlan` below): IDF probes, the lexical and dense sources, RRF fusion in the engine,
+scores normalised here. So both backends rank alike; tests run the plan on both.
+
+Importing an engine and opening an index take time, so `LazyIndex` defers both to a worker
+thread on first use (or to `open_in_background()` right after start): the server answers at
+once, and the first request that needs the index waits for it instead of failing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import APIError
-from app.retrieval.filters import AttributeValue
+from app.retrieval import lexical
+from app.retrieval.filters import ATTRIBUTES_FIELD, AttributeValue, QdrantFilter, build_filter
 
 if TYPE_CHECKING:
     from app.retrieval.chunking import Chunk
 
+logger = logging.getLogger("opengrove.index")
+
 MAX_NUM_RESULTS = 50
+LEXICAL_VECTOR = "lexical"
+DENSE_VECTOR = "dense"
+# Booleans again, as "true"/"false" strings: Qdrant Edge's Python binding turns a boolean
+# match value into an integer (which never matches a boolean), so Edge filters on these.
+BOOL_SHADOW_FIELD = "attribute_flags"
+RRF_K = 2  # Qdrant's default constant: rank 1 weighs 1/3, rank 10 1/12
+_POINT_NAMESPACE = uuid.UUID("6f1d7c5e-3b7a-4c1e-9a53-0f3e2d1c4b5a")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +70,11 @@ class VectorIndex(Protocol):
         chunks: Sequence[Chunk],
         attributes: Mapping[str, AttributeValue] | None = None,
         dense_vectors: Sequence[Sequence[float]] | None = None,
-    ) -> int: ...
+        *,
+        replace: bool = True,
+    ) -> int:
+        """Write chunks (point ids from store, file and chunk index); with `replace`, the
+        file's other chunks in the store are removed first. Returns the points written."""
 
     async def update_attributes(
         self, vector_store_id: str, file_id: str, attributes: Mapping[str, AttributeValue]
@@ -60,6 +86,12 @@ class VectorIndex(Protocol):
 
     async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int: ...
 
+    async def store_ids(self) -> set[str]:
+        """Every vector store id holding points (for reconciliation)."""
+
+    async def file_ids(self, vector_store_id: str) -> set[str]:
+        """Every file id holding points in one store (for reconciliation)."""
+
     async def search(
         self,
         vector_store_ids: Sequence[str],
@@ -69,6 +101,9 @@ class VectorIndex(Protocol):
         score_threshold: float = 0.0,
         filters: Mapping[str, Any] | None = None,
     ) -> list[SearchHit]: ...
+
+    async def maintain(self) -> None:
+        """Periodic upkeep (the embedded engine flushes and optimises; a server does its own)."""
 
     async def ping(self) -> None: ...
 
@@ -80,6 +115,216 @@ class IndexUnavailable(APIError):
         super().__init__(503, reason, type="server_error")
 
 
+# -- what both backends share ------------------------------------------------------------
+
+
+def point_id(vector_store_id: str, file_id: str, chunk_index: int) -> str:
+    return str(uuid.uuid5(_POINT_NAMESPACE, f"{vector_store_id}/{file_id}/{chunk_index}"))
+
+
+def attribute_payload(attributes: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    """The payload fields derived from a file's attributes (written and replaced together)."""
+    return {
+        ATTRIBUTES_FIELD: dict(attributes),
+        BOOL_SHADOW_FIELD: {
+            k: "true" if v else "false" for k, v in attributes.items() if isinstance(v, bool)
+        },
+    }
+
+
+def chunk_payload(
+    vector_store_id: str,
+    file_id: str,
+    filename: str,
+    chunk: Chunk,
+    attributes: Mapping[str, AttributeValue],
+) -> dict[str, Any]:
+    return {
+        "vector_store_id": vector_store_id,
+        "file_id": file_id,
+        "filename": filename,
+        "chunk_index": chunk.index,
+        "token_count": chunk.token_count,
+        "text": chunk.text,
+        **attribute_payload(attributes),
+    }
+
+
+def check_dense(
+    dense_dim: int | None, chunks: Sequence[Any], dense_vectors: Sequence[Sequence[float]] | None
+) -> None:
+    if dense_vectors is None:
+        return
+    if dense_dim is None:
+        raise ValueError("dense_vectors given but the index has no dense_dim configured.")
+    if len(dense_vectors) != len(chunks):
+        raise ValueError(f"Got {len(dense_vectors)} dense vectors for {len(chunks)} chunks.")
+    if any(len(v) != dense_dim for v in dense_vectors):
+        raise ValueError(f"Every dense vector must have dimension {dense_dim}.")
+
+
+def scope_filter(vector_store_id: str | None = None, file_id: str | None = None) -> QdrantFilter:
+    must: list[QdrantFilter] = []
+    if vector_store_id is not None:
+        must.append({"key": "vector_store_id", "match": {"value": vector_store_id}})
+    if file_id is not None:
+        must.append({"key": "file_id", "match": {"value": file_id}})
+    return {"must": must}
+
+
+@dataclass
+class ScoredChunk:
+    """A point as an engine returned it, in backend-neutral form."""
+
+    id: str
+    score: float
+    payload: dict[str, Any] | None = None
+    lexical: lexical.Sparse | None = None  # only on IDF probes
+
+
+@dataclass
+class SearchPlan:
+    """One search, as the requests every backend sends in one batch and the arithmetic
+    that turns the answers into hits.
+
+    Requests, in order: one IDF probe per query term (unfiltered, 1 result, its lexical
+    vector), the lexical source, the dense source, and, when both sources run, their RRF
+    fusion (prefetch + fusion inside the engine).
+
+    Scores are normalised to 0..1 so `score_threshold` means something:
+    - lexical: raw BM25 / the sum of the query terms' IDF, capped at 1. A chunk holding every
+      query term about once (at average length) scores ~1; missing rare terms costs more
+      than missing common ones. No engine exposes IDF, so each term's is recovered from its
+      probe (the probe's score / the stored weight).
+    - dense: cosine similarity clamped to 0..1.
+    - hybrid: order from the RRF fusion; a hit's score is the best of its normalised
+      lexical and dense scores (RRF values only encode ranks, not relevance).
+    """
+
+    scope: QdrantFilter
+    terms: list[int]
+    dense: list[float] | None
+    max_num_results: int
+    score_threshold: float
+
+    @property
+    def lexical_query(self) -> lexical.Sparse | None:
+        return lexical.Sparse(self.terms, [1.0] * len(self.terms)) if self.terms else None
+
+    @property
+    def hybrid(self) -> bool:
+        return self.dense is not None and bool(self.terms)
+
+    @property
+    def limit(self) -> int:
+        # Fusion needs candidates beyond the final cut.
+        return max(3 * self.max_num_results, 30) if self.hybrid else self.max_num_results
+
+    @property
+    def empty(self) -> bool:
+        return not self.terms and self.dense is None
+
+    def hits(
+        self,
+        probes: Sequence[Sequence[ScoredChunk]],
+        lexical_points: Sequence[ScoredChunk],
+        dense_points: Sequence[ScoredChunk],
+        fused_points: Sequence[ScoredChunk],
+    ) -> list[SearchHit]:
+        scores: dict[str, float] = {}
+        if self.terms:
+            idf_sum = idf_total(self.terms, probes)
+            for p in lexical_points:
+                scores[p.id] = min(1.0, p.score / idf_sum) if idf_sum > 0 else 0.0
+        for p in dense_points:
+            scores[p.id] = max(scores.get(p.id, 0.0), min(1.0, max(0.0, p.score)))
+        ranked = fused_points if self.hybrid else (lexical_points or dense_points)
+        hits: list[SearchHit] = []
+        for point in ranked:
+            score = scores.get(point.id, 0.0)
+            if score <= 0.0 or score < self.score_threshold:
+                continue
+            hits.append(to_hit(point.payload or {}, score))
+            if len(hits) == self.max_num_results:
+                break
+        return hits
+
+
+def make_plan(
+    vector_store_ids: Sequence[str],
+    query: str,
+    dense_query: Sequence[float] | None,
+    dense_dim: int | None,
+    max_num_results: int,
+    score_threshold: float,
+    filters: Mapping[str, Any] | None,
+) -> SearchPlan | None:
+    """Validate a search and plan it; None when nothing can match."""
+    if not 1 <= max_num_results <= MAX_NUM_RESULTS:
+        raise ValueError(
+            f"max_num_results must be between 1 and {MAX_NUM_RESULTS}, got {max_num_results}."
+        )
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}.")
+    if dense_query is not None:
+        if dense_dim is None:
+            raise ValueError("dense_query given but the index has no dense_dim configured.")
+        if len(dense_query) != dense_dim:
+            raise ValueError(f"dense_query must have dimension {dense_dim}.")
+    if not vector_store_ids:
+        return None
+    scope: QdrantFilter = {
+        "must": [
+            {"key": "vector_store_id", "match": {"any": list(vector_store_ids)}},
+            *([build_filter(filters)] if filters else []),
+        ]
+    }
+    plan = SearchPlan(
+        scope=scope,
+        terms=lexical.query_terms(query),
+        dense=list(dense_query) if dense_query is not None else None,
+        max_num_results=max_num_results,
+        score_threshold=score_threshold,
+    )
+    return None if plan.empty else plan
+
+
+def idf_total(terms: Sequence[int], probes: Sequence[Sequence[ScoredChunk]]) -> float:
+    """Sum of the engine's IDF over query terms present in the collection.
+
+    A probe for term t returns a chunk scoring idf(t) * w, w being the chunk's stored weight
+    for t, so idf(t) = score / w. Terms found nowhere cannot match anything and are left out
+    rather than dragging every score down.
+    """
+    total = 0.0
+    for term, probe in zip(terms, probes, strict=True):
+        if not probe or probe[0].lexical is None:
+            continue
+        vector = probe[0].lexical
+        try:
+            weight = vector.values[vector.indices.index(term)]
+        except ValueError:
+            continue
+        if weight > 0:
+            total += probe[0].score / weight
+    return total
+
+
+def to_hit(payload: Mapping[str, Any], score: float) -> SearchHit:
+    return SearchHit(
+        vector_store_id=str(payload.get("vector_store_id", "")),
+        file_id=str(payload.get("file_id", "")),
+        filename=str(payload.get("filename", "")),
+        score=round(score, 6),
+        text=str(payload.get("text", "")),
+        chunk_index=int(payload.get("chunk_index", 0)),
+        attributes=dict(payload.get(ATTRIBUTES_FIELD) or {}),
+    )
+
+
+# -- opened on first use -----------------------------------------------------------------
+
+
 class LazyIndex:
     """A `VectorIndex` whose backend is built (in a thread) when first needed."""
 
@@ -89,6 +334,7 @@ class LazyIndex:
         self._backend: VectorIndex | None = None
         self._opening: asyncio.Task[VectorIndex] | None = None
         self.elsewhere: str | None = None  # why this process must not open it
+        self.pending_deletes: list[tuple[str, str | None, str | None]] = []  # to retry
 
     def serve_elsewhere(self, reason: str) -> None:
         """Another process owns the index (the embedded engine allows one): refuse, clearly."""
@@ -138,10 +384,18 @@ class LazyIndex:
         chunks: Sequence[Chunk],
         attributes: Mapping[str, AttributeValue] | None = None,
         dense_vectors: Sequence[Sequence[float]] | None = None,
+        *,
+        replace: bool = True,
     ) -> int:
         backend = await self.backend()
         return await backend.upsert_chunks(
-            vector_store_id, file_id, filename, chunks, attributes, dense_vectors
+            vector_store_id,
+            file_id,
+            filename,
+            chunks,
+            attributes,
+            dense_vectors,
+            replace=replace,
         )
 
     async def update_attributes(
@@ -150,13 +404,41 @@ class LazyIndex:
         await (await self.backend()).update_attributes(vector_store_id, file_id, attributes)
 
     async def delete_file(self, vector_store_id: str | None, file_id: str) -> None:
-        await (await self.backend()).delete_file(vector_store_id, file_id)
+        await self._delete(("file", vector_store_id, file_id))
 
     async def delete_store(self, vector_store_id: str) -> None:
-        await (await self.backend()).delete_store(vector_store_id)
+        await self._delete(("store", vector_store_id, None))
+
+    async def _delete(self, what: tuple[str, str | None, str | None]) -> None:
+        """Deletes never fail their caller (the database, already committed, is the truth
+        and search hides chunks of missing files): a failed one is queued and retried by
+        `maintain()`; after a crash `reconcile` finds what is left."""
+        try:
+            await self._apply(what)
+        except IndexUnavailable:
+            raise
+        except Exception:
+            logger.warning("index delete %s failed; will retry", what, exc_info=True)
+            self.pending_deletes.append(what)
+
+    async def _apply(self, what: tuple[str, str | None, str | None]) -> None:
+        backend = await self.backend()
+        kind, store_id, file_id = what
+        if kind == "store":
+            assert store_id is not None
+            await backend.delete_store(store_id)
+        else:
+            assert file_id is not None
+            await backend.delete_file(store_id, file_id)
 
     async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int:
         return await (await self.backend()).count_chunks(vector_store_id, file_id)
+
+    async def store_ids(self) -> set[str]:
+        return await (await self.backend()).store_ids()
+
+    async def file_ids(self, vector_store_id: str) -> set[str]:
+        return await (await self.backend()).file_ids(vector_store_id)
 
     async def search(
         self,
@@ -172,6 +454,19 @@ class LazyIndex:
             vector_store_ids, query, dense_query, max_num_results, score_threshold, filters
         )
 
+    async def maintain(self) -> None:
+        if self._backend is None:
+            return
+        pending, self.pending_deletes = self.pending_deletes, []
+        for position, what in enumerate(pending):
+            try:
+                await self._apply(what)
+            except Exception:
+                self.pending_deletes.extend(pending[position:])
+                logger.warning("retrying index deletes failed; later again", exc_info=True)
+                break
+        await self._backend.maintain()
+
     async def ping(self) -> None:
         await (await self.backend()).ping()
 
@@ -186,7 +481,8 @@ class LazyIndex:
 
 
 def create_index(settings: Any) -> LazyIndex:
-    """The process-wide index: a Qdrant server at QDRANT_URL, else local under the data dir.
+    """The process-wide index: a Qdrant server at QDRANT_URL, else Qdrant Edge on disk under
+    the data dir.
 
     With an embedding model configured, points also get a dense vector of
     `embedding_dimensions` (required then: the collection's vector size is fixed).
@@ -201,12 +497,14 @@ def create_index(settings: Any) -> LazyIndex:
             )
 
     def build() -> VectorIndex:
-        from app.retrieval.qdrant_index import QdrantIndex
-
         if settings.qdrant_url:
+            from app.retrieval.qdrant_index import QdrantIndex
+
             return QdrantIndex(
                 url=settings.qdrant_url, api_key=settings.qdrant_api_key, dense_dim=dense_dim
             )
-        return QdrantIndex(path=settings.qdrant_path, dense_dim=dense_dim)
+        from app.retrieval.edge_index import EdgeIndex
+
+        return EdgeIndex(settings.index_path, dense_dim=dense_dim)
 
     return LazyIndex(build, dense_dim)

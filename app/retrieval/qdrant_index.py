@@ -1,37 +1,25 @@
-"""The Qdrant backend of the vector index (the only module importing qdrant-client).
+"""The Qdrant-server backend of the vector index (the only module importing qdrant-client).
 
-Chunk storage and hybrid search over one shared Qdrant collection.
+Used when QDRANT_URL is set (several processes or machines share one Qdrant server). It
+stores exactly the points `EdgeIndex` stores (same ids, payload, the in-process BM25
+sparse vectors of `app.retrieval.lexical`, the optional dense vector) in one collection,
+separated by the payload field `vector_store_id` (a tenant keyword index; Qdrant's
+recommended multitenancy layout), and runs the same `SearchPlan` (IDF probes, lexical and
+dense sources, RRF fusion with k = RRF_K) as one `query_batch_points` round trip. So the
+two backends rank alike; `tests/test_retrieval.py` runs the same cases on both.
 
-Every vector store's chunks live in a single collection, separated by the payload
-field `vector_store_id` (Qdrant's recommended multitenancy layout); `file_id` and
-`attributes.<key>` are payload too, so deletes and attribute filters are filter ops.
-
-Each point has a sparse `lexical` vector (BM25 tf weights, IDF applied by Qdrant) and,
-when an embedding dimension is configured, a dense `dense` vector (cosine).
-
-Scores are normalised to 0..1 so `score_threshold` means something:
-- lexical: raw BM25 / sum of the query terms' IDF, capped at 1. A chunk that holds every
-  query term about once (at average length) scores ~1; missing rare terms costs more
-  than missing common ones. Qdrant does not expose IDF, so it is recovered per query
-  term with a 1-result probe in the same batch request (score / stored weight).
-- dense: cosine similarity clamped to 0..1.
-- hybrid: order comes from Qdrant's RRF fusion; a hit's score is the best of its
-  normalised lexical and dense scores (RRF values only encode ranks, not relevance).
-
-Local (embedded) mode supports everything used here (IDF modifier, prefetch + RRF
-fusion, nested payload filters) except payload indexes, which it ignores, so we skip
-them there. Two local-mode workarounds below: IDF read from the engine instead of
-probed (speed), and sparse vectors blanked before deletes (stale IDF counts bug).
-Local mode holds a file lock per path, so clients for local paths are shared per
-process through a reference-counted registry. Its operations run synchronously on the
-event loop (numpy scans over all points): fine for small deployments only.
+`path=` opens qdrant-client's local mode instead of a server: a brute-force engine in
+Python, kept only so tests can exercise this module's request shapes without a server (it
+is not the embedded default any more; that is Qdrant Edge). Local mode ignores payload
+indexes (skipped there), keeps deleted points' terms in its IDF counts (qdrant-client issue
+#1426: sparse vectors are blanked before deletes), and holds a file lock per path (clients
+are shared per process through a reference-counted registry).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,14 +28,24 @@ from qdrant_client import AsyncQdrantClient, models
 
 from app.retrieval import lexical
 from app.retrieval.chunking import Chunk
-from app.retrieval.filters import ATTRIBUTES_FIELD, AttributeValue, build_filter
-from app.retrieval.index import MAX_NUM_RESULTS, SearchHit
+from app.retrieval.filters import AttributeValue, QdrantFilter
+from app.retrieval.index import (
+    DENSE_VECTOR,
+    LEXICAL_VECTOR,
+    RRF_K,
+    ScoredChunk,
+    SearchHit,
+    attribute_payload,
+    check_dense,
+    chunk_payload,
+    make_plan,
+    point_id,
+    scope_filter,
+)
 
 DEFAULT_COLLECTION = "opengrove_chunks"
-LEXICAL_VECTOR = "lexical"
-DENSE_VECTOR = "dense"
 _UPSERT_BATCH = 256
-_POINT_NAMESPACE = uuid.UUID("6f1d7c5e-3b7a-4c1e-9a53-0f3e2d1c4b5a")
+_FACET_LIMIT = 1_000_000
 
 
 class _LocalClients:
@@ -81,6 +79,28 @@ class _LocalClients:
 
 
 _local_clients = _LocalClients()
+
+
+def _sparse(vector: lexical.Sparse) -> models.SparseVector:
+    return models.SparseVector(indices=vector.indices, values=vector.values)
+
+
+def _filter(spec: QdrantFilter) -> models.Filter:
+    return models.Filter.model_validate(spec)
+
+
+def _scored(
+    points: Sequence[models.ScoredPoint], *, with_lexical: bool = False
+) -> list[ScoredChunk]:
+    out: list[ScoredChunk] = []
+    for p in points:
+        sparse = None
+        if with_lexical and isinstance(p.vector, dict):
+            vector = p.vector.get(LEXICAL_VECTOR)
+            if isinstance(vector, models.SparseVector):
+                sparse = lexical.Sparse(list(vector.indices), list(vector.values))
+        out.append(ScoredChunk(str(p.id), p.score, p.payload, sparse))
+    return out
 
 
 class QdrantIndex:
@@ -162,7 +182,6 @@ class QdrantIndex:
             return
         if self.is_local:  # local mode ignores payload indexes and warns about them
             return
-        keyword = models.PayloadSchemaType.KEYWORD
         await self._client.create_payload_index(
             self.collection_name,
             "vector_store_id",
@@ -170,7 +189,9 @@ class QdrantIndex:
                 type=models.KeywordIndexType.KEYWORD, is_tenant=True
             ),
         )
-        await self._client.create_payload_index(self.collection_name, "file_id", keyword)
+        await self._client.create_payload_index(
+            self.collection_name, "file_id", models.PayloadSchemaType.KEYWORD
+        )
 
     async def _check_existing(self) -> None:
         params = (await self._client.get_collection(self.collection_name)).config.params
@@ -200,49 +221,48 @@ class QdrantIndex:
         chunks: Sequence[Chunk],
         attributes: Mapping[str, AttributeValue] | None = None,
         dense_vectors: Sequence[Sequence[float]] | None = None,
+        *,
+        replace: bool = True,
     ) -> int:
-        """Replace the file's chunks in the store; returns the number of points written."""
-        if dense_vectors is not None:
-            if self.dense_dim is None:
-                raise ValueError("dense_vectors given but the index has no dense_dim configured.")
-            if len(dense_vectors) != len(chunks):
-                raise ValueError(
-                    f"Got {len(dense_vectors)} dense vectors for {len(chunks)} chunks."
-                )
-            if any(len(v) != self.dense_dim for v in dense_vectors):
-                raise ValueError(f"Every dense vector must have dimension {self.dense_dim}.")
+        check_dense(self.dense_dim, chunks, dense_vectors)
         await self.ensure_collection()
-        # Re-indexing may produce fewer chunks than before: drop the old ones first.
-        await self.delete_file(vector_store_id, file_id)
+        if replace:  # re-indexing may produce fewer chunks than before
+            await self.delete_file(vector_store_id, file_id)
         attrs = dict(attributes or {})
-        points: list[models.PointStruct] = []
-        for i, chunk in enumerate(chunks):
-            vector: dict[str, Any] = {}
-            sparse = lexical.document_vector(chunk.text)
-            if sparse is not None:
-                vector[LEXICAL_VECTOR] = sparse
-            if dense_vectors is not None:
-                vector[DENSE_VECTOR] = list(dense_vectors[i])
-            points.append(
-                models.PointStruct(
-                    id=str(uuid.uuid5(_POINT_NAMESPACE, f"{vector_store_id}/{file_id}/{i}")),
-                    vector=vector,
-                    payload={
-                        "vector_store_id": vector_store_id,
-                        "file_id": file_id,
-                        "filename": filename,
-                        "chunk_index": chunk.index,
-                        "token_count": chunk.token_count,
-                        "text": chunk.text,
-                        ATTRIBUTES_FIELD: attrs,
-                    },
-                )
-            )
+        points = await asyncio.to_thread(
+            self._points, vector_store_id, file_id, filename, chunks, attrs, dense_vectors
+        )
         for start in range(0, len(points), _UPSERT_BATCH):
             await self._client.upsert(
                 self.collection_name, points[start : start + _UPSERT_BATCH], wait=True
             )
         return len(points)
+
+    @staticmethod
+    def _points(
+        vector_store_id: str,
+        file_id: str,
+        filename: str,
+        chunks: Sequence[Chunk],
+        attrs: dict[str, AttributeValue],
+        dense_vectors: Sequence[Sequence[float]] | None,
+    ) -> list[models.PointStruct]:
+        points: list[models.PointStruct] = []
+        for i, chunk in enumerate(chunks):
+            vector: dict[str, Any] = {}
+            sparse = lexical.document_vector(chunk.text)
+            if sparse is not None:
+                vector[LEXICAL_VECTOR] = _sparse(sparse)
+            if dense_vectors is not None:
+                vector[DENSE_VECTOR] = list(dense_vectors[i])
+            points.append(
+                models.PointStruct(
+                    id=point_id(vector_store_id, file_id, chunk.index),
+                    vector=vector,
+                    payload=chunk_payload(vector_store_id, file_id, filename, chunk, attrs),
+                )
+            )
+        return points
 
     async def update_attributes(
         self, vector_store_id: str, file_id: str, attributes: Mapping[str, AttributeValue]
@@ -251,17 +271,17 @@ class QdrantIndex:
         await self.ensure_collection()
         await self._client.set_payload(
             self.collection_name,
-            payload={ATTRIBUTES_FIELD: dict(attributes)},
-            points=models.FilterSelector(filter=self._scope(vector_store_id, file_id)),
+            payload=attribute_payload(attributes),
+            points=models.FilterSelector(filter=_filter(scope_filter(vector_store_id, file_id))),
             wait=True,
         )
 
     async def delete_file(self, vector_store_id: str | None, file_id: str) -> None:
         """Remove a file's chunks from one store, or from every store when None."""
-        await self._delete(self._scope(vector_store_id, file_id))
+        await self._delete(_filter(scope_filter(vector_store_id, file_id)))
 
     async def delete_store(self, vector_store_id: str) -> None:
-        await self._delete(self._scope(vector_store_id))
+        await self._delete(_filter(scope_filter(vector_store_id)))
 
     async def _delete(self, selection: models.Filter) -> None:
         await self.ensure_collection()
@@ -274,10 +294,9 @@ class QdrantIndex:
         )
 
     async def _blank_sparse_vectors(self, selection: models.Filter) -> None:
-        """Work around qdrant-client local mode (<= 1.16, issue #1426) keeping deleted
-        points' terms in its IDF document counts, which drives IDF, and so scores,
-        negative. Replacing a vector does update the counts, so swap in an empty
-        sparse vector before deleting; harmless once the upstream fix lands."""
+        """Work around qdrant-client local mode (issue #1426) keeping deleted points' terms
+        in its IDF document counts, which drives IDF, and so scores, negative. Replacing a
+        vector does update the counts, so swap in an empty sparse vector before deleting."""
         offset: models.ExtendedPointId | None = None
         while True:
             records, offset = await self._client.scroll(
@@ -301,6 +320,9 @@ class QdrantIndex:
             if offset is None:
                 return
 
+    async def maintain(self) -> None:
+        """Nothing to do: a Qdrant server flushes and optimises by itself."""
+
     async def ping(self) -> None:
         """Raise if Qdrant cannot be reached (for /health)."""
         await self.client.get_collections()
@@ -308,18 +330,28 @@ class QdrantIndex:
     async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int:
         await self.ensure_collection()
         result = await self._client.count(
-            self.collection_name, count_filter=self._scope(vector_store_id, file_id), exact=True
+            self.collection_name,
+            count_filter=_filter(scope_filter(vector_store_id, file_id)),
+            exact=True,
         )
         return result.count
 
-    @staticmethod
-    def _scope(vector_store_id: str | None, file_id: str | None = None) -> models.Filter:
-        must: list[models.Condition] = []
-        if vector_store_id is not None:
-            must.append(_match("vector_store_id", vector_store_id))
-        if file_id is not None:
-            must.append(_match("file_id", file_id))
-        return models.Filter(must=must)
+    async def store_ids(self) -> set[str]:
+        return await self._facet("vector_store_id", None)
+
+    async def file_ids(self, vector_store_id: str) -> set[str]:
+        return await self._facet("file_id", scope_filter(vector_store_id))
+
+    async def _facet(self, key: str, selection: QdrantFilter | None) -> set[str]:
+        await self.ensure_collection()
+        response = await self._client.facet(
+            self.collection_name,
+            key,
+            facet_filter=_filter(selection) if selection else None,
+            limit=_FACET_LIMIT,
+            exact=True,
+        )
+        return {str(hit.value) for hit in response.hits if hit.count > 0}
 
     # -- search -------------------------------------------------------------------------
 
@@ -333,167 +365,69 @@ class QdrantIndex:
         filters: Mapping[str, Any] | None = None,
     ) -> list[SearchHit]:
         """Best chunks for `query` across the given stores, best first."""
-        if not 1 <= max_num_results <= MAX_NUM_RESULTS:
-            raise ValueError(
-                f"max_num_results must be between 1 and {MAX_NUM_RESULTS}, got {max_num_results}."
-            )
-        if not 0.0 <= score_threshold <= 1.0:
-            raise ValueError(f"score_threshold must be between 0 and 1, got {score_threshold}.")
-        if dense_query is not None:
-            if self.dense_dim is None:
-                raise ValueError("dense_query given but the index has no dense_dim configured.")
-            if len(dense_query) != self.dense_dim:
-                raise ValueError(f"dense_query must have dimension {self.dense_dim}.")
-        if not vector_store_ids:
-            return []
-        scope = models.Filter(
-            must=[
-                models.FieldCondition(
-                    key="vector_store_id", match=models.MatchAny(any=list(vector_store_ids))
-                ),
-                *([models.Filter.model_validate(build_filter(filters))] if filters else []),
-            ]
+        plan = make_plan(
+            vector_store_ids,
+            query,
+            dense_query,
+            self.dense_dim,
+            max_num_results,
+            score_threshold,
+            filters,
         )
-        terms = lexical.query_terms(query)
-        if not terms and dense_query is None:
+        if plan is None:
             return []
         await self.ensure_collection()
-
-        hybrid = dense_query is not None and bool(terms)
-        # Fusion needs candidates beyond the final cut, and so does score_threshold.
-        limit = max(3 * max_num_results, 30) if hybrid else max_num_results
-        sources: list[models.QueryRequest] = []
-        if terms:
-            sources.append(self._source(lexical.query_vector(terms), LEXICAL_VECTOR, scope, limit))
-        if dense_query is not None:
-            sources.append(self._source(list(dense_query), DENSE_VECTOR, scope, limit))
-        fused: list[models.QueryRequest] = []
-        if hybrid:
-            fused.append(
+        scope = _filter(plan.scope)
+        # Unfiltered on purpose: IDF is collection-wide, any chunk holding the term works.
+        requests = [
+            models.QueryRequest(
+                query=models.NearestQuery(nearest=_sparse(lexical.single_term(term))),
+                using=LEXICAL_VECTOR,
+                limit=1,
+                with_vector=[LEXICAL_VECTOR],
+                with_payload=False,
+            )
+            for term in plan.terms
+        ]
+        sources: list[tuple[Any, str]] = []
+        lexical_query = plan.lexical_query
+        if lexical_query is not None:
+            sources.append((_sparse(lexical_query), LEXICAL_VECTOR))
+        if plan.dense is not None:
+            sources.append((plan.dense, DENSE_VECTOR))
+        for vector, using in sources:
+            requests.append(
                 models.QueryRequest(
-                    prefetch=[
-                        models.Prefetch(query=s.query, using=s.using, filter=scope, limit=limit)
-                        for s in sources
-                    ],
-                    query=models.FusionQuery(fusion=models.Fusion.RRF),
+                    query=models.NearestQuery(nearest=vector),
+                    using=using,
                     filter=scope,
-                    limit=limit,
+                    limit=plan.limit,
                     with_payload=True,
                 )
             )
-        # One round trip: IDF probes, each source on its own (for scores), then the fusion.
-        local_idf = self._local_idf_sum(terms) if terms else None
-        probes = [self._idf_probe(t) for t in terms] if local_idf is None else []
-        responses = await self._client.query_batch_points(
-            self.collection_name, [*probes, *sources, *fused]
-        )
-        probe_results = responses[: len(probes)]
-        source_results = responses[len(probes) : len(probes) + len(sources)]
-
-        scores: dict[str | int, float] = {}
-        if terms:
-            idf_sum = local_idf if local_idf is not None else _idf_sum(terms, probe_results)
-            for p in source_results[0].points:
-                scores[p.id] = min(1.0, p.score / idf_sum) if idf_sum > 0 else 0.0
-        if dense_query is not None:
-            for p in source_results[-1].points:
-                scores[p.id] = max(scores.get(p.id, 0.0), min(1.0, max(0.0, p.score)))
-        ranked = responses[-1].points  # the fusion when hybrid, else the only source
-
-        hits: list[SearchHit] = []
-        for point in ranked:
-            score = scores.get(point.id, 0.0)
-            if score <= 0.0 or score < score_threshold:
-                continue
-            hits.append(_hit(point, score))
-            if len(hits) == max_num_results:
-                break
-        return hits
-
-    @staticmethod
-    def _source(
-        vector: models.SparseVector | list[float], using: str, scope: models.Filter, limit: int
-    ) -> models.QueryRequest:
-        return models.QueryRequest(
-            query=models.NearestQuery(nearest=vector),
-            using=using,
-            filter=scope,
-            limit=limit,
-            with_payload=True,
-        )
-
-    def _local_idf_sum(self, terms: list[int]) -> float | None:
-        """Local mode only: read IDF from the embedded engine instead of probing.
-
-        Local mode scores a query by scanning every point in Python, so one probe per
-        term would multiply search latency by the number of query terms. This reaches
-        into qdrant-client internals (pinned version); on any mismatch we fall back to
-        probes, and a test checks both paths agree.
-        """
-        if not self.is_local:
-            return None
-        try:
-            collection = self._client._client.collections[self.collection_name]  # type: ignore[attr-defined]
-            doc_freq = collection.sparse_vectors_idf.get(LEXICAL_VECTOR, {})
-            weighted = collection._rescore_idf(lexical.query_vector(terms), LEXICAL_VECTOR)
-            return float(
-                sum(
-                    idf
-                    for term, idf in zip(weighted.indices, weighted.values, strict=True)
-                    if doc_freq.get(term, 0) > 0
+        if plan.hybrid:
+            requests.append(
+                models.QueryRequest(
+                    prefetch=[
+                        models.Prefetch(
+                            query=models.NearestQuery(nearest=vector),
+                            using=using,
+                            filter=scope,
+                            limit=plan.limit,
+                        )
+                        for vector, using in sources
+                    ],
+                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                    filter=scope,
+                    limit=plan.limit,
+                    with_payload=True,
                 )
             )
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return None
-
-    @staticmethod
-    def _idf_probe(term: int) -> models.QueryRequest:
-        # Unfiltered on purpose: IDF is collection-wide, any chunk holding the term works.
-        return models.QueryRequest(
-            query=models.NearestQuery(nearest=lexical.query_vector([term])),
-            using=LEXICAL_VECTOR,
-            limit=1,
-            with_vector=[LEXICAL_VECTOR],
-            with_payload=False,
-        )
-
-
-def _match(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _idf_sum(terms: list[int], probes: Sequence[models.QueryResponse]) -> float:
-    """Sum of Qdrant's IDF over query terms present in the collection.
-
-    A probe for term t returns a chunk with score idf(t) * w, w being the chunk's stored
-    weight for t, so idf(t) = score / w. Terms found nowhere cannot match anything and
-    are left out rather than dragging every score down.
-    """
-    total = 0.0
-    for term, probe in zip(terms, probes, strict=True):
-        if not probe.points:
-            continue
-        point = probe.points[0]
-        vector = point.vector.get(LEXICAL_VECTOR) if isinstance(point.vector, dict) else None
-        if not isinstance(vector, models.SparseVector):
-            continue
-        try:
-            weight = vector.values[vector.indices.index(term)]
-        except ValueError:
-            continue
-        if weight > 0:
-            total += point.score / weight
-    return total
-
-
-def _hit(point: models.ScoredPoint, score: float) -> SearchHit:
-    payload = point.payload or {}
-    return SearchHit(
-        vector_store_id=str(payload.get("vector_store_id", "")),
-        file_id=str(payload.get("file_id", "")),
-        filename=str(payload.get("filename", "")),
-        score=round(score, 6),
-        text=str(payload.get("text", "")),
-        chunk_index=int(payload.get("chunk_index", 0)),
-        attributes=dict(payload.get(ATTRIBUTES_FIELD) or {}),
-    )
+        responses = await self._client.query_batch_points(self.collection_name, requests)
+        n = len(plan.terms)
+        probes = [_scored(r.points, with_lexical=True) for r in responses[:n]]
+        rest = [_scored(r.points) for r in responses[n:]]
+        lexical_points = rest[0] if lexical_query is not None else []
+        dense_points = rest[len(sources) - 1] if plan.dense is not None else []
+        fused = rest[-1] if plan.hybrid else []
+        return plan.hits(probes, lexical_points, dense_points, fused)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -48,7 +48,9 @@ logger = logging.getLogger("opengrove.ingestion")
 MAX_ATTEMPTS = 3
 POLL_SECONDS = 1.0
 PAGE_CHUNKS = 256  # chunks parsed, embedded and written together
-STILL_MINE_CHECK_SECONDS = 5.0  # a long file re-checks it was not cancelled this often
+STILL_MINE_CHECK_SECONDS = 5.0
+UPKEEP_SECONDS = 10.0
+RECONCILE_SECONDS = 3600.0  # a long file re-checks it was not cancelled this often
 
 
 def create_embedder(settings: Settings) -> Embedder | None:
@@ -65,11 +67,91 @@ def create_embedder(settings: Settings) -> Embedder | None:
 
 
 async def cleanup_expired(db: Database, index: VectorIndex, settings: Settings) -> dict[str, int]:
-    """Periodic maintenance: mark expired vector stores, delete expired files."""
+    """Periodic maintenance: mark expired vector stores, purge those expired longer than the
+    grace period (rows and chunks), delete expired files."""
     return {
         "vector_stores_expired": await expire_vector_stores(db),
+        "vector_stores_purged": await purge_expired_stores(
+            db, index, settings.expired_store_grace_days * 86_400
+        ),
         "files_deleted": await delete_expired_files(db, index, settings.files_dir),
     }
+
+
+async def purge_expired_stores(db: Database, index: VectorIndex, grace_seconds: float) -> int:
+    """Delete stores expired more than `grace_seconds` ago: their rows (files and batches go
+    by cascade) and then their chunks. A failed chunk delete is retried by the index and,
+    after a crash, removed by `reconcile`."""
+    cutoff = time.time() - grace_seconds
+    async with db.sessionmaker() as session:
+        store_ids = list(
+            await session.scalars(
+                delete(VectorStore)
+                .where(
+                    VectorStore.expired.is_(True),
+                    VectorStore.expires_at.is_not(None),
+                    VectorStore.expires_at < cutoff,
+                )
+                .returning(VectorStore.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        await session.commit()
+    for store_id in store_ids:
+        try:
+            await index.delete_store(store_id)
+        except Exception:
+            logger.warning("removing chunks of purged store %s failed", store_id, exc_info=True)
+    if store_ids:
+        logger.info("purged %d expired vector store(s)", len(store_ids))
+    return len(store_ids)
+
+
+async def reconcile(db: Database, index: VectorIndex) -> dict[str, int]:
+    """Remove chunks whose store or store file no longer exists (a delete that failed, or a
+    crash between the database commit and the index delete). Run at start by the process
+    that owns the index, then now and then. Each orphan is re-checked right before its
+    delete, so a file attached meanwhile keeps its chunks."""
+    removed = {"stores": 0, "files": 0}
+    indexed = await index.store_ids()
+    if not indexed:
+        return removed
+    live_statuses = ("completed", "in_progress")
+    for store_id in sorted(indexed):
+        async with db.sessionmaker() as session:
+            exists = await session.get(VectorStore, store_id) is not None
+        if not exists:
+            await index.delete_store(store_id)
+            removed["stores"] += 1
+            continue
+        files = await index.file_ids(store_id)
+        async with db.sessionmaker() as session:
+            live = set(
+                await session.scalars(
+                    select(VectorStoreFile.id).where(
+                        VectorStoreFile.vector_store_id == store_id,
+                        VectorStoreFile.id.in_(files),
+                        VectorStoreFile.status.in_(live_statuses),
+                    )
+                )
+            )
+        for file_id in sorted(files - live):
+            async with db.sessionmaker() as session:
+                again = await session.scalar(
+                    select(func.count())
+                    .select_from(VectorStoreFile)
+                    .where(
+                        VectorStoreFile.vector_store_id == store_id,
+                        VectorStoreFile.id == file_id,
+                        VectorStoreFile.status.in_(live_statuses),
+                    )
+                )
+            if not again:
+                await index.delete_file(store_id, file_id)
+                removed["files"] += 1
+    if any(removed.values()):
+        logger.info("reconciled the vector index with the database: removed %s", removed)
+    return removed
 
 
 async def wait_for_ingestion(
@@ -138,6 +220,7 @@ class IngestionWorker:
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="ingestion-claim"),
             asyncio.create_task(self._renew_loop(), name="ingestion-lease"),
+            asyncio.create_task(self._upkeep_loop(), name="index-upkeep"),
         ]
         logger.info(
             "ingestion worker %s started (concurrency %d)", self.worker_id, self.concurrency
@@ -163,6 +246,23 @@ class IngestionWorker:
                 await session.commit()
         except Exception:
             logger.exception("releasing ingestion leases failed")
+
+    async def _upkeep_loop(self) -> None:
+        """The index's upkeep, in the process that owns it: reconcile with the database at
+        start and every RECONCILE_SECONDS; flush, optimise and retry failed deletes every
+        UPKEEP_SECONDS (`VectorIndex.maintain`)."""
+        next_reconcile = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_reconcile:
+                    next_reconcile = time.monotonic() + RECONCILE_SECONDS
+                    await reconcile(self.db, self.index)
+                await self.index.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("vector index upkeep failed")
+            await asyncio.sleep(UPKEEP_SECONDS)
 
     def wake(self) -> None:
         """New work was queued in this process: claim now rather than at the next poll."""

@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.deps import Embedder, Index, Ingestion, Project, Session, Settings
+from app.deps import Embedder, Index, Ingestion, Models, Project, Session, Settings
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject
 from app.vector_stores import files, search, service
@@ -219,8 +219,14 @@ async def search_vector_store(
     project: Project,
     index: Index,
     embedder: Embedder,
+    settings: Settings,
+    models: Models,
 ) -> SearchResultsPage:
     queries = [body.query] if isinstance(body.query, str) else list(body.query)
+    if body.rewrite_query:  # one model call per query; search_query says what was searched
+        model = settings.rewrite_model or (settings.models[0] if settings.models else None)
+        queries = await search.rewrite_queries(models, model, queries)
+    ranking = body.ranking_options
     hits = await search.search_store(
         session,
         index,
@@ -229,7 +235,8 @@ async def search_vector_store(
         vector_store_id,
         queries,
         max_num_results=body.max_num_results,
-        score_threshold=body.ranking_options.score_threshold if body.ranking_options else 0.0,
+        score_threshold=ranking.score_threshold if ranking else 0.0,
         filters=body.filters,
+        ranker=ranking.ranker if ranking else "auto",
     )
     return SearchResultsPage.from_hits(queries, hits)

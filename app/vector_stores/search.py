@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.llm.routing import ModelRouter
 from app.retrieval.embeddings import Embedder, EmbeddingError
 from app.retrieval.index import SearchHit, VectorIndex
 from app.vector_stores.models import VectorStore, VectorStoreFile
@@ -30,6 +32,7 @@ async def search_stores(
     max_num_results: int = 10,
     score_threshold: float = 0.0,
     filters: dict[str, Any] | None = None,
+    ranker: str = "auto",
 ) -> list[SearchHit]:
     """The best chunks for any of `queries` across the stores, best first, at most
     `max_num_results` (a chunk found by several queries counts once, with its best score).
@@ -38,8 +41,10 @@ async def search_stores(
     `score_threshold`); ties rank by file id, then chunk. Stores that do not exist or have
     expired are skipped; the ones searched are marked active in the caller's transaction
     (uncommitted). With an embedder (and a dense index) the search is hybrid; if embedding a
-    query fails it falls back to lexical. `filters` is an OpenAI ComparisonFilter /
-    CompoundFilter (ValueError when malformed).
+    query fails it falls back to lexical. `ranker="none"` skips the second stage: BM25 alone,
+    no query embedding and no fusion (OpenAI: "set to none to disable [re-ranking], which
+    can help reduce latency"). `filters` is an OpenAI ComparisonFilter / CompoundFilter
+    (ValueError when malformed).
     """
     if not vector_store_ids:
         return []
@@ -58,7 +63,9 @@ async def search_stores(
             found += await index.search(
                 live_ids,
                 query,
-                dense_query=await _embed_query(index, embedder, query),
+                dense_query=(
+                    None if ranker == "none" else await _embed_query(index, embedder, query)
+                ),
                 max_num_results=max_num_results,
                 score_threshold=score_threshold,
                 filters=filters,
@@ -85,6 +92,7 @@ async def search_store(
     max_num_results: int,
     score_threshold: float,
     filters: dict[str, Any] | None,
+    ranker: str = "auto",
 ) -> list[SearchHit]:
     """`POST /vector_stores/{id}/search`: 404 / 400 for a missing / expired store; commits."""
     store = await get_active_store(session, project_id, vector_store_id)
@@ -98,9 +106,57 @@ async def search_store(
         max_num_results=max_num_results,
         score_threshold=score_threshold,
         filters=filters,
+        ranker=ranker,
     )
     await session.commit()
     return hits
+
+
+REWRITE_PROMPT = (
+    "Rewrite the user's request as a search query for a keyword and semantic search over "
+    "documents: keep the names, numbers and technical terms, drop filler words and "
+    "politeness, add an obvious synonym when it helps. Answer with the query alone, on one "
+    "line, no quotes."
+)
+
+
+async def rewrite_queries(
+    router: ModelRouter, model: str | None, queries: Sequence[str], seconds: float = 30.0
+) -> list[str]:
+    """`rewrite_query`: each query rewritten for search by one model call (through the same
+    adapter as runs). A query whose rewrite fails or comes back empty is kept as it was;
+    without a model configured, queries are kept as they are."""
+    if not model:
+        return list(queries)
+    from app.llm import adapter
+
+    async def rewrite(query: str) -> str:
+        request = adapter.ChatRequest(
+            route=router.route(model),
+            messages=[
+                {"role": "system", "content": REWRITE_PROMPT},
+                {"role": "user", "content": query},
+            ],
+            temperature=0.0,
+            max_tokens=64,
+        )
+        parts: list[str] = []
+        try:
+            async with asyncio.timeout(seconds):
+                async for event in adapter.stream_chat(
+                    request, adapter.RetryPolicy(attempts=2, timeout=seconds)
+                ):
+                    if isinstance(event, adapter.TextDelta):
+                        parts.append(event.text)
+        except Exception:
+            logger.warning(
+                "rewriting a search query failed; searching it as written", exc_info=True
+            )
+            return query
+        rewritten = " ".join("".join(parts).split()).strip().strip('"')
+        return rewritten[:1000] or query
+
+    return list(await asyncio.gather(*(rewrite(q) for q in queries)))
 
 
 async def _embed_query(

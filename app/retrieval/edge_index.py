@@ -1,0 +1,459 @@
+"""The embedded backend of the vector index: Qdrant Edge (the only qdrant_edge import
+besides the BM25 encoder in `lexical`).
+
+Qdrant Edge is the Qdrant engine itself, in process, on disk (the same segment format as
+the server): a sparse inverted index with the IDF modifier for BM25, HNSW for dense
+vectors, payload indexes, prefetch + RRF fusion. One shard under the data dir holds every
+vector store's chunks, separated by the payload field `vector_store_id` (a tenant keyword
+index), with `file_id` indexed too; the search plan is `app.retrieval.index.SearchPlan`,
+the same one the Qdrant-server backend runs.
+
+Edge has no lock of its own: a second process opening the folder would corrupt it. So the
+shard is opened under an exclusive `flock` on `<path>/opengrove.lock`, held for the life of
+the index; a second opener gets `IndexLocked`, which says to use QDRANT_URL.
+
+Engine calls block (Rust, mostly without the GIL), so they run in worker threads. Writes
+go to the write-ahead log at once; `maintain()` (called periodically) flushes segments to
+disk once writes have happened, and optimises (merges segments and builds indexes, at a
+memory cost while it runs) once enough points were written and writes have paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from app.retrieval import lexical
+from app.retrieval.chunking import Chunk
+from app.retrieval.filters import ATTRIBUTES_FIELD, AttributeValue, QdrantFilter
+from app.retrieval.index import (
+    BOOL_SHADOW_FIELD,
+    DENSE_VECTOR,
+    LEXICAL_VECTOR,
+    RRF_K,
+    ScoredChunk,
+    SearchHit,
+    attribute_payload,
+    check_dense,
+    chunk_payload,
+    make_plan,
+    point_id,
+    scope_filter,
+)
+
+logger = logging.getLogger("opengrove.index")
+
+LOCK_FILE = "opengrove.lock"
+CONFIG_FILE = "edge_config.json"
+_UPSERT_BATCH = 512
+FLUSH_AFTER_SECONDS = 30.0  # maintain(): flush when writes are at least this old
+OPTIMIZE_AFTER_POINTS = 50_000  # maintain(): optimise after this many writes ...
+OPTIMIZE_IDLE_SECONDS = 30.0  # ... once no write came for this long
+FLUSH_EVERY_POINTS = 20_000  # flush during long ingestions too: written segment pages
+# stay resident (and count in RSS) until flushed
+_FACET_LIMIT = 1_000_000
+
+
+class IndexLocked(RuntimeError):
+    pass
+
+
+def _to_sparse(vector: lexical.Sparse) -> qe.SparseVector:
+    return qe.SparseVector(vector.indices, vector.values)
+
+
+def to_edge_filter(spec: QdrantFilter) -> qe.Filter:
+    """A Qdrant JSON filter (as `app.retrieval.filters` builds them) as an Edge `Filter`."""
+    return qe.Filter(
+        must=[_condition(c) for c in spec.get("must", [])] or None,
+        should=[_condition(c) for c in spec.get("should", [])] or None,
+        must_not=[_condition(c) for c in spec.get("must_not", [])] or None,
+    )
+
+
+def _condition(spec: QdrantFilter) -> Any:
+    if "key" not in spec:
+        return to_edge_filter(spec)
+    key = spec["key"]
+    if "match" in spec:
+        match = spec["match"]
+        if isinstance(match.get("value"), bool) and key.startswith(f"{ATTRIBUTES_FIELD}."):
+            flag = "true" if match["value"] else "false"
+            key = BOOL_SHADOW_FIELD + key[len(ATTRIBUTES_FIELD) :]
+            return qe.FieldCondition(key, match=qe.MatchValue(flag))
+        if "value" in match:
+            return qe.FieldCondition(key, match=qe.MatchValue(match["value"]))
+        if "any" in match:
+            return qe.FieldCondition(key, match=qe.MatchAny(list(match["any"])))
+        if "except" in match:
+            return qe.FieldCondition(key, match=qe.MatchExcept(list(match["except"])))
+    if "range" in spec:
+        bounds = spec["range"]
+        if any(isinstance(v, str) for v in bounds.values()):
+            return qe.FieldCondition(key, range=qe.RangeDateTime(**bounds))
+        return qe.FieldCondition(
+            key, range=qe.RangeFloat(**{k: float(v) for k, v in bounds.items()})
+        )
+    raise ValueError(f"Unsupported filter condition: {spec!r}")
+
+
+def _scored(points: Sequence[Any], *, with_lexical: bool = False) -> list[ScoredChunk]:
+    out: list[ScoredChunk] = []
+    for p in points:
+        sparse = None
+        if with_lexical and isinstance(p.vector, dict):
+            vector = p.vector.get(LEXICAL_VECTOR)
+            if vector is not None:
+                sparse = lexical.Sparse(list(vector.indices), list(vector.values))
+        out.append(ScoredChunk(str(p.id), p.score, p.payload, sparse))
+    return out
+
+
+class EdgeIndex:
+    """Async, coroutine-safe; one per process (and one process per folder: the lock)."""
+
+    is_local = True
+
+    def __init__(self, path: str | Path, *, dense_dim: int | None = None) -> None:
+        if dense_dim is not None and dense_dim <= 0:
+            raise ValueError("dense_dim must be positive.")
+        self.path = Path(path)
+        self.dense_dim = dense_dim
+        self._lock_fd: int | None = None
+        self._shard: Any = None
+        self._closed = False
+        self._state = threading.Lock()
+        self._written = 0  # points written since the last optimise
+        self._last_write = 0.0
+        self._flushed = True
+        self._unflushed = 0  # points written since the last flush
+        self._maintaining = False
+        self._open()
+
+    # -- opening ----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise IndexLocked(
+                f"The embedded vector index at {self.path} is open in another process; it "
+                "allows one. Stop that process, or run several against a Qdrant server "
+                "(QDRANT_URL)."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+        try:
+            if (self.path / CONFIG_FILE).exists():
+                self._shard = qe.EdgeShard.load(str(self.path))
+                self._check_existing()
+            else:
+                self._shard = self._create()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _config(self) -> qe.EdgeConfig:
+        dense = (
+            {DENSE_VECTOR: qe.EdgeVectorParams(size=self.dense_dim, distance=qe.Distance.Cosine)}
+            if self.dense_dim
+            else None
+        )
+        return qe.EdgeConfig(
+            vectors=dense,
+            sparse_vectors={LEXICAL_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            payload_memory=qe.Memory.Cold,  # chunk text stays on disk (mmap), not in RAM
+        )
+
+    def _create(self) -> Any:
+        shard = qe.EdgeShard.create(str(self.path), self._config())
+        shard.update(
+            qe.UpdateOperation.create_field_index(
+                "vector_store_id", qe.KeywordIndexParams(is_tenant=True)
+            )
+        )
+        shard.update(qe.UpdateOperation.create_field_index("file_id", qe.PayloadSchemaType.Keyword))
+        return shard
+
+    def _check_existing(self) -> None:
+        """A shard made without dense vectors gains them when an embedding model is set;
+        one whose dense size differs from the model's cannot be used."""
+        import json
+
+        stored = json.loads((self.path / CONFIG_FILE).read_text())
+        vectors = stored.get("vectors") or {}
+        if LEXICAL_VECTOR not in (stored.get("sparse_vectors") or {}):
+            raise RuntimeError(
+                f"The index at {self.path} has no {LEXICAL_VECTOR!r} sparse vector; it was not "
+                "created by opengrove."
+            )
+        if self.dense_dim is None:
+            return
+        existing = vectors.get(DENSE_VECTOR)
+        if existing is None:
+            self._shard.update(
+                qe.UpdateOperation.create_dense_vector(
+                    DENSE_VECTOR, self.dense_dim, qe.Distance.Cosine
+                )
+            )
+            return
+        if int(existing.get("size", 0)) != self.dense_dim:
+            raise RuntimeError(
+                f"The index at {self.path} holds dense vectors of dimension {existing['size']}, "
+                f"but the embedding model produces {self.dense_dim}; move the folder away to "
+                "re-index, or use the model it was built with."
+            )
+
+    async def ensure_collection(self) -> None:
+        if self._closed:
+            raise RuntimeError("The index is closed.")
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        shard, self._shard = self._shard, None
+
+        def close() -> None:
+            try:
+                shard.flush()
+                shard.close()
+            finally:
+                self._release_lock()
+
+        await asyncio.to_thread(close)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        if self._shard is None:
+            raise RuntimeError("The index is closed.")
+        return await asyncio.to_thread(fn, *args)
+
+    def _wrote(self, points: int) -> None:
+        with self._state:
+            self._written += points
+            self._last_write = time.monotonic()
+            self._flushed = False
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def upsert_chunks(
+        self,
+        vector_store_id: str,
+        file_id: str,
+        filename: str,
+        chunks: Sequence[Chunk],
+        attributes: Mapping[str, AttributeValue] | None = None,
+        dense_vectors: Sequence[Sequence[float]] | None = None,
+        *,
+        replace: bool = True,
+    ) -> int:
+        check_dense(self.dense_dim, chunks, dense_vectors)
+        attrs = dict(attributes or {})
+        shard = self._shard
+
+        def write() -> int:
+            if replace:
+                shard.update(
+                    qe.UpdateOperation.delete_points_by_filter(
+                        to_edge_filter(scope_filter(vector_store_id, file_id))
+                    )
+                )
+            points = []
+            for i, chunk in enumerate(chunks):
+                vector: dict[str, Any] = {}
+                sparse = lexical.document_vector(chunk.text)
+                if sparse is not None:
+                    vector[LEXICAL_VECTOR] = _to_sparse(sparse)
+                if dense_vectors is not None:
+                    vector[DENSE_VECTOR] = [float(x) for x in dense_vectors[i]]
+                points.append(
+                    qe.Point(
+                        point_id(vector_store_id, file_id, chunk.index),
+                        vector,
+                        chunk_payload(vector_store_id, file_id, filename, chunk, attrs),
+                    )
+                )
+            for start in range(0, len(points), _UPSERT_BATCH):
+                shard.update(
+                    qe.UpdateOperation.upsert_points(points[start : start + _UPSERT_BATCH])
+                )
+            with self._state:
+                self._unflushed += len(points)
+                flush = self._unflushed >= FLUSH_EVERY_POINTS
+                if flush:
+                    self._unflushed = 0
+            if flush:
+                shard.flush()
+            return len(points)
+
+        written = await self._run(write)
+        self._wrote(written)
+        return written
+
+    async def update_attributes(
+        self, vector_store_id: str, file_id: str, attributes: Mapping[str, AttributeValue]
+    ) -> None:
+        # set_payload replaces the `attributes` object whole (no merge of its keys).
+        operation = qe.UpdateOperation.set_payload_by_filter(
+            to_edge_filter(scope_filter(vector_store_id, file_id)), attribute_payload(attributes)
+        )
+        await self._run(self._shard.update, operation)
+        self._wrote(0)
+
+    async def delete_file(self, vector_store_id: str | None, file_id: str) -> None:
+        await self._delete(scope_filter(vector_store_id, file_id))
+
+    async def delete_store(self, vector_store_id: str) -> None:
+        await self._delete(scope_filter(vector_store_id))
+
+    async def _delete(self, selection: QdrantFilter) -> None:
+        operation = qe.UpdateOperation.delete_points_by_filter(to_edge_filter(selection))
+        await self._run(self._shard.update, operation)
+        self._wrote(0)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._run(self._shard.info)
+
+    async def count_chunks(self, vector_store_id: str, file_id: str | None = None) -> int:
+        request = qe.CountRequest(
+            exact=True, filter=to_edge_filter(scope_filter(vector_store_id, file_id))
+        )
+        return int(await self._run(self._shard.count, request))
+
+    async def store_ids(self) -> set[str]:
+        return await self._facet("vector_store_id", None)
+
+    async def file_ids(self, vector_store_id: str) -> set[str]:
+        return await self._facet("file_id", scope_filter(vector_store_id))
+
+    async def _facet(self, key: str, selection: QdrantFilter | None) -> set[str]:
+        request = qe.FacetRequest(
+            key,
+            limit=_FACET_LIMIT,
+            exact=True,
+            filter=to_edge_filter(selection) if selection else None,
+        )
+        response = await self._run(self._shard.facet, request)
+        return {str(hit.value) for hit in response.hits if hit.count > 0}
+
+    async def search(
+        self,
+        vector_store_ids: Sequence[str],
+        query: str,
+        dense_query: Sequence[float] | None = None,
+        max_num_results: int = 10,
+        score_threshold: float = 0.0,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """Best chunks for `query` across the given stores, best first."""
+        plan = make_plan(
+            vector_store_ids,
+            query,
+            dense_query,
+            self.dense_dim,
+            max_num_results,
+            score_threshold,
+            filters,
+        )
+        if plan is None:
+            return []
+        scope = to_edge_filter(plan.scope)
+        requests: list[qe.QueryRequest] = [
+            qe.QueryRequest(
+                limit=1,
+                query=qe.Query.Nearest(qe.SparseVector([term], [1.0]), using=LEXICAL_VECTOR),
+                with_vector=[LEXICAL_VECTOR],
+                with_payload=False,
+            )
+            for term in plan.terms
+        ]
+        sources: list[Any] = []
+        lexical_query = plan.lexical_query
+        if lexical_query is not None:
+            sources.append(qe.Query.Nearest(_to_sparse(lexical_query), using=LEXICAL_VECTOR))
+        if plan.dense is not None:
+            sources.append(qe.Query.Nearest(plan.dense, using=DENSE_VECTOR))
+        for source in sources:
+            requests.append(
+                qe.QueryRequest(limit=plan.limit, query=source, filter=scope, with_payload=True)
+            )
+        if plan.hybrid:
+            requests.append(
+                qe.QueryRequest(
+                    limit=plan.limit,
+                    prefetches=[
+                        qe.Prefetch(limit=plan.limit, query=source, filter=scope)
+                        for source in sources
+                    ],
+                    query=qe.Fusion.Rrf(k=RRF_K),
+                    filter=scope,
+                    with_payload=True,
+                )
+            )
+        results = await self._run(self._shard.query_batch, qe.QueryBatchRequest(requests))
+        n = len(plan.terms)
+        probes = [_scored(r, with_lexical=True) for r in results[:n]]
+        rest = [_scored(r) for r in results[n:]]
+        lexical_points = rest[0] if lexical_query is not None else []
+        dense_points = rest[len(sources) - 1] if plan.dense is not None else []
+        fused = rest[-1] if plan.hybrid else []
+        return plan.hits(probes, lexical_points, dense_points, fused)
+
+    # -- upkeep -----------------------------------------------------------------------
+
+    async def maintain(self) -> None:
+        """Flush writes older than FLUSH_AFTER_SECONDS; optimise after many writes once
+        writes paused. Never two at once."""
+        if self._shard is None or self._maintaining:
+            return
+        now = time.monotonic()
+        with self._state:
+            idle = now - self._last_write
+            flush = not self._flushed and idle >= min(FLUSH_AFTER_SECONDS, OPTIMIZE_IDLE_SECONDS)
+            optimize = self._written >= OPTIMIZE_AFTER_POINTS and idle >= OPTIMIZE_IDLE_SECONDS
+        if not (flush or optimize):
+            return
+        self._maintaining = True
+        try:
+            if optimize:
+                started = time.monotonic()
+                with self._state:
+                    self._written = 0
+                await self._run(self._shard.optimize)
+                logger.info("vector index optimised in %.1f s", time.monotonic() - started)
+            await self.flush()
+        finally:
+            self._maintaining = False
+
+    async def flush(self) -> None:
+        with self._state:
+            self._flushed = True
+        await self._run(self._shard.flush)
+
+    async def optimize(self) -> None:
+        with self._state:
+            self._written = 0
+        await self._run(self._shard.optimize)
