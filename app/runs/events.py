@@ -9,26 +9,44 @@ Token deltas are published at once and persisted at the next commit, in one row 
 The executor publishes deltas before persisting them, so it first reserves a block of
 numbers on the run row: if its process dies, the run resumes numbering past the block and
 writes a `RESUMED` marker there, and subscribers skip the numbers the lost attempt used.
-Subscribers in other processes read the log, woken by PostgreSQL NOTIFY (polling on SQLite).
+
+When a run ends, the transaction that writes its last events rewrites its whole log as one
+`COMPACTED` row: every row it had, with its numbers, compressed (a token delta costs a few
+bytes instead of ~200, a run one row instead of dozens). Compaction is lossless: a replay,
+with or without Last-Event-ID, is the stream live subscribers saw, ids included, so an id
+that fell inside a batch of deltas still resumes right after that delta. Logs of runs that
+ended long ago are deleted (`app.runs.retention`); a stream of such a run gets its final
+event alone.
+
+Streams never read the log on a timer. One `LogWatcher` per process reads it for every run
+a stream here follows and publishes what other processes wrote to those streams: woken by
+PostgreSQL NOTIFY (and every 2 s, in case one was lost); on SQLite, which has no such
+signal, it polls — one query per tick, however many streams are open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import secrets
+import time
+import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import Database
-from app.runs.models import Run, RunEvent
+from app.runs import store
+from app.runs.models import TERMINAL_STATUSES, Run, RunEvent
+from app.runs.schemas import render_run
 
 logger = logging.getLogger("opengrove.events")
 
@@ -49,10 +67,19 @@ FINAL_EVENTS = frozenset(
 ENDED_EVENTS = FINAL_EVENTS - {"thread.run.requires_action"}
 BATCH = "batch"  # a row holding consecutive deltas: data is [[event, data], ...]
 RESUMED = "resumed"  # a resumed run continues here; numbers before it may be unused
+# An ended run's whole log in one row, numbered as its last event: data is the base64 of the
+# zlib-compressed JSON list of the rows it replaced, [[seq, event, data], ...].
+COMPACTED = "compacted"
 RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
 RUN_TABLE: Table = Run.__table__  # type: ignore[assignment]
 EVENT_TABLE: Table = RunEvent.__table__  # type: ignore[assignment]
-LOCAL_POLL_SECONDS = 5.0  # a stream of a run executed here looks at the log this seldom
+# A stream this many events behind (its client reads slowly) catches up from the log instead:
+# what a slow client costs in memory is bounded.
+MAX_QUEUED = 1024
+WATCH_SECONDS_SQLITE = 0.2  # how stale a stream of another process's run may be, on SQLite
+WATCH_SECONDS_POSTGRES = 2.0  # NOTIFY wakes the watcher at once; this is in case one is lost
+LOCAL_POLL_SECONDS = 5.0  # runs executed here publish here first: look at their log this seldom
+WATCH_CHUNK = 500  # runs per query
 
 
 def dumps(data: Any) -> str:
@@ -71,15 +98,26 @@ PROCESS_TOKEN = secrets.token_hex(4)  # tells this process's NOTIFYs from other 
 
 
 class EventHub:
-    """In-process fan-out of run events to the streams subscribed to them."""
+    """In-process fan-out of run events to the streams subscribed to them.
 
-    def __init__(self) -> None:
+    Each stream has a queue. One that falls `MAX_QUEUED` events behind (its client reads
+    slowly) has its queue emptied and is told to catch up from the log. For each run with
+    streams the hub keeps a cursor: the last event published to them (by a writer here, or
+    by the `LogWatcher`), where the watcher reads the log on from.
+    """
+
+    def __init__(self, *, compaction: bool = True, send_timeout: float | None = None) -> None:
         self._queues: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
         self._local: set[str] = set()  # runs a worker in this process is about to execute
+        self._cursor: dict[str, int] = {}
+        self.compaction = compaction  # rewrite a run's log as one row when it ends
+        self.send_timeout = send_timeout  # seconds a stream waits for a client to read
+        self.log_reads = 0  # times a stream read the log itself (to start, or to catch up)
+        self.overflows = 0  # times a stream fell MAX_QUEUED events behind
 
     def executing_here(self, run_id: str, here: bool = True) -> None:
         """A worker in this process takes (or lets go of) the run: its events arrive here
-        first, so streams need not poll the log for them."""
+        first, so the watcher need not look at its log often."""
         if here:
             self._local.add(run_id)
         else:
@@ -99,14 +137,44 @@ class EventHub:
             queues.discard(queue)
             if not queues:
                 del self._queues[run_id]
+                self._cursor.pop(run_id, None)
+
+    def position(self, run_id: str, seq: int) -> None:
+        """A stream of the run has, or has queued, every event up to `seq` (its first read
+        of the log): the watcher reads on from there, unless it already reads from earlier
+        for the run's other streams."""
+        if run_id in self._queues:
+            self._cursor.setdefault(run_id, seq)
+
+    def cursor(self, run_id: str) -> int | None:
+        return self._cursor.get(run_id)
+
+    def followed(self) -> dict[str, int]:
+        """Runs with streams here, and where the watcher reads their logs from."""
+        return dict(self._cursor)
 
     def publish(self, run_id: str, events: list[Event]) -> None:
-        for queue in self._queues.get(run_id, ()):
+        queues = self._queues.get(run_id)
+        if not queues or not events:
+            return
+        top = max(event.seq for event in events)
+        if top > self._cursor.get(run_id, -1):
+            self._cursor[run_id] = top
+        for queue in queues:
+            if queue.qsize() + len(events) > MAX_QUEUED:
+                # Far behind: drop what it holds; it reads the log from where it is instead.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(_WAKE)
+                self.overflows += 1
+                continue
             for event in events:
                 queue.put_nowait(event)
 
     def wake(self, run_id: str) -> None:
-        self.publish(run_id, [_WAKE])
+        """Every stream of the run reads the log."""
+        for queue in self._queues.get(run_id, ()):
+            queue.put_nowait(_WAKE)
 
     @property
     def subscriber_count(self) -> int:
@@ -178,7 +246,9 @@ class EventWriter:
         must follow once it commits."""
         self._flush_deltas_into_state()
         rows = self._state
-        if rows:
+        if rows and self.hub.compaction and any(e.event in ENDED_EVENTS for e in rows):
+            compact(conn, self.run_id, rows)  # the run's end: its log becomes one row
+        elif rows:
             # One executemany, no RETURNING.
             conn.execute(
                 insert(EVENT_TABLE),
@@ -247,22 +317,53 @@ class EventWriter:
         self.reserving = False
 
 
+def _events_of(seq: int, event: str, data: Any) -> Iterator[Event]:
+    """The events one log row holds (`data` parsed)."""
+    if event == BATCH:
+        for i, (name, payload) in enumerate(data):
+            yield Event(seq + i, name, payload)
+    elif event == COMPACTED:
+        for row in orjson.loads(zlib.decompress(base64.b64decode(data))):
+            yield from _events_of(*row)
+    else:
+        yield Event(seq, event, data)
+
+
 def _expand(rows: list[tuple[int, str, str]]) -> list[Event]:
-    events: list[Event] = []
-    for seq, event, data in rows:
-        if event == BATCH:
-            events.extend(
-                Event(seq + i, name, payload)
-                for i, (name, payload) in enumerate(orjson.loads(data))
-            )
-        else:
-            events.append(Event(seq, event, orjson.loads(data)))
-    return events
+    return [e for seq, event, data in rows for e in _events_of(seq, event, orjson.loads(data))]
+
+
+def compact(conn: Connection, run_id: str, new: list[Event] | None = None) -> None:
+    """Rewrite the run's log, plus `new` (its last events, not written yet), as one row.
+
+    The rows are kept as they were (numbers, batches, RESUMED markers), their JSON copied
+    into one list, not parsed: replays expand them exactly as before."""
+    rows = [
+        (seq, event, data)
+        for seq, event, data in conn.execute(
+            select(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
+            .where(EVENT_TABLE.c.run_id == run_id)
+            .order_by(EVENT_TABLE.c.seq)
+        )
+    ]
+    rows += [(e.seq, e.event, dumps(e.data)) for e in new or ()]
+    if not rows or (len(rows) == 1 and rows[0][1] == COMPACTED):
+        return
+    listed = ",".join(f"[{seq},{dumps(event)},{data}]" for seq, event, data in rows)
+    blob = base64.b64encode(zlib.compress(f"[{listed}]".encode())).decode()
+    last_seq, last_event, last_data = rows[-1]  # rows hold consecutive numbers, in order
+    top = last_seq + (len(orjson.loads(last_data)) - 1 if last_event == BATCH else 0)
+    conn.execute(delete(EVENT_TABLE).where(EVENT_TABLE.c.run_id == run_id))
+    conn.execute(
+        insert(EVENT_TABLE),
+        [{"run_id": run_id, "seq": top, "event": COMPACTED, "data": dumps(blob)}],
+    )
 
 
 def event_rows(conn: Connection, run_id: str, after_seq: int) -> list[tuple[int, str, str]]:
     """The log rows holding the events after `after_seq`."""
     # The row holding after_seq may be a batch that holds later events too: start there.
+    # (A compacted log is one row numbered as its last event: found either way.)
     holding = (
         select(func.max(EVENT_TABLE.c.seq))
         .where(EVENT_TABLE.c.run_id == run_id, EVENT_TABLE.c.seq <= after_seq)
@@ -284,10 +385,18 @@ async def load_events(db: Database, run_id: str, after_seq: int) -> list[Event]:
     return [e for e in _expand(rows) if e.seq > after_seq]
 
 
-async def _ended_by(db: Database, run_id: str, seq: int) -> bool:
-    """Whether the run's log up to event `seq` ends with the run's end."""
-    rows = await db.transact(event_rows, run_id, seq, writes=False)
-    return bool(rows) and rows[-1][1] in ENDED_EVENTS
+def _after_the_log(conn: Connection, run_id: str, seq: int) -> list[Event] | None:
+    """A stream found no event after `seq` in the log. What follows: nothing ([]) if the log
+    ends with the run's end; if the log was pruned (an ended run's, long ago), the run's
+    final event (its number kept: the run's last); None if events are still to come."""
+    rows = event_rows(conn, run_id, seq)
+    if rows:
+        return [] if _expand(rows)[-1].event in ENDED_EVENTS else None
+    run = store.load_run(conn, run_id)
+    if run is None or run.status not in TERMINAL_STATUSES:
+        return None
+    final = run.next_event_seq - 1
+    return [Event(final, f"thread.run.{run.status}", render_run(run))] if final > seq else []
 
 
 async def follow(
@@ -299,16 +408,26 @@ async def follow(
 ) -> AsyncIterator[list[Event]]:
     """Every event of the run after `after_seq`, in order, until a final event — in batches
     of what is at hand, so a stream writes several events at once when it can. `known`:
-    the run's first events, when the caller has them (a stream of a run it just created)."""
-    # PostgreSQL wakes us when another process writes; SQLite has no such signal, so a stream
-    # polls the log unless a worker of this process executes the run.
-    poll_interval = 0.2 if db.is_sqlite else 2.0
+    the run's first events, when the caller has them (a stream of a run it just created).
+
+    Events arrive through the hub: from the run's writer when it runs here, from the
+    `LogWatcher` when it runs elsewhere. The stream reads the log itself only to start, and
+    to fill a gap (events published before it subscribed, or dropped when it fell behind)."""
     queue = hub.subscribe(run_id)
     last = max(after_seq, -1)  # -1: from the start
     try:
-        pending = known if known else await load_events(db, run_id, last)
-        if not pending and last >= 0 and await _ended_by(db, run_id, last):
-            return  # resumed after the run's last event: nothing will follow
+        if known:
+            pending = known
+        else:
+            hub.log_reads += 1
+            pending = await load_events(db, run_id, last)
+            if not pending:
+                rest = await db.transact(_after_the_log, run_id, last, writes=False)
+                if rest is not None:
+                    if rest:
+                        yield rest
+                    return  # nothing will follow
+        hub.position(run_id, max([last, *(e.seq for e in pending)]))
         while True:
             ready: list[Event] = []
             final = False
@@ -329,24 +448,109 @@ async def follow(
                 yield ready
             if final:
                 return
-            try:
-                timeout = LOCAL_POLL_SECONDS if hub.is_local(run_id) else poll_interval
-                async with asyncio.timeout(timeout):
-                    arrived = [await queue.get()]
-            except TimeoutError:
-                arrived = [_WAKE]
+            arrived = [await queue.get()]
             while not queue.empty():
                 arrived.append(queue.get_nowait())
-            if any(item is _WAKE for item in arrived) or arrived[0].seq > last + 1:
-                # Written by another process, or we missed some: the log has them.
+            first = arrived[0]
+            if any(item is _WAKE for item in arrived) or (
+                first.seq > last + 1 and first.event != RESUMED
+            ):
+                # Published before we subscribed, or dropped while we were behind: the log
+                # has them.
+                hub.log_reads += 1
                 pending = await load_events(db, run_id, last)
-                known = {e.seq for e in pending}
-                pending += [e for e in arrived if e is not _WAKE and e.seq not in known]
+                known_seqs = {e.seq for e in pending}
+                pending += [e for e in arrived if e is not _WAKE and e.seq not in known_seqs]
                 pending.sort(key=lambda e: e.seq)
             else:
                 pending = arrived
     finally:
         hub.unsubscribe(run_id, queue)
+
+
+def _new_rows(conn: Connection, cursors: dict[str, int]) -> dict[str, list[tuple[int, str, str]]]:
+    """For each run, the log rows past its cursor (runs whose log has none: absent)."""
+    found: dict[str, list[tuple[int, str, str]]] = {}
+    run_ids = list(cursors)
+    for start in range(0, len(run_ids), WATCH_CHUNK):
+        chunk = run_ids[start : start + WATCH_CHUNK]
+        tops = conn.execute(
+            select(EVENT_TABLE.c.run_id, func.max(EVENT_TABLE.c.seq))
+            .where(EVENT_TABLE.c.run_id.in_(chunk))
+            .group_by(EVENT_TABLE.c.run_id)
+        )
+        # A row past the cursor holds events past it (batches number from their first).
+        for run_id, top in list(tops):
+            if top is not None and top > cursors[run_id]:
+                found[run_id] = event_rows(conn, run_id, cursors[run_id])
+    return found
+
+
+class LogWatcher:
+    """The one reader of the log for this process's streams: it looks for rows past each
+    followed run's cursor — one query for all of them — and publishes their events to the
+    run's streams. Runs executed here publish here first, so their logs are looked at only
+    every LOCAL_POLL_SECONDS (in case another process took the run over)."""
+
+    def __init__(self, db: Database, hub: EventHub, interval: float | None = None) -> None:
+        self.db = db
+        self.hub = hub
+        self.interval = interval or (
+            WATCH_SECONDS_SQLITE if db.is_sqlite else WATCH_SECONDS_POSTGRES
+        )
+        self.polls = 0  # looks at the log (one transaction each)
+        self.fanned_out = 0  # events it published to streams
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._last_local = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self, run_id: str) -> None:
+        """Another process wrote events of this run (PostgreSQL NOTIFY)."""
+        self._dirty.add(run_id)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="event-log-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.check()
+            except Exception:
+                logger.exception("reading the event log for streams failed")
+
+    async def check(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        local_due = time.monotonic() - self._last_local >= LOCAL_POLL_SECONDS
+        if local_due:
+            self._last_local = time.monotonic()
+        cursors = {
+            run_id: cursor
+            for run_id, cursor in self.hub.followed().items()
+            if local_due or run_id in dirty or not self.hub.is_local(run_id)
+        }
+        if not cursors:
+            return
+        self.polls += 1
+        found = await self.db.transact(_new_rows, cursors, writes=False)
+        for run_id, rows in found.items():
+            cursor = self.hub.cursor(run_id)  # a writer here may have published meanwhile
+            if cursor is None:
+                continue  # its streams are gone
+            events = [e for e in _expand(rows) if e.seq > cursor]
+            self.fanned_out += len(events)
+            self.hub.publish(run_id, events)
 
 
 class PostgresListener:

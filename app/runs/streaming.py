@@ -4,47 +4,129 @@ Each event carries its number as the SSE `id`, so a client whose connection brok
 with `GET …/runs/{run_id}?stream=true` and `Last-Event-ID` (the SDKs ignore the ids).
 Keep-alive comments carry an empty `id:`: the openai SDKs turn a bare blank line after an
 id into an event with no data, which they then fail to parse.
+
+A client that stops reading is not waited for: each write gets `send_timeout` seconds (the
+hub's; OPENGROVE_STREAM_SEND_TIMEOUT) to go out. One that does not stops the stream — it
+unsubscribes at once, so the run never notices — and the client is sent an `error` event
+(no `id`: its last id is still the last event it got, to resume from) if it takes it within
+a few seconds more; then the connection ends. Writes are at most ~64 KiB, so the timeout
+measures a client that reads nothing, not a long replay to a slow one.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.auth.quotas import StreamSlot
 from app.db import Database
 from app.observability.metrics import OPEN_STREAMS
 from app.runs.events import Event, EventHub, dumps, follow
 
+logger = logging.getLogger("opengrove.streams")
+
+WRITE_BYTES = 64 * 1024  # events at hand go out in writes of about this much at most
+ERROR_GRACE_SECONDS = 5.0  # how long the `error` event waits for a dropped client to read
+
 
 async def _frames(
     db: Database, hub: EventHub, run_id: str, after_seq: int, known: list[Event] | None
 ) -> AsyncIterator[bytes]:
-    # Each batch of events at hand goes out in one write.
-    async for batch in follow(db, hub, run_id, after_seq, known):
-        yield "".join(
-            f"id: {item.seq}\nevent: {item.event}\ndata: {dumps(item.data)}\n\n" for item in batch
-        ).encode()
+    # The events at hand go out together, in as few writes as WRITE_BYTES allows. Closing
+    # this generator stops following the run (aclosing: at once, not when collected).
+    async with aclosing(follow(db, hub, run_id, after_seq, known)) as batches:
+        async for batch in batches:
+            parts: list[str] = []
+            size = 0
+            for item in batch:
+                frame = f"id: {item.seq}\nevent: {item.event}\ndata: {dumps(item.data)}\n\n"
+                if parts and size + len(frame) > WRITE_BYTES:
+                    yield "".join(parts).encode()
+                    parts, size = [], 0
+                parts.append(frame)
+                size += len(frame)
+            if parts:
+                yield "".join(parts).encode()
     yield b"event: done\ndata: [DONE]\n\n"
+
+
+class _SlowClient(Exception):
+    """A write did not go out within the send timeout."""
+
+
+class _TimedSend:
+    """`send` with a deadline on every write; once one missed it, nothing more goes out."""
+
+    def __init__(self, send: Send, timeout: float) -> None:
+        self.send = send
+        self.timeout = timeout
+        self.missed = False
+
+    async def __call__(self, message: Message) -> None:
+        if self.missed:
+            raise _SlowClient()
+        try:
+            with anyio.fail_after(self.timeout):
+                # uvicorn waits for its buffer to drain before it writes: a write cut short
+                # here wrote nothing, so the client never gets half an event.
+                await self.send(message)
+        except TimeoutError:
+            self.missed = True
+            raise _SlowClient() from None
+
+
+def error_frame(message: str, code: str) -> bytes:
+    data: dict[str, Any] = {"code": code, "message": message, "param": None, "type": "server_error"}
+    return f"event: error\ndata: {dumps(data)}\n\n".encode()
 
 
 class _CountedStream(EventSourceResponse):
     """Counted in `opengrove_sse_streams_open` from its start until it ends or the client
     goes (around the whole response: the event generator may never start, or be dropped);
-    its project's stream slot is given back then too."""
+    its project's stream slot is given back then too. Writes time out (see the module)."""
 
     slot: StreamSlot | None = None
+    run_id: str = ""
+    write_timeout: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         OPEN_STREAMS.inc()
         try:
-            await super().__call__(scope, receive, send)
+            if not self.write_timeout:
+                await super().__call__(scope, receive, send)
+                return
+            try:
+                await super().__call__(scope, receive, _TimedSend(send, self.write_timeout))
+            except* _SlowClient:
+                await self._drop(send)
         finally:
             OPEN_STREAMS.dec()
             if self.slot is not None:
                 self.slot.release()
+
+    async def _drop(self, send: Send) -> None:
+        """The client stopped reading: stop following the run now, tell the client why."""
+        await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        logger.warning(
+            "run %s: a stream's client took nothing for %.0f s: stream closed",
+            self.run_id,
+            self.write_timeout,
+        )
+        frame = error_frame(
+            f"The stream was closed: the client did not read its events for "
+            f"{self.write_timeout:g} seconds. Reconnect with GET "
+            "/v1/threads/{thread_id}/runs/{run_id}?stream=true and the Last-Event-ID header "
+            "(the id of the last event received) to get the rest.",
+            "stream_timeout",
+        )
+        with anyio.move_on_after(ERROR_GRACE_SECONDS):
+            await send({"type": "http.response.body", "body": frame, "more_body": False})
 
 
 def _keep_alive() -> ServerSentEvent:
@@ -67,4 +149,6 @@ def run_event_stream(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     response.slot = slot
+    response.run_id = run_id
+    response.write_timeout = hub.send_timeout
     return response
