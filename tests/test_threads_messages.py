@@ -118,3 +118,31 @@ def test_message_pagination_is_stable_within_one_second(client: openai.OpenAI) -
     asc_before = client.beta.threads.messages.list(thread.id, limit=3, order="asc", before=ids[5])
     assert [m.id for m in asc_before.data] == ids[2:5]
     assert [m.id for m in client.beta.threads.messages.list(thread.id, order="asc")] == ids
+
+
+def test_a_threads_own_store_goes_with_it(client: openai.OpenAI) -> None:
+    doc = client.files.create(file=("own.txt", b"the thread's own fact"), purpose="assistants")
+    thread = client.beta.threads.create(
+        messages=[
+            {
+                "role": "user",
+                "content": "read this",
+                "attachments": [{"file_id": doc.id, "tools": [{"type": "file_search"}]}],
+            }
+        ]
+    )
+    store_id = client.beta.threads.retrieve(thread.id).tool_resources.file_search.vector_store_ids[
+        0
+    ]
+    # A store the thread merely names (made elsewhere) stays.
+    shared = client.vector_stores.create(name="shared")
+    other = client.beta.threads.create(
+        tool_resources={"file_search": {"vector_store_ids": [shared.id]}}
+    )
+    assert client.vector_stores.retrieve(store_id).id == store_id
+    client.beta.threads.delete(thread.id)
+    client.beta.threads.delete(other.id)
+    with pytest.raises(openai.NotFoundError):
+        client.vector_stores.retrieve(store_id)
+    assert client.vector_stores.retrieve(shared.id).id == shared.id
+    assert client.files.retrieve(doc.id).id == doc.id  # the file itself stays

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import ImageUrls, Project, Session
+from app.deps import ImageUrls, Index, Project, Session
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject, ObjectResponse
 from app.threads import service
@@ -17,6 +17,7 @@ from app.threads.schemas import (
     ThreadObject,
     ThreadUpdate,
 )
+from app.vector_stores.thread_stores import forget_stores
 
 # Every route answers an ObjectResponse: serialised once (see app.schemas.ObjectResponse).
 router = APIRouter(prefix="/threads", tags=["threads"])
@@ -49,8 +50,10 @@ async def modify_thread(
 
 
 @router.delete("/{thread_id}", response_model=DeletedObject)
-async def delete_thread(thread_id: str, session: Session, project: Project) -> ObjectResponse:
-    await service.delete_thread(session, project, thread_id)
+async def delete_thread(
+    thread_id: str, session: Session, project: Project, index: Index
+) -> ObjectResponse:
+    await forget_stores(index, await service.delete_thread(session, project, thread_id))
     return ObjectResponse(DeletedObject(id=thread_id, object="thread.deleted"))
 
 

@@ -22,7 +22,7 @@ from app.threads.schemas import (
     content_to_stored,
 )
 from app.tool_resources import resolve_tool_resources
-from app.vector_stores.thread_stores import attach_to_thread_store
+from app.vector_stores.thread_stores import attach_to_thread_store, drop_thread_stores
 
 
 async def create_thread(session: AsyncSession, project_id: str, body: ThreadCreate) -> Thread:
@@ -104,7 +104,10 @@ async def update_thread(
     return thread
 
 
-async def delete_thread(session: AsyncSession, project_id: str, thread_id: str) -> None:
+async def delete_thread(session: AsyncSession, project_id: str, thread_id: str) -> list[str]:
+    """Delete the thread and the vector stores its attachments made; returns those stores'
+    ids (their chunks leave the index once this committed)."""
+    store_ids = await drop_thread_stores(session, project_id, thread_id)
     # Messages, runs and steps go with it through ON DELETE CASCADE.
     result = await session.execute(
         delete(Thread).where(Thread.id == thread_id, Thread.project_id == project_id)
@@ -112,6 +115,7 @@ async def delete_thread(session: AsyncSession, project_id: str, thread_id: str) 
     if result.rowcount == 0:
         raise NotFound("thread", thread_id)
     await session.commit()
+    return store_ids
 
 
 def new_message(

@@ -25,6 +25,7 @@ class VectorStore(OpenAIObjectMixin, ProjectOwned, Base):
     __table_args__ = (
         Index("ix_vector_stores_project_seq", "project_id", "seq"),
         Index("ix_vector_stores_expires_at", "expired", "expires_at"),
+        Index("ix_vector_stores_thread", "thread_id"),
     )
 
     name: Mapped[str | None] = mapped_column(String(256))
@@ -34,6 +35,8 @@ class VectorStore(OpenAIObjectMixin, ProjectOwned, Base):
     # Set by the expiry cleanup (or noticed on read once expires_at has passed).
     expired: Mapped[bool] = mapped_column(Boolean, default=False)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    # The thread whose message attachments made this store (it goes with the thread).
+    thread_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     def has_expired(self) -> bool:
         """Marked expired, or past `expires_at` (before the periodic cleanup marks it)."""
