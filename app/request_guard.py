@@ -33,6 +33,15 @@ class RequestTooLarge(APIError):
         )
 
 
+def header_values(scope: Scope, *names: bytes) -> list[str | None]:
+    """The request's values of these (lower-case) headers, None where absent; one pass."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in names:
+            found[name] = value.decode("latin-1")
+    return [found.get(name) for name in names]
+
+
 def _host_of(value: str) -> str:
     if value.startswith("["):  # [::1]:8000
         return value[1 : value.find("]")] if "]" in value else value
@@ -63,15 +72,10 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = content_type = None
-        length = -1
-        for name, value in scope["headers"]:
-            if name == b"host":
-                host = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-length":
-                length = int(value) if value.isdigit() else -1
+        host, content_type, declared = header_values(
+            scope, b"host", b"content-type", b"content-length"
+        )
+        length = int(declared) if declared and declared.isdigit() else -1
         upload = _is_upload(scope["path"])
         limit = self.max_upload_bytes if upload else self.max_body_bytes
         is_json = _is_json(content_type)

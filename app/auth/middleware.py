@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.auth.keys import ANONYMOUS, Caller, KeyRing, redact
 from app.errors import APIError, error_response
 from app.observability import context
+from app.request_guard import header_values
 
 logger = logging.getLogger("opengrove.auth")
 
@@ -93,14 +94,9 @@ class AuthMiddleware:
         await self.app(scope, receive, send_with_limits)
 
     async def _authenticate(self, scope: Scope, keyring: KeyRing) -> Caller:
-        authorization = project = organization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"openai-project":
-                project = value.decode("latin-1")
-            elif name == b"openai-organization":
-                organization = value.decode("latin-1")
+        authorization, project, organization = header_values(
+            scope, b"authorization", b"openai-project", b"openai-organization"
+        )
         if not await keyring.any_keys():
             if self.allow_anonymous:
                 return ANONYMOUS
