@@ -17,6 +17,7 @@ from app.llm.routing import ModelRouter
 from app.retrieval.embeddings import Embedder as AppEmbedder
 from app.retrieval.index import VectorIndex
 from app.runs.service import RunSignals
+from app.sandbox import KernelPool
 from app.vector_stores.ingestion import IngestionWorker
 
 if TYPE_CHECKING:
@@ -128,3 +129,11 @@ def get_image_urls(request: Request) -> ImageUrlPolicy:
 
 # Checks image_url parts before a message is stored (no fetches of private addresses).
 ImageUrls = Annotated[ImageUrlPolicy, Depends(get_image_urls)]
+
+
+def get_sandbox(request: Request) -> KernelPool | None:
+    return get_runtime(request).sandbox
+
+
+# code_interpreter's kernels in this process (None when the tool is off or not yet ready).
+Sandbox = Annotated[KernelPool | None, Depends(get_sandbox)]

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import ImageUrls, Index, Project, Session
+from app.deps import ImageUrls, Index, Project, Sandbox, Session
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject, ObjectResponse
 from app.threads import service
@@ -51,9 +51,12 @@ async def modify_thread(
 
 @router.delete("/{thread_id}", response_model=DeletedObject)
 async def delete_thread(
-    thread_id: str, session: Session, project: Project, index: Index
+    thread_id: str, session: Session, project: Project, index: Index, sandbox: Sandbox
 ) -> ObjectResponse:
     await forget_stores(index, await service.delete_thread(session, project, thread_id))
+    if sandbox is not None and sandbox.has_session(thread_id):
+        # Here at once; a kernel in another process goes at its next reaping.
+        await sandbox.shutdown(thread_id)
     return ObjectResponse(DeletedObject(id=thread_id, object="thread.deleted"))
 
 
