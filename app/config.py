@@ -309,6 +309,13 @@ class Settings(BaseSettings):
         validation_alias=_env("OPENGROVE_INGESTION_CONCURRENCY"),
         description="Files one process ingests at once.",
     )
+    ingestion_processes: int = Field(
+        default=2,
+        ge=0,
+        validation_alias=_env("OPENGROVE_INGESTION_PROCESSES"),
+        description="Worker processes (started on first use) that parse, chunk and BM25-encode "
+        "files for ingestion; 0 does it in the server process.",
+    )
     ingestion_lease_seconds: float = Field(
         default=60.0,
         validation_alias=_env("OPENGROVE_INGESTION_LEASE_SECONDS"),

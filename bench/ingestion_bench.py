@@ -8,7 +8,9 @@ file batch to the batch reading `completed`:
   1. --small-files small text files (1-3 KB of prose-like text, one chunk each);
   2. --medium-files files of ~60 KB each (many chunks per file): chunks/s end to end;
   3. one --big-mb MB text file: wall time, chunks/s, and the server's peak RSS above its
-     idle RSS (VmHWM sampled from /proc; RssAnon and RssFile at the peak sample), plus the
+     idle RSS (VmHWM sampled from /proc; RssAnon and RssFile at the peak sample), the same
+     with the ingestion worker processes added (their VmHWM; the sampled sum), the CPU
+     seconds per chunk of the server and its workers, plus the
      zip bomb (a 1 MB docx inflating to 1 GB) ending `failed` with `invalid_file`.
 Uploads are not timed. The script stops the server and exits by itself.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sqlite3
 import tempfile
@@ -65,6 +68,45 @@ def rss(pid: int) -> dict[str, int]:
     return values
 
 
+def children(pid: int) -> list[int]:
+    """The server's descendant processes (the ingestion worker processes)."""
+    found: list[int] = []
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        for task in tasks:
+            for child in (task / "children").read_text().split():
+                found += [int(child), *children(int(child))]
+    except OSError:
+        pass
+    return found
+
+
+def children_rss(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (MB) summed over the server's descendants."""
+    total = {"VmRSS": 0, "VmHWM": 0}
+    for child in children(pid):
+        try:
+            values = rss(child)
+        except OSError:
+            continue
+        total["VmRSS"] += values.get("VmRSS", 0)
+        total["VmHWM"] += values.get("VmHWM", 0)
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its descendants (living ones)."""
+    total = 0.0
+    for each in [pid, *children(pid)]:
+        try:
+            with open(f"/proc/{each}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def upload(client: httpx.AsyncClient, name: str, data: bytes) -> str:
     r = await client.post("/v1/files", files={"file": (name, data)}, data={"purpose": "assistants"})
     r.raise_for_status()
@@ -90,6 +132,7 @@ async def batch(
     batch, peak memory seen while waiting)."""
     store = (await client.post("/v1/vector_stores", json={"name": "bench"})).json()["id"]
     peak: dict[str, int] = {}
+    peak_total = 0
     started = time.perf_counter()
     r = await client.post(f"/v1/vector_stores/{store}/file_batches", json={"file_ids": file_ids})
     r.raise_for_status()
@@ -99,11 +142,14 @@ async def batch(
             now = rss(sample_pid)
             if now["VmRSS"] >= peak.get("VmRSS", 0):
                 peak = now
+            peak_total = max(peak_total, now["VmRSS"] + children_rss(sample_pid)["VmRSS"])
         body = (await client.get(f"/v1/vector_stores/{store}/file_batches/{batch_id}")).json()
         if body["status"] != "in_progress":
             elapsed = time.perf_counter() - started
             if sample_pid is not None:
                 peak["VmHWM"] = rss(sample_pid)["VmHWM"]
+                peak["workers_VmHWM"] = children_rss(sample_pid)["VmHWM"]
+                peak["total_sampled"] = peak_total
             body["vector_store_id"] = store
             return elapsed, body, peak
         await asyncio.sleep(0.05)
@@ -189,15 +235,22 @@ async def run(args: argparse.Namespace) -> None:
                             written += len(piece)
                     big_id = await upload_path(client, big)
                     before = rss(pid)
+                    cpu = cpu_seconds(pid)
                     seconds, body, peak = await batch(client, [big_id], sample_pid=pid)
+                    cpu = cpu_seconds(pid) - cpu
                     store = body["vector_store_id"]
                     item = (await client.get(f"/v1/vector_stores/{store}/files/{big_id}")).json()
                     chunks = count_chunks(db, store)
                     print(
                         f"{args.big_mb} MB text file: {item['status']} {item['last_error']}, "
-                        f"{chunks:,} chunks in {seconds:.1f} s ({chunks / seconds:,.0f} chunks/s); "
+                        f"{chunks:,} chunks in {seconds:.1f} s ({chunks / seconds:,.0f} chunks/s; "
+                        f"CPU {cpu * 1000 / max(chunks, 1):.2f} ms/chunk, server and workers); "
                         f"RSS before {before['VmRSS']} MB, peak sample {peak}, "
-                        f"peak above idle {peak['VmHWM'] - idle['VmRSS']} MB (VmHWM - idle VmRSS)",
+                        f"peak above idle {peak['VmHWM'] - idle['VmRSS']} MB (VmHWM - idle VmRSS); "
+                        f"with the worker processes: sampled peak "
+                        f"{peak['total_sampled'] - idle['VmRSS']} MB above idle, bound "
+                        f"{peak['VmHWM'] + peak['workers_VmHWM'] - idle['VmRSS']} MB (server "
+                        "VmHWM + workers' VmHWM - idle)",
                         flush=True,
                     )
         finally:

@@ -27,9 +27,15 @@ from app.retrieval.chunking import (
     resolve_chunking_strategy,
     validate_chunking,
 )
-from app.retrieval.edge_index import EdgeIndex, IndexLocked, to_edge_filter
+from app.retrieval.edge_index import (
+    EdgeIndex,
+    IndexLocked,
+    release_resident_pages,
+    to_edge_filter,
+)
 from app.retrieval.embeddings import Embedder, EmbeddingError, _vectors, drain_litellm_logging
 from app.retrieval.filters import build_filter
+from app.retrieval.page_pool import PAGE_CHUNKS, PagePool
 from app.retrieval.parsing import (
     OPENAI_FILE_SEARCH_EXTENSIONS,
     InvalidFileError,
@@ -744,6 +750,70 @@ def test_text_cap_and_deadline(tmp_path: Path) -> None:
         list(iter_text(path, "a.txt", limits=Limits(max_chars=100)))
     with pytest.raises(ParseTimeout):
         list(iter_text(path, "a.txt", limits=Limits(deadline=time.monotonic() - 1)))
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+async def test_page_pool_reads_pages_with_their_bm25_vectors(
+    tmp_path: Path, processes: int
+) -> None:
+    """Pages parsed, chunked and BM25-encoded in worker processes (or a thread) are the
+    chunks `chunk_text` makes, with the vectors `document_vector` computes; parsing errors
+    and the deadline come through as themselves."""
+    text = " ".join(f"Sentence {i} about zebras, lions and the river." for i in range(12000))
+    path = tmp_path / "big.txt"
+    path.write_text(text)
+    pool = PagePool(processes)
+    try:
+        reader = pool.reader(path, "big.txt", None, 200, 50, Limits())
+        pages: list[list[Chunk]] = []
+        while (page := await reader.next(time.monotonic() + 120)) is not None:
+            pages.append(page)
+        assert await reader.next(time.monotonic() + 120) is None
+        reader.close()
+        assert len(pages) > 2 and all(len(p) == PAGE_CHUNKS for p in pages[:-1])
+        got = [chunk for page in pages for chunk in page]
+        assert [(c.text, c.index, c.token_count) for c in got] == [
+            (c.text, c.index, c.token_count) for c in chunk_text(text, 200, 50)
+        ]
+        for chunk in got[::37]:
+            assert chunk.sparse == lexical.document_vector(chunk.text)
+            assert lexical.chunk_vector(chunk) == chunk.sparse
+
+        stopwords = tmp_path / "stop.txt"
+        stopwords.write_text("the of and " * 10)
+        reader = pool.reader(stopwords, "stop.txt", None, 200, 50, Limits())
+        [only] = await reader.next(time.monotonic() + 120) or []
+        assert only.sparse == lexical.Sparse([], []) and lexical.chunk_vector(only) is None
+        reader.close()
+
+        reader = pool.reader(tmp_path / "x.bin", "x.bin", None, 200, 50, Limits())
+        with pytest.raises(UnsupportedFileError):
+            await reader.next(time.monotonic() + 120)
+        reader.close()
+        reader = pool.reader(path, "big.txt", None, 200, 50, Limits(max_chars=1000))
+        with pytest.raises(InvalidFileError, match="more than 1,000 characters"):
+            await reader.next(time.monotonic() + 120)
+        reader.close()
+        reader = pool.reader(path, "big.txt", None, 200, 50, Limits())
+        with pytest.raises(TimeoutError):
+            await reader.next(time.monotonic() - 1)
+        reader.close()
+    finally:
+        pool.shutdown()
+
+
+async def test_edge_lets_go_of_written_pages(tmp_path: Path) -> None:
+    index = EdgeIndex(tmp_path / "index")
+    try:
+        chunks = chunk_text(" ".join(f"zebra{i % 50} lion river" for i in range(20000)), 100, 20)
+        await index.upsert_chunks("vs_1", "file_1", "a.txt", chunks)
+        await index.flush()  # flushes, then unmaps the shard's resident file pages
+        assert release_resident_pages(index.path) > 0
+        hits = await index.search(["vs_1"], "zebra7 lion")
+        assert hits and hits[0].file_id == "file_1"
+        assert await index.count_chunks("vs_1") == len(chunks)
+    finally:
+        await index.close()
 
 
 def _zip_bomb_docx(path: Path, member_bytes: int) -> None:

@@ -54,6 +54,9 @@ class Chunk:
     text: str
     token_count: int
     index: int
+    # The chunk's BM25 vector when computed ahead (ingestion does it where it parses, see
+    # `app.retrieval.page_pool`); None: the index computes it. An empty vector: no term.
+    sparse: Any = None
 
 
 @dataclass(frozen=True, slots=True)

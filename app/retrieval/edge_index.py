@@ -21,6 +21,7 @@ memory cost while it runs) once enough points were written and writes have pause
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -58,13 +59,66 @@ _UPSERT_BATCH = 512
 FLUSH_AFTER_SECONDS = 30.0  # maintain(): flush when writes are at least this old
 OPTIMIZE_AFTER_POINTS = 50_000  # maintain(): optimise after this many writes ...
 OPTIMIZE_IDLE_SECONDS = 30.0  # ... once no write came for this long
-FLUSH_EVERY_POINTS = 20_000  # flush during long ingestions too: written segment pages
-# stay resident (and count in RSS) until flushed
+FLUSH_EVERY_POINTS = 10_000  # flush during long ingestions too, then let go of the pages
+# written (`release_resident_pages`): until then they stay resident and count in RSS
 _FACET_LIMIT = 1_000_000
 
 
 class IndexLocked(RuntimeError):
     pass
+
+
+_MADV_DONTNEED = 4
+_RELEASED = ("/payload_storage/", f"/vector_storage-{LEXICAL_VECTOR}/", f"{os.sep}wal{os.sep}")
+_madvise: Any = None
+_libc: Any = None
+
+
+def release_resident_pages(path: Path) -> int:
+    """Unmap from this process the resident pages of the shard's shared file mappings
+    (`madvise(MADV_DONTNEED)`); returns the bytes of mappings advised.
+
+    Edge writes payload and vector pages through shared mmaps (`Memory.Cold`: on disk),
+    and every page written or read stays mapped, so RSS grows by about 4 KB per chunk
+    written until the kernel needs the memory. After a flush those pages are clean page
+    cache: dropping them from this process's page tables loses nothing (a dirty shared
+    page's dirty bit moves to the page cache, so even unflushed data is kept) and the next
+    access maps them again. Private mappings are left alone (dropping them would discard
+    their changes). Only what ingestion writes in bulk is let go of (`_RELEASED`: payload
+    storage, the BM25 vectors' storage, the WAL), of which a search reads a few pages;
+    what searches scan (the inverted index, HNSW graphs, dense vectors, payload indexes)
+    stays mapped, so searches after a flush do not start cold. Linux only; elsewhere a
+    no-op."""
+    global _madvise, _libc
+    if _madvise is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _madvise = _libc.madvise
+        except (OSError, AttributeError):
+            _madvise = False
+    if not _madvise:
+        return 0
+    prefix = str(path.resolve()) + os.sep
+    released = 0
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) < 6 or fields[1][3:4] != "s" or not fields[5].startswith(prefix):
+                    continue
+                if not any(part in fields[5] for part in _RELEASED):
+                    continue
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if _madvise(low, high - low, _MADV_DONTNEED) == 0:
+                    released += high - low
+    except OSError:
+        return released
+    with contextlib.suppress(AttributeError):
+        _libc.malloc_trim(0)  # and hand freed heap back (the optimiser frees a lot at once)
+    return released
 
 
 def _to_sparse(vector: lexical.Sparse) -> qe.SparseVector:
@@ -282,7 +336,7 @@ class EdgeIndex:
             points = []
             for i, chunk in enumerate(chunks):
                 vector: dict[str, Any] = {}
-                sparse = lexical.document_vector(chunk.text)
+                sparse = lexical.chunk_vector(chunk)
                 if sparse is not None:
                     vector[LEXICAL_VECTOR] = _to_sparse(sparse)
                 if dense_vectors is not None:
@@ -305,6 +359,7 @@ class EdgeIndex:
                     self._unflushed = 0
             if flush:
                 shard.flush()
+                release_resident_pages(self.path)
             return len(points)
 
         written = await self._run(write)
@@ -444,6 +499,7 @@ class EdgeIndex:
                     self._written = 0
                 await self._run(self._shard.optimize)
                 logger.info("vector index optimised in %.1f s", time.monotonic() - started)
+                # (flush() below lets go of the pages the optimiser read and wrote)
             await self.flush()
         finally:
             self._maintaining = False
@@ -451,9 +507,14 @@ class EdgeIndex:
     async def flush(self) -> None:
         with self._state:
             self._flushed = True
-        await self._run(self._shard.flush)
+        await self._run(self._flush)
+
+    def _flush(self) -> None:
+        self._shard.flush()
+        release_resident_pages(self.path)
 
     async def optimize(self) -> None:
         with self._state:
             self._written = 0
         await self._run(self._shard.optimize)
+        await self._run(release_resident_pages, self.path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 # BM25 parameters (the encoder's defaults, spelled out: they are part of the index format).
 K1 = 1.2
@@ -57,6 +58,14 @@ def document_vector(text: str) -> Sparse | None:
     if not vector.indices:
         return None
     return Sparse(list(vector.indices), list(vector.values))
+
+
+def chunk_vector(chunk: Any) -> Sparse | None:
+    """A chunk's document vector: the one computed ahead (`Chunk.sparse`) if any."""
+    sparse = chunk.sparse
+    if sparse is None:
+        return document_vector(chunk.text)
+    return sparse or None
 
 
 def query_vector(text: str) -> Sparse:

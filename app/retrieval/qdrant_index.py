@@ -250,7 +250,7 @@ class QdrantIndex:
         points: list[models.PointStruct] = []
         for i, chunk in enumerate(chunks):
             vector: dict[str, Any] = {}
-            sparse = lexical.document_vector(chunk.text)
+            sparse = lexical.chunk_vector(chunk)
             if sparse is not None:
                 vector[LEXICAL_VECTOR] = _sparse(sparse)
             if dense_vectors is not None:

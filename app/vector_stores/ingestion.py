@@ -14,12 +14,13 @@ whatever chunks it wrote. One file failing never touches the others.
 `wait_for_ingestion` lets a search wait (a while) for files still in the queue.
 
 Settings read here: embedding_model, embedding_api_base, embedding_api_key,
-ingestion_concurrency, ingestion_lease_seconds, files_dir.
+ingestion_concurrency, ingestion_lease_seconds, ingestion_processes, files_dir.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -35,10 +36,11 @@ from app.files.models import StoredFile
 from app.files.service import delete_expired_files, file_path
 from app.ids import new_id
 from app.observability.metrics import count_ingested
-from app.retrieval.chunking import Chunk, chunk_stream
+from app.retrieval.chunking import Chunk
 from app.retrieval.embeddings import Embedder, EmbeddingError, drain_litellm_logging
 from app.retrieval.index import VectorIndex
-from app.retrieval.parsing import InvalidFileError, Limits, UnsupportedFileError, iter_text
+from app.retrieval.page_pool import AsyncPageReader, PagePool, ReaderLost
+from app.retrieval.parsing import InvalidFileError, Limits, UnsupportedFileError
 from app.tasks import cancel_all
 from app.vector_stores.models import VectorStore, VectorStoreFile
 from app.vector_stores.service import expire_vector_stores
@@ -47,10 +49,10 @@ logger = logging.getLogger("opengrove.ingestion")
 
 MAX_ATTEMPTS = 3
 POLL_SECONDS = 1.0
-PAGE_CHUNKS = 256  # chunks parsed, embedded and written together
 STILL_MINE_CHECK_SECONDS = 5.0
 UPKEEP_SECONDS = 10.0
 RECONCILE_SECONDS = 3600.0  # a long file re-checks it was not cancelled this often
+POOL_IDLE_SECONDS = 60.0  # worker processes idle this long exit (restarted when needed)
 
 
 def create_embedder(settings: Settings) -> Embedder | None:
@@ -210,6 +212,9 @@ class IngestionWorker:
         self.max_text_chars = settings.ingestion_max_text_bytes
         self.parse_timeout = settings.ingestion_parse_timeout
         self.worker_id = new_id("ing_")
+        # Parsing, chunking and BM25 encoding run in these worker processes (0: threads).
+        self.pages = PagePool(settings.ingestion_processes)
+        self._last_busy = time.monotonic()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -228,6 +233,7 @@ class IngestionWorker:
 
     async def stop(self) -> None:
         await cancel_all([*self._loops, *self._tasks.values()])
+        self.pages.shutdown()
         if self.embedder is not None:
             await drain_litellm_logging()
         # Hand unfinished files straight back to the queue instead of waiting for the lease.
@@ -258,6 +264,8 @@ class IngestionWorker:
                     next_reconcile = time.monotonic() + RECONCILE_SECONDS
                     await reconcile(self.db, self.index)
                 await self.index.maintain()
+                if not self._tasks and time.monotonic() - self._last_busy > POOL_IDLE_SECONDS:
+                    self.pages.shutdown()  # ~100 MB per worker process, back when idle
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -379,10 +387,11 @@ class IngestionWorker:
             logger.exception("ingesting %s into %s crashed", job.file_id, job.vector_store_id)
         finally:
             self._tasks.pop(job.key, None)
+            self._last_busy = time.monotonic()
             self._wake.set()
 
     async def process(self, job: _Job) -> None:
-        """Parse, chunk, embed and write one file a page (PAGE_CHUNKS chunks) at a time, so
+        """Parse, chunk, embed and write one file a page (`page_pool.PAGE_CHUNKS`) at a time, so
         memory stays bounded whatever the file's size; between pages other files get their
         turn (the event loop interleaves the files being ingested)."""
         async with self.db.sessionmaker() as session:
@@ -400,18 +409,27 @@ class IngestionWorker:
             )
             return
         written = usage = 0
+        pages: _Pages | None = None
+        ahead: asyncio.Future[list[Chunk] | None] | None = None
         try:
             if stored is None:
                 raise FileFailure("invalid_file", "The file no longer exists.")
+            static = (row.chunking_strategy or {}).get("static") or {}
             pages = _Pages(
-                file_path(self.files_dir, stored.id),
-                stored.filename,
-                stored.mime_type,
-                row.chunking_strategy,
-                Limits(max_chars=self.max_text_chars, max_unzipped_bytes=self.max_text_chars),
+                self.pages.reader(
+                    file_path(self.files_dir, stored.id),
+                    stored.filename,
+                    stored.mime_type,
+                    int(static.get("max_chunk_size_tokens", 800)),
+                    int(static.get("chunk_overlap_tokens", 400)),
+                    Limits(max_chars=self.max_text_chars, max_unzipped_bytes=self.max_text_chars),
+                )
             )
             check_at = time.monotonic() + STILL_MINE_CHECK_SECONDS
-            while (page := await self._next_page(pages, stored.filename)) is not None:
+            # One page read ahead: the next page is parsed while this one is written.
+            ahead = asyncio.ensure_future(self._next_page(pages, stored.filename))
+            while (page := await pages.wait(ahead)) is not None:
+                ahead = asyncio.ensure_future(self._next_page(pages, stored.filename))
                 dense = await self._embed([chunk.text for chunk in page])
                 await self.index.upsert_chunks(
                     job.vector_store_id,
@@ -443,6 +461,13 @@ class IngestionWorker:
                 job, FileFailure("server_error", "The server had an error processing this file.")
             )
             return
+        finally:
+            if ahead is not None:  # an error or a lost lease left a page read ahead
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+            if pages is not None:
+                pages.reader.close()
         await self._finish_completed(job, row.attributes, written, usage)
 
     def _still_mine(self, row: VectorStoreFile, job: _Job) -> bool:
@@ -461,13 +486,12 @@ class IngestionWorker:
         return row is not None and self._still_mine(row, job)
 
     async def _next_page(self, pages: _Pages, filename: str) -> list[Chunk] | None:
-        """The next page of chunks, parsed in a worker thread within what is left of the
-        file's parse budget (OPENGROVE_INGESTION_PARSE_TIMEOUT)."""
-        budget = self.parse_timeout - pages.parse_seconds
-        pages.limits.deadline = time.monotonic() + budget  # the thread stops itself, too
+        """The next page of chunks (with their BM25 vectors), parsed in a worker process
+        (`PagePool`) within what is left of the file's parse budget
+        (OPENGROVE_INGESTION_PARSE_TIMEOUT); the parser stops itself at the deadline too."""
         started = time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(pages.next), timeout=max(budget, 0))
+            return await pages.reader.next(started + self.parse_timeout - pages.parse_seconds)
         except TimeoutError as exc:
             raise FileFailure(
                 "invalid_file",
@@ -479,8 +503,10 @@ class IngestionWorker:
             raise FileFailure("invalid_file", str(exc)) from exc
         except FileNotFoundError as exc:
             raise FileFailure("server_error", "The file's stored content is missing.") from exc
-        finally:
-            pages.parse_seconds += time.monotonic() - started
+        except ReaderLost as exc:
+            raise FileFailure(
+                "server_error", "Processing was interrupted (a parsing process stopped)."
+            ) from exc
 
     async def _embed(self, texts: list[str]) -> list[list[float]] | None:
         if self.embedder is None or not self.index.dense_dim:
@@ -576,30 +602,16 @@ class IngestionWorker:
 
 
 class _Pages:
-    """A file's chunks, PAGE_CHUNKS at a time: `iter_text` (bounded by `limits`) into
-    `chunk_stream`. Synchronous: `next()` runs in a worker thread, one call at a time."""
+    """A file's page reader, and its parse time so far: the time ingestion waited for its
+    pages (a page read ahead while the previous one is written costs nothing)."""
 
-    def __init__(
-        self,
-        path: Path,
-        filename: str,
-        mime_type: str | None,
-        strategy: dict[str, Any],
-        limits: Limits,
-    ) -> None:
-        static = strategy.get("static") or {}
-        self.limits = limits
+    def __init__(self, reader: AsyncPageReader) -> None:
+        self.reader = reader
         self.parse_seconds = 0.0
-        self._chunks = chunk_stream(
-            iter_text(path, filename, mime_type, limits),
-            int(static.get("max_chunk_size_tokens", 800)),
-            int(static.get("chunk_overlap_tokens", 400)),
-        )
 
-    def next(self) -> list[Chunk] | None:
-        page: list[Chunk] = []
-        for chunk in self._chunks:
-            page.append(chunk)
-            if len(page) == PAGE_CHUNKS:
-                break
-        return page or None
+    async def wait(self, page: asyncio.Future[list[Chunk] | None]) -> list[Chunk] | None:
+        started = time.monotonic()
+        try:
+            return await page
+        finally:
+            self.parse_seconds += time.monotonic() - started
