@@ -504,6 +504,7 @@ class LogWatcher:
         self._wake = asyncio.Event()
         self._last_local = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def notify(self, run_id: str) -> None:
         """Another process wrote events of this run (PostgreSQL NOTIFY)."""
@@ -514,16 +515,16 @@ class LogWatcher:
         self._task = asyncio.create_task(self._loop(), name="event-log-watcher")
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopped:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
             self._wake.clear()
             try:
                 await self.check()

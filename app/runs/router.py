@@ -168,6 +168,9 @@ async def get_run(
                 "run's stream.",
                 param="Last-Event-ID",
             )
+    # The session would hold a pooled connection (and, on SQLite, a read snapshot that keeps
+    # the WAL from resetting) for as long as the stream lasts: give it back now.
+    await session.close()
     return run_event_stream(db, signals.hub, run.id, after, slot=limits.stream_slot(True))
 
 

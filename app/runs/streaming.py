@@ -35,6 +35,9 @@ WRITE_BYTES = 64 * 1024  # events at hand go out in writes of about this much at
 ERROR_GRACE_SECONDS = 5.0  # how long the `error` event waits for a dropped client to read
 
 
+DONE = b"event: done\ndata: [DONE]\n\n"
+
+
 async def _frames(
     db: Database, hub: EventHub, run_id: str, after_seq: int, known: list[Event] | None
 ) -> AsyncIterator[bytes]:
@@ -53,7 +56,7 @@ async def _frames(
                 size += len(frame)
             if parts:
                 yield "".join(parts).encode()
-    yield b"event: done\ndata: [DONE]\n\n"
+    yield DONE
 
 
 class _SlowClient(Exception):
@@ -67,6 +70,7 @@ class _TimedSend:
         self.send = send
         self.timeout = timeout
         self.missed = False
+        self.done_sent = False  # the stream's last event went out: nothing was lost
 
     async def __call__(self, message: Message) -> None:
         if self.missed:
@@ -79,6 +83,8 @@ class _TimedSend:
         except TimeoutError:
             self.missed = True
             raise _SlowClient() from None
+        if message.get("body", b"").endswith(DONE):
+            self.done_sent = True
 
 
 def error_frame(message: str, code: str) -> bytes:
@@ -101,18 +107,23 @@ class _CountedStream(EventSourceResponse):
             if not self.write_timeout:
                 await super().__call__(scope, receive, send)
                 return
+            timed = _TimedSend(send, self.write_timeout)
             try:
-                await super().__call__(scope, receive, _TimedSend(send, self.write_timeout))
+                await super().__call__(scope, receive, timed)
             except* _SlowClient:
-                await self._drop(send)
+                await self._drop(send, timed.done_sent)
         finally:
             OPEN_STREAMS.dec()
             if self.slot is not None:
                 self.slot.release()
 
-    async def _drop(self, send: Send) -> None:
+    async def _drop(self, send: Send, done_sent: bool) -> None:
         """The client stopped reading: stop following the run now, tell the client why."""
         await self.body_iterator.aclose()  # type: ignore[attr-defined]
+        if done_sent:  # all of it went out but the response's end: end it, if it can be
+            with anyio.move_on_after(ERROR_GRACE_SECONDS):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         logger.warning(
             "run %s: a stream's client took nothing for %.0f s: stream closed",
             self.run_id,
