@@ -2,7 +2,7 @@
 be flat after the first 10k runs.
 
     ./dev python -m bench.longrun_bench [--runs 100000] [--concurrency 16]
-        [--report-every 10000] [--baseline 10000] [--retention 30] [--keep-threads 120]
+        [--report-every 10000] [--baseline 10000] [--retention 30] [--keep-threads 5000]
         [--tolerance 10]
 
 Processes, all on 127.0.0.1:
@@ -14,9 +14,9 @@ Processes, all on 127.0.0.1:
     stream send timeout and the shared log watcher are at their defaults (on).
   * this client: `--concurrency` workers, each a closed loop of streamed runs (POST
     /v1/threads/runs, thread and run in one request, stream=true, read to `done`). Like an
-    app that keeps a conversation a while, it deletes each thread `--keep-threads` seconds
-    after its run: the users' data the database holds is a sliding window, so anything that
-    grows past it is the server's own.
+    app that keeps its latest conversations, it deletes a thread once `--keep-threads` newer
+    ones exist: the users' data the database holds is a window of constant size (whatever the
+    rate), so anything that grows past it is the server's own.
 
 Every `--report-every` runs it prints: runs done, runs/s since the last report, the database's
 bytes (the file, its WAL, pages on the freelist), rows in run_events, runs and threads, and the
@@ -137,7 +137,7 @@ async def drive(
 ) -> tuple[list[Report], collections.Counter[str]]:
     reports: list[Report] = []
     outcomes: collections.Counter[str] = collections.Counter()
-    doomed: collections.deque[tuple[float, str]] = collections.deque()
+    kept: collections.deque[str] = collections.deque()
     started = 0
     done = 0
     deadline = time.monotonic() + args.max_minutes * 60
@@ -154,11 +154,11 @@ async def drive(
                 thread_id, ending = await streamed_run(client, base, assistant["id"])
                 outcomes[ending] += 1
                 if thread_id is not None:
-                    doomed.append((time.monotonic() + args.keep_threads, thread_id))
-                # Threads whose time has come go now, by the workers that make them: deleting
-                # keeps pace with creating, whatever the rates.
-                while doomed and doomed[0][0] <= time.monotonic():
-                    _, old = doomed.popleft()
+                    kept.append(thread_id)
+                # The oldest threads go now, by the workers that make new ones: deleting keeps
+                # pace with creating.
+                while len(kept) > args.keep_threads:
+                    old = kept.popleft()
                     status, _ = await client.request("DELETE", f"{base}/v1/threads/{old}")
                     outcomes["thread deleted" if status == 200 else f"delete HTTP {status}"] += 1
                 done += 1
@@ -180,7 +180,7 @@ def main() -> int:
     parser.add_argument("--report-every", type=int, default=10_000)
     parser.add_argument("--baseline", type=int, default=10_000, help="runs: compare from here")
     parser.add_argument("--retention", type=float, default=30.0, help="seconds")
-    parser.add_argument("--keep-threads", type=float, default=120.0, help="seconds")
+    parser.add_argument("--keep-threads", type=int, default=5000, help="threads")
     parser.add_argument("--tolerance", type=float, default=10.0, help="percent")
     parser.add_argument("--max-minutes", type=float, default=240.0)
     parser.add_argument("--keep-dir", action="store_true", help="leave the temp dir behind")
@@ -204,7 +204,7 @@ def main() -> int:
             print(
                 f"longrun: {args.runs:,} streamed runs on SQLite, concurrency "
                 f"{args.concurrency}; event logs pruned after {args.retention:g} s (housekeeping "
-                f"every 60 s); threads deleted {args.keep_threads:g} s after their run",
+                f"every 60 s); the latest {args.keep_threads:,} threads kept, older ones deleted",
                 flush=True,
             )
             reports, outcomes = asyncio.run(

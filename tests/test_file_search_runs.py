@@ -94,7 +94,10 @@ def test_message_attachments_fill_the_threads_own_store(
         thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
     )
     assert run.status == "completed", run.last_error
-    assert "lighthouse" in upstream.requests[1]["messages"][-1]["content"]
+    files = client.vector_stores.files.list(store_ids[0]).data
+    assert "lighthouse" in upstream.requests[1]["messages"][-1]["content"], [
+        (f.status, f.last_error) for f in files
+    ]
     answer = client.beta.threads.messages.list(thread.id, run_id=run.id).data[0].content[0].text
     assert answer.annotations[0].file_citation.file_id == notes.id
     # A second attachment extends the same store.
