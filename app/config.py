@@ -197,6 +197,29 @@ class Settings(BaseSettings):
         "addresses (comma-separated; these may use http:// too). Others must be https:// on "
         "public addresses, or data:image URLs.",
     )
+    image_urls: Literal["inline", "pass"] = Field(
+        default="inline",
+        validation_alias=_env("OPENGROVE_IMAGE_URLS"),
+        description="inline: the server downloads image_url URLs itself (same address rules, "
+        "each redirect checked, pinned to the checked address, size and time capped) and "
+        "sends providers the bytes as data URLs; pass: providers (or litellm for them) are "
+        "given the URLs and fetch them (only if you trust them to refuse private addresses). "
+        "image_file parts are always sent as data URLs.",
+    )
+    image_fetch_max_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1,
+        validation_alias=_env("OPENGROVE_IMAGE_FETCH_MAX_BYTES"),
+        description="Largest image downloaded for image_url (and read for image_file) parts, "
+        "in bytes (OpenAI: 20 MB); a larger one fails the run.",
+    )
+    image_fetch_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=_env("OPENGROVE_IMAGE_FETCH_TIMEOUT"),
+        description="Seconds one image download may take in all (redirects included); a "
+        "slower one fails the run.",
+    )
     key_cache_seconds: float = Field(
         default=10.0,
         ge=0,

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from app.runtime import Runtime
 
 
+# Every dependency is `async def`: FastAPI runs a plain `def` dependency in a worker thread,
+# a thread hop (and GIL hand-off) per dependency per request.
+
+
 def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
@@ -36,35 +40,35 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return get_runtime(request).db
 
 
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
-def get_settings_dep(request: Request) -> AppSettings:
+async def get_settings_dep(request: Request) -> AppSettings:
     return get_runtime(request).settings
 
 
 Settings = Annotated[AppSettings, Depends(get_settings_dep)]
 
 
-def get_model_router(request: Request) -> ModelRouter:
+async def get_model_router(request: Request) -> ModelRouter:
     return get_runtime(request).router
 
 
 Models = Annotated[ModelRouter, Depends(get_model_router)]
 
 
-def get_run_signals(request: Request) -> RunSignals:
+async def get_run_signals(request: Request) -> RunSignals:
     return get_runtime(request).signals
 
 
 Signals = Annotated[RunSignals, Depends(get_run_signals)]
 
 
-def get_index(request: Request) -> VectorIndex:
+async def get_index(request: Request) -> VectorIndex:
     index = get_runtime(request).index
     assert index is not None
     return index
@@ -73,7 +77,7 @@ def get_index(request: Request) -> VectorIndex:
 Index = Annotated[VectorIndex, Depends(get_index)]
 
 
-def get_embedder(request: Request) -> AppEmbedder | None:
+async def get_embedder(request: Request) -> AppEmbedder | None:
     return get_runtime(request).embedder
 
 
@@ -81,7 +85,7 @@ def get_embedder(request: Request) -> AppEmbedder | None:
 Embedder = Annotated[AppEmbedder | None, Depends(get_embedder)]
 
 
-def get_ingestion(request: Request) -> IngestionWorker:
+async def get_ingestion(request: Request) -> IngestionWorker:
     ingestion = get_runtime(request).ingestion
     assert ingestion is not None
     return ingestion
@@ -90,7 +94,7 @@ def get_ingestion(request: Request) -> IngestionWorker:
 Ingestion = Annotated[IngestionWorker, Depends(get_ingestion)]
 
 
-def get_started_at(request: Request) -> int:
+async def get_started_at(request: Request) -> int:
     return get_runtime(request).started_at
 
 
@@ -98,8 +102,12 @@ def get_started_at(request: Request) -> int:
 StartedAt = Annotated[int, Depends(get_started_at)]
 
 
-def get_caller(request: Request) -> Caller:
+def _caller(request: Request) -> Caller:
     return request.state.caller  # set by app.auth.middleware for every /v1 request
+
+
+async def get_caller(request: Request) -> Caller:
+    return _caller(request)
 
 
 # Who is asking. Services take `caller.project_id`: every object read, listed, changed or
@@ -107,23 +115,23 @@ def get_caller(request: Request) -> Caller:
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def get_project_id(request: Request) -> str:
-    return get_caller(request).project_id
+async def get_project_id(request: Request) -> str:
+    return _caller(request).project_id
 
 
 Project = Annotated[str, Depends(get_project_id)]
 
 
-def get_limits(request: Request) -> ProjectLimits:
+async def get_limits(request: Request) -> ProjectLimits:
     runtime = get_runtime(request)
-    return ProjectLimits(get_caller(request), runtime.settings, runtime.streams)
+    return ProjectLimits(_caller(request), runtime.settings, runtime.streams)
 
 
 # The caller's project quotas (active runs, open streams).
 Limits = Annotated[ProjectLimits, Depends(get_limits)]
 
 
-def get_image_urls(request: Request) -> ImageUrlPolicy:
+async def get_image_urls(request: Request) -> ImageUrlPolicy:
     return get_runtime(request).image_urls
 
 
@@ -131,7 +139,7 @@ def get_image_urls(request: Request) -> ImageUrlPolicy:
 ImageUrls = Annotated[ImageUrlPolicy, Depends(get_image_urls)]
 
 
-def get_sandbox(request: Request) -> KernelPool | None:
+async def get_sandbox(request: Request) -> KernelPool | None:
     return get_runtime(request).sandbox
 
 

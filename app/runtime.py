@@ -25,6 +25,7 @@ from app.db import Database
 from app.ids import now
 from app.image_urls import ImageUrlPolicy
 from app.llm import adapter
+from app.llm.images import ImageFetcher
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
@@ -32,6 +33,7 @@ from app.retrieval.index import LazyIndex, create_index
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import EventHub, LogWatcher, PostgresListener
 from app.runs.execution import ExecutionContext
+from app.runs.images import PromptImages
 from app.runs.retention import prune_event_logs
 from app.runs.service import RunSignals
 from app.runs.worker import RunWorker
@@ -59,11 +61,10 @@ class Runtime:
     ingestion: IngestionWorker | None = None
     keyring: KeyRing = field(init=False)
     streams: OpenStreams = field(default_factory=OpenStreams)  # per-project stream quota
-    rate_limiter: Any = None
+    rate_limiter: Any = None  # app.auth.ratelimit.RateLimiter
     sandbox: KernelPool | None = None  # code_interpreter's kernels (app.sandbox)
-    image_urls: ImageUrlPolicy = field(
-        default_factory=ImageUrlPolicy
-    )  # app.auth.ratelimit.RateLimiter
+    image_urls: ImageUrlPolicy = field(default_factory=ImageUrlPolicy)
+    image_fetcher: ImageFetcher | None = None  # downloads image_url URLs for run workers
     started_at: int = field(default_factory=now)  # unix seconds; /v1/models' `created`
     _housekeeping: asyncio.Task[None] | None = None
     _preload: asyncio.Task[object] | None = None
@@ -112,6 +113,12 @@ class Runtime:
         if owns_index:
             await runtime.ingestion.start()
         if run_workers:
+            if settings.image_urls == "inline":
+                runtime.image_fetcher = ImageFetcher(
+                    runtime.image_urls,
+                    max_bytes=settings.image_fetch_max_bytes,
+                    timeout=settings.image_fetch_timeout,
+                )
             context = ExecutionContext(
                 db=runtime.db,
                 hub=runtime.hub,
@@ -131,6 +138,12 @@ class Runtime:
                 ),
                 max_run_steps=settings.max_run_steps,
                 expiry_seconds=settings.run_expiry_seconds,
+                images=PromptImages(
+                    runtime.db,
+                    settings.files_dir,
+                    runtime.image_fetcher,
+                    settings.image_fetch_max_bytes,
+                ),
                 on_usage=runtime.rate_limiter.note_tokens,
             )
             runtime.worker = RunWorker(
@@ -231,6 +244,8 @@ class Runtime:
             # litellm's logging task must be idle before the loop closes (see the function).
             await drain_litellm_logging()
             await adapter.aclose()  # the LLM fast path's shared HTTP connections
+        if self.image_fetcher is not None:
+            await self.image_fetcher.aclose()
         if self.sandbox is not None:
             await self.sandbox.close()  # every kernel, and this process's workspaces
         if self.ingestion is not None:

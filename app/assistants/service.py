@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.models import Assistant
@@ -42,6 +44,21 @@ async def get_assistant(session: AsyncSession, project_id: str, assistant_id: st
     if assistant is None or assistant.project_id != project_id:
         raise NotFound("assistant", assistant_id)
     return assistant
+
+
+_ASSISTANTS: Table = Assistant.__table__  # type: ignore[assignment]
+
+
+def assistant_row(conn: Connection, project_id: str, assistant_id: str) -> Any:
+    """`get_assistant` in Core, inside a caller's transaction: a row with the column names."""
+    found = conn.execute(
+        select(_ASSISTANTS).where(
+            _ASSISTANTS.c.id == assistant_id, _ASSISTANTS.c.project_id == project_id
+        )
+    ).first()
+    if found is None:
+        raise NotFound("assistant", assistant_id)
+    return found
 
 
 async def update_assistant(

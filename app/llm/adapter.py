@@ -291,6 +291,8 @@ def _call_kwargs(litellm: ModuleType, request: ChatRequest, timeout: float) -> d
         else 600.0,
         "num_retries": 0,  # retries are ours, so they never replay a half-streamed answer
     }
+    if provider == "ollama_chat":
+        kwargs["messages"] = _bare_base64_images(request.messages)
     if request.route.api_base:
         kwargs["api_base"] = request.route.api_base
     if request.route.api_key:
@@ -306,6 +308,26 @@ def _call_kwargs(litellm: ModuleType, request: ChatRequest, timeout: float) -> d
         if value is not None:
             kwargs[name] = value
     return kwargs
+
+
+def _bare_base64_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ollama's native chat takes an image as bare base64 (its `images`); litellm's
+    ollama_chat passes each image_url's URL on whole, so data URLs lose their prefix here."""
+    converted = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") == "image_url" for p in content
+        ):
+            parts = []
+            for part in content:
+                url = part.get("image_url", {}).get("url", "") if isinstance(part, dict) else ""
+                if part.get("type") == "image_url" and url.startswith("data:") and "," in url:
+                    part = {**part, "image_url": {**part["image_url"], "url": url.split(",", 1)[1]}}
+                parts.append(part)
+            message = {**message, "content": parts}
+        converted.append(message)
+    return converted
 
 
 async def stream_chat(
@@ -402,7 +424,8 @@ async def _litellm_stream(
 
 # Tokens an image is taken to cost when a prompt is measured: OpenAI's charge for a
 # high-detail 512x512 image. Measuring never fetches the image (litellm would, to read its
-# size: a request to any URL, made synchronously on the event loop).
+# size: a request to any URL, made synchronously on the event loop); an `image_file` part
+# (not yet inlined by app.runs.images) counts the same.
 IMAGE_TOKENS = 765
 
 
@@ -413,7 +436,9 @@ def _without_images(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
         content = message.get("content")
         if isinstance(content, list):
             kept = [
-                p for p in content if not (isinstance(p, dict) and p.get("type") == "image_url")
+                p
+                for p in content
+                if not (isinstance(p, dict) and p.get("type") in ("image_url", "image_file"))
             ]
             images += len(content) - len(kept)
             message = {**message, "content": kept}

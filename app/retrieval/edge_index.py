@@ -3,10 +3,10 @@ besides the BM25 encoder in `lexical`).
 
 Qdrant Edge is the Qdrant engine itself, in process, on disk (the same segment format as
 the server): a sparse inverted index with the IDF modifier for BM25, HNSW for dense
-vectors, payload indexes, prefetch + RRF fusion. One shard under the data dir holds every
-vector store's chunks, separated by the payload field `vector_store_id` (a tenant keyword
-index), with `file_id` indexed too; the search plan is `app.retrieval.index.SearchPlan`,
-the same one the Qdrant-server backend runs.
+vectors, payload indexes. One shard under the data dir holds every vector store's chunks,
+separated by the payload field `vector_store_id` (a tenant keyword index), with `file_id`
+indexed too. Searches are `app.retrieval.index.PlannedSearch`, as
+on the Qdrant-server backend; this module only translates the plan's queries.
 
 Edge has no lock of its own: a second process opening the folder would corrupt it. So the
 shard is opened under an exclusive `flock` on `<path>/opengrove.lock`, held for the life of
@@ -40,13 +40,12 @@ from app.retrieval.index import (
     BOOL_SHADOW_FIELD,
     DENSE_VECTOR,
     LEXICAL_VECTOR,
-    RRF_K,
+    EngineQuery,
+    PlannedSearch,
     ScoredChunk,
-    SearchHit,
     attribute_payload,
     check_dense,
     chunk_payload,
-    make_plan,
     point_id,
     scope_filter,
 )
@@ -160,6 +159,20 @@ def _condition(spec: QdrantFilter) -> Any:
     raise ValueError(f"Unsupported filter condition: {spec!r}")
 
 
+def _edge_request(query: EngineQuery, scope: qe.Filter) -> qe.QueryRequest:
+    vector = query.vector
+    return qe.QueryRequest(
+        limit=query.limit,
+        query=qe.Query.Nearest(
+            _to_sparse(vector) if isinstance(vector, lexical.Sparse) else vector,
+            using=query.using,
+        ),
+        filter=scope if query.scoped else None,
+        with_vector=[LEXICAL_VECTOR] if query.probe else None,
+        with_payload=not query.probe,
+    )
+
+
 def _scored(points: Sequence[Any], *, with_lexical: bool = False) -> list[ScoredChunk]:
     out: list[ScoredChunk] = []
     for p in points:
@@ -172,7 +185,7 @@ def _scored(points: Sequence[Any], *, with_lexical: bool = False) -> list[Scored
     return out
 
 
-class EdgeIndex:
+class EdgeIndex(PlannedSearch):
     """Async, coroutine-safe; one per process (and one process per folder: the lock)."""
 
     is_local = True
@@ -414,68 +427,16 @@ class EdgeIndex:
         response = await self._run(self._shard.facet, request)
         return {str(hit.value) for hit in response.hits if hit.count > 0}
 
-    async def search(
-        self,
-        vector_store_ids: Sequence[str],
-        query: str,
-        dense_query: Sequence[float] | None = None,
-        max_num_results: int = 10,
-        score_threshold: float = 0.0,
-        filters: Mapping[str, Any] | None = None,
-    ) -> list[SearchHit]:
-        """Best chunks for `query` across the given stores, best first."""
-        plan = make_plan(
-            vector_store_ids,
-            query,
-            dense_query,
-            self.dense_dim,
-            max_num_results,
-            score_threshold,
-            filters,
-        )
-        if plan is None:
-            return []
-        scope = to_edge_filter(plan.scope)
-        requests: list[qe.QueryRequest] = [
-            qe.QueryRequest(
-                limit=1,
-                query=qe.Query.Nearest(qe.SparseVector([term], [1.0]), using=LEXICAL_VECTOR),
-                with_vector=[LEXICAL_VECTOR],
-                with_payload=False,
-            )
-            for term in plan.terms
+    async def run_queries(
+        self, queries: Sequence[EngineQuery], scope: QdrantFilter
+    ) -> list[list[ScoredChunk]]:
+        edge_scope = to_edge_filter(scope)
+        batch = qe.QueryBatchRequest([_edge_request(q, edge_scope) for q in queries])
+        answers = await self._run(self._shard.query_batch, batch)
+        return [
+            _scored(points, with_lexical=q.probe)
+            for q, points in zip(queries, answers, strict=True)
         ]
-        sources: list[Any] = []
-        lexical_query = plan.lexical_query
-        if lexical_query is not None:
-            sources.append(qe.Query.Nearest(_to_sparse(lexical_query), using=LEXICAL_VECTOR))
-        if plan.dense is not None:
-            sources.append(qe.Query.Nearest(plan.dense, using=DENSE_VECTOR))
-        for source in sources:
-            requests.append(
-                qe.QueryRequest(limit=plan.limit, query=source, filter=scope, with_payload=True)
-            )
-        if plan.hybrid:
-            requests.append(
-                qe.QueryRequest(
-                    limit=plan.limit,
-                    prefetches=[
-                        qe.Prefetch(limit=plan.limit, query=source, filter=scope)
-                        for source in sources
-                    ],
-                    query=qe.Fusion.Rrf(k=RRF_K),
-                    filter=scope,
-                    with_payload=True,
-                )
-            )
-        results = await self._run(self._shard.query_batch, qe.QueryBatchRequest(requests))
-        n = len(plan.terms)
-        probes = [_scored(r, with_lexical=True) for r in results[:n]]
-        rest = [_scored(r) for r in results[n:]]
-        lexical_points = rest[0] if lexical_query is not None else []
-        dense_points = rest[len(sources) - 1] if plan.dense is not None else []
-        fused = rest[-1] if plan.hybrid else []
-        return plan.hits(probes, lexical_points, dense_points, fused)
 
     # -- upkeep -----------------------------------------------------------------------
 

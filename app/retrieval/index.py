@@ -8,9 +8,11 @@ first use.
   QDRANT_URL (several processes and machines).
 
 Both store the same points (ids, payload, the in-process BM25 sparse vector of
-`app.retrieval.lexical`, the optional dense vector) and run the same search plan
-(`SearchPlan` below): IDF probes, the lexical and dense sources, RRF fusion in the engine,
-scores normalised here. So both backends rank alike; tests run the plan on both.
+`app.retrieval.lexical`, the optional dense vector) and share one `search`
+(`PlannedSearch`): the same plan (`SearchPlan` below: IDF probes, the lexical and dense
+sources) sent as one batch, RRF fusion and score normalisation here. Each backend only
+translates the plan's queries into its engine's requests. So both rank alike; tests run
+the plan on both.
 
 Importing an engine and opening an index take time, so `LazyIndex` defers both to a worker
 thread on first use (or to `open_in_background()` right after start): the server answers at
@@ -23,7 +25,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import APIError
@@ -41,7 +43,7 @@ DENSE_VECTOR = "dense"
 # Booleans again, as "true"/"false" strings: Qdrant Edge's Python binding turns a boolean
 # match value into an integer (which never matches a boolean), so Edge filters on these.
 BOOL_SHADOW_FIELD = "attribute_flags"
-RRF_K = 2  # Qdrant's default constant: rank 1 weighs 1/3, rank 10 1/12
+RRF_K = 2  # Qdrant's default constant: rank 1 weighs 1/2, rank 10 1/11
 _POINT_NAMESPACE = uuid.UUID("6f1d7c5e-3b7a-4c1e-9a53-0f3e2d1c4b5a")
 
 
@@ -182,14 +184,29 @@ class ScoredChunk:
     lexical: lexical.Sparse | None = None  # only on IDF probes
 
 
+@dataclass(frozen=True, slots=True)
+class EngineQuery:
+    """One nearest-neighbour query of a plan, which each backend translates into its
+    engine's request: `vector` against the named vector `using`, the best `limit` points,
+    inside the plan's scope when `scoped`. An IDF `probe` returns no payload but the point's
+    stored lexical vector; other queries return the payload and no vector."""
+
+    using: str
+    vector: lexical.Sparse | list[float]
+    limit: int
+    scoped: bool = True
+    probe: bool = False
+
+
 @dataclass
 class SearchPlan:
-    """One search, as the requests every backend sends in one batch and the arithmetic
-    that turns the answers into hits.
+    """One search, as the queries every backend sends in one batch and the arithmetic that
+    turns the answers into hits.
 
-    Requests, in order: one IDF probe per query term (unfiltered, 1 result, its lexical
-    vector), the lexical source, the dense source, and, when both sources run, their RRF
-    fusion (prefetch + fusion inside the engine).
+    Queries (`queries()`), in order: one IDF probe per query term (unfiltered, 1 result, its
+    lexical vector), then the lexical source, then the dense source. When both sources run,
+    they are fused here (`rrf`), not in the engine: the engine would run each source a
+    second time as a prefetch.
 
     Scores are normalised to 0..1 so `score_threshold` means something:
     - lexical: raw BM25 / the sum of the query terms' IDF, capped at 1. A chunk holding every
@@ -224,13 +241,25 @@ class SearchPlan:
     def empty(self) -> bool:
         return not self.terms and self.dense is None
 
-    def hits(
-        self,
-        probes: Sequence[Sequence[ScoredChunk]],
-        lexical_points: Sequence[ScoredChunk],
-        dense_points: Sequence[ScoredChunk],
-        fused_points: Sequence[ScoredChunk],
-    ) -> list[SearchHit]:
+    def queries(self) -> list[EngineQuery]:
+        # Probes are unfiltered on purpose: IDF is collection-wide, any chunk with the term works.
+        queries = [
+            EngineQuery(LEXICAL_VECTOR, lexical.single_term(term), 1, scoped=False, probe=True)
+            for term in self.terms
+        ]
+        lexical_query = self.lexical_query
+        if lexical_query is not None:
+            queries.append(EngineQuery(LEXICAL_VECTOR, lexical_query, self.limit))
+        if self.dense is not None:
+            queries.append(EngineQuery(DENSE_VECTOR, self.dense, self.limit))
+        return queries
+
+    def hits(self, answers: Sequence[Sequence[ScoredChunk]]) -> list[SearchHit]:
+        """The hits, from the engine's answers to `queries()` (same order)."""
+        n = len(self.terms)
+        probes = answers[:n]
+        lexical_points = answers[n] if self.terms else []
+        dense_points = answers[-1] if self.dense is not None else []
         scores: dict[str, float] = {}
         if self.terms:
             idf_sum = idf_total(self.terms, probes)
@@ -238,7 +267,10 @@ class SearchPlan:
                 scores[p.id] = min(1.0, p.score / idf_sum) if idf_sum > 0 else 0.0
         for p in dense_points:
             scores[p.id] = max(scores.get(p.id, 0.0), min(1.0, max(0.0, p.score)))
-        ranked = fused_points if self.hybrid else (lexical_points or dense_points)
+        if self.hybrid:
+            ranked = rrf([lexical_points, dense_points])[: self.limit]
+        else:
+            ranked = list(lexical_points or dense_points)
         hits: list[SearchHit] = []
         for point in ranked:
             score = scores.get(point.id, 0.0)
@@ -248,6 +280,24 @@ class SearchPlan:
             if len(hits) == self.max_num_results:
                 break
         return hits
+
+
+def rrf(rankings: Sequence[Sequence[ScoredChunk]], k: int = RRF_K) -> list[ScoredChunk]:
+    """Reciprocal rank fusion as Qdrant computes it (`Fusion.RRF`): a point scores the sum,
+    over the rankings holding it, of 1 / (k + its 0-based position); best first, each point
+    with its fused score.
+
+    Ties are common (positions 0 and 3 fuse like 3 and 0). Qdrant leaves them in hash
+    order; here they keep the order of first appearance (the first ranking's before the
+    second's), compared after rounding so that float addition cannot split them."""
+    fused: dict[str, float] = {}
+    points: dict[str, ScoredChunk] = {}
+    for ranking in rankings:
+        for position, point in enumerate(ranking):
+            fused[point.id] = fused.get(point.id, 0.0) + 1.0 / (k + position)
+            points.setdefault(point.id, point)
+    order = sorted(fused, key=lambda point_id: round(fused[point_id], 9), reverse=True)
+    return [replace(points[point_id], score=fused[point_id]) for point_id in order]
 
 
 def make_plan(
@@ -320,6 +370,44 @@ def to_hit(payload: Mapping[str, Any], score: float) -> SearchHit:
         chunk_index=int(payload.get("chunk_index", 0)),
         attributes=dict(payload.get(ATTRIBUTES_FIELD) or {}),
     )
+
+
+class PlannedSearch:
+    """`search` as both backends run it: validate and plan (`make_plan`), send the plan's
+    queries to the engine in one batch (`run_queries`, the backend's part: translating
+    each `EngineQuery` into its engine's request and each answer back into
+    `ScoredChunk`s), and turn the answers into hits (`SearchPlan.hits`)."""
+
+    dense_dim: int | None
+
+    async def search(
+        self,
+        vector_store_ids: Sequence[str],
+        query: str,
+        dense_query: Sequence[float] | None = None,
+        max_num_results: int = 10,
+        score_threshold: float = 0.0,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """Best chunks for `query` across the given stores, best first."""
+        plan = make_plan(
+            vector_store_ids,
+            query,
+            dense_query,
+            self.dense_dim,
+            max_num_results,
+            score_threshold,
+            filters,
+        )
+        if plan is None:
+            return []
+        return plan.hits(await self.run_queries(plan.queries(), plan.scope))
+
+    async def run_queries(
+        self, queries: Sequence[EngineQuery], scope: QdrantFilter
+    ) -> list[list[ScoredChunk]]:
+        """The engine's answers to `queries`, in order; scoped queries filtered by `scope`."""
+        raise NotImplementedError
 
 
 # -- opened on first use -----------------------------------------------------------------

@@ -26,6 +26,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +44,30 @@ class ReaderLost(RuntimeError):
     """The worker process holding a file's page stream died or was replaced."""
 
 
+@dataclass(frozen=True, slots=True)
+class FileToChunk:
+    """A stored file, how to parse it and how to chunk it: what a page stream reads
+    (picklable, it travels to the worker process)."""
+
+    path: Path
+    filename: str
+    mime_type: str | None
+    max_chunk_size_tokens: int
+    chunk_overlap_tokens: int
+    limits: Limits = field(default_factory=Limits)
+
+
 class PageReader:
     """A file's chunks, PAGE_CHUNKS at a time, each with its BM25 vector (an empty vector
     for a chunk without terms). Synchronous; one `next()` at a time."""
 
-    def __init__(
-        self,
-        path: Path,
-        filename: str,
-        mime_type: str | None,
-        max_chunk_size_tokens: int,
-        chunk_overlap_tokens: int,
-        limits: Limits,
-        encode: bool = True,
-    ) -> None:
-        self.limits = limits
+    def __init__(self, source: FileToChunk, encode: bool = True) -> None:
+        self.limits = source.limits
         self.encode = encode
         self._chunks = chunk_stream(
-            iter_text(path, filename, mime_type, limits),
-            max_chunk_size_tokens,
-            chunk_overlap_tokens,
+            iter_text(source.path, source.filename, source.mime_type, source.limits),
+            source.max_chunk_size_tokens,
+            source.chunk_overlap_tokens,
         )
 
     def next(self, deadline: float | None = None) -> list[Chunk] | None:
@@ -122,16 +127,16 @@ def _plain_main() -> Iterator[None]:
 
 
 def _next(
-    key: str, args: tuple[Any, ...] | None, deadline: float | None
+    key: str, source: FileToChunk | None, deadline: float | None
 ) -> tuple[list[Chunk] | None, bool]:
-    """The next page of the file `key` (opened from `args` on its first call) and whether
+    """The next page of the file `key` (opened from `source` on its first call) and whether
     it was the last; a file's reader is forgotten once it ended or failed. One round trip
     per page, so a small file costs one."""
     reader = _readers.get(key)
     if reader is None:
-        if args is None:
+        if source is None:
             raise ReaderLost(key)
-        reader = _readers[key] = PageReader(*args, encode=False)  # `_encode` does that
+        reader = _readers[key] = PageReader(source, encode=False)  # `_encode` does that
     try:
         page = reader.next(deadline)
     except BaseException:
@@ -200,20 +205,11 @@ class PagePool:
         self._workers = [_Worker() for _ in range(self.processes)]
         self._keys = itertools.count()
 
-    def reader(
-        self,
-        path: Path,
-        filename: str,
-        mime_type: str | None,
-        max_chunk_size_tokens: int,
-        chunk_overlap_tokens: int,
-        limits: Limits,
-    ) -> AsyncPageReader:
-        args = (path, filename, mime_type, max_chunk_size_tokens, chunk_overlap_tokens, limits)
+    def reader(self, source: FileToChunk) -> AsyncPageReader:
         if not self._workers:
-            return AsyncPageReader(None, "", args)
+            return AsyncPageReader(None, "", source)
         worker = min(self._workers, key=lambda w: w.files)  # the least busy one
-        return AsyncPageReader(worker, f"r{next(self._keys)}", args, self._encoder)
+        return AsyncPageReader(worker, f"r{next(self._keys)}", source, self._encoder)
 
     def _encoder(self, reader: _Worker) -> _Worker:
         """Where a page's BM25 encoding goes: the least busy worker, another than the one
@@ -236,12 +232,12 @@ class AsyncPageReader:
         self,
         worker: _Worker | None,
         key: str,
-        args: tuple[Any, ...],
+        source: FileToChunk,
         encoder: Any = None,
     ) -> None:
         self._worker = worker
         self._key = key
-        self._args = args
+        self._source = source
         self._encoder = encoder
         self._local: PageReader | None = None
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
@@ -258,19 +254,19 @@ class AsyncPageReader:
             return None
         if self._worker is None:
             if self._local is None:
-                self._local = PageReader(*self._args)
+                self._local = PageReader(self._source)
             reader = self._local
             return await asyncio.wait_for(asyncio.to_thread(reader.next, deadline), budget)
         worker = self._worker
         future, self._ahead = self._ahead, None
         if future is None:
-            args: tuple[Any, ...] | None = None
+            source: FileToChunk | None = None  # sent with the first page only
             if self._executor is None:
                 self._executor = worker.get()
-                args = self._args
+                source = self._source
             elif self._executor is not worker.executor:
                 raise ReaderLost(self._key)
-            future = worker.submit(_next, self._key, args, deadline)
+            future = worker.submit(_next, self._key, source, deadline)
         page, self._ended = await self._call(worker, future, deadline)
         if page is None:
             return None

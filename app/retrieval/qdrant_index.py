@@ -4,9 +4,10 @@ Used when QDRANT_URL is set (several processes or machines share one Qdrant serv
 stores exactly the points `EdgeIndex` stores (same ids, payload, the in-process BM25
 sparse vectors of `app.retrieval.lexical`, the optional dense vector) in one collection,
 separated by the payload field `vector_store_id` (a tenant keyword index; Qdrant's
-recommended multitenancy layout), and runs the same `SearchPlan` (IDF probes, lexical and
-dense sources, RRF fusion with k = RRF_K) as one `query_batch_points` round trip. So the
-two backends rank alike; `tests/test_retrieval.py` runs the same cases on both.
+recommended multitenancy layout), and shares `search` with it (`PlannedSearch`: the same
+plan's queries, here one `query_batch_points` round trip, fused and scored in
+`app.retrieval.index`). So the two backends rank alike; `tests/test_retrieval.py` runs the
+same cases on both.
 
 `path=` opens qdrant-client's local mode instead of a server: a brute-force engine in
 Python, kept only so tests can exercise this module's request shapes without a server (it
@@ -32,13 +33,12 @@ from app.retrieval.filters import AttributeValue, QdrantFilter
 from app.retrieval.index import (
     DENSE_VECTOR,
     LEXICAL_VECTOR,
-    RRF_K,
+    EngineQuery,
+    PlannedSearch,
     ScoredChunk,
-    SearchHit,
     attribute_payload,
     check_dense,
     chunk_payload,
-    make_plan,
     point_id,
     scope_filter,
 )
@@ -89,6 +89,20 @@ def _filter(spec: QdrantFilter) -> models.Filter:
     return models.Filter.model_validate(spec)
 
 
+def _client_request(query: EngineQuery, scope: models.Filter) -> models.QueryRequest:
+    vector = query.vector
+    return models.QueryRequest(
+        query=models.NearestQuery(
+            nearest=_sparse(vector) if isinstance(vector, lexical.Sparse) else vector
+        ),
+        using=query.using,
+        filter=scope if query.scoped else None,
+        limit=query.limit,
+        with_vector=[LEXICAL_VECTOR] if query.probe else None,
+        with_payload=not query.probe,
+    )
+
+
 def _scored(
     points: Sequence[models.ScoredPoint], *, with_lexical: bool = False
 ) -> list[ScoredChunk]:
@@ -103,7 +117,7 @@ def _scored(
     return out
 
 
-class QdrantIndex:
+class QdrantIndex(PlannedSearch):
     """Async, coroutine-safe; create one per process and share it."""
 
     def __init__(
@@ -355,79 +369,15 @@ class QdrantIndex:
 
     # -- search -------------------------------------------------------------------------
 
-    async def search(
-        self,
-        vector_store_ids: Sequence[str],
-        query: str,
-        dense_query: Sequence[float] | None = None,
-        max_num_results: int = 10,
-        score_threshold: float = 0.0,
-        filters: Mapping[str, Any] | None = None,
-    ) -> list[SearchHit]:
-        """Best chunks for `query` across the given stores, best first."""
-        plan = make_plan(
-            vector_store_ids,
-            query,
-            dense_query,
-            self.dense_dim,
-            max_num_results,
-            score_threshold,
-            filters,
-        )
-        if plan is None:
-            return []
+    async def run_queries(
+        self, queries: Sequence[EngineQuery], scope: QdrantFilter
+    ) -> list[list[ScoredChunk]]:
         await self.ensure_collection()
-        scope = _filter(plan.scope)
-        # Unfiltered on purpose: IDF is collection-wide, any chunk holding the term works.
-        requests = [
-            models.QueryRequest(
-                query=models.NearestQuery(nearest=_sparse(lexical.single_term(term))),
-                using=LEXICAL_VECTOR,
-                limit=1,
-                with_vector=[LEXICAL_VECTOR],
-                with_payload=False,
-            )
-            for term in plan.terms
+        client_scope = _filter(scope)
+        responses = await self._client.query_batch_points(
+            self.collection_name, [_client_request(q, client_scope) for q in queries]
+        )
+        return [
+            _scored(response.points, with_lexical=q.probe)
+            for q, response in zip(queries, responses, strict=True)
         ]
-        sources: list[tuple[Any, str]] = []
-        lexical_query = plan.lexical_query
-        if lexical_query is not None:
-            sources.append((_sparse(lexical_query), LEXICAL_VECTOR))
-        if plan.dense is not None:
-            sources.append((plan.dense, DENSE_VECTOR))
-        for vector, using in sources:
-            requests.append(
-                models.QueryRequest(
-                    query=models.NearestQuery(nearest=vector),
-                    using=using,
-                    filter=scope,
-                    limit=plan.limit,
-                    with_payload=True,
-                )
-            )
-        if plan.hybrid:
-            requests.append(
-                models.QueryRequest(
-                    prefetch=[
-                        models.Prefetch(
-                            query=models.NearestQuery(nearest=vector),
-                            using=using,
-                            filter=scope,
-                            limit=plan.limit,
-                        )
-                        for vector, using in sources
-                    ],
-                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                    filter=scope,
-                    limit=plan.limit,
-                    with_payload=True,
-                )
-            )
-        responses = await self._client.query_batch_points(self.collection_name, requests)
-        n = len(plan.terms)
-        probes = [_scored(r.points, with_lexical=True) for r in responses[:n]]
-        rest = [_scored(r.points) for r in responses[n:]]
-        lexical_points = rest[0] if lexical_query is not None else []
-        dense_points = rest[len(sources) - 1] if plan.dense is not None else []
-        fused = rest[-1] if plan.hybrid else []
-        return plan.hits(probes, lexical_points, dense_points, fused)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from app.runs.models import Run
+    from app.runs.store import Row
 
 
 class LocalWorker(Protocol):
-    def take(self, run: Run) -> bool:
+    def take(self, run: Row) -> bool:
         """Lease `run` (not yet committed) to this worker; False when it is full."""
 
     def withdraw(self, run_id: str) -> None:
@@ -34,7 +34,7 @@ class RunDispatcher:
     def attach(self, worker: LocalWorker) -> None:
         self._worker = worker
 
-    def offer(self, run: Run) -> bool:
+    def offer(self, run: Row) -> bool:
         return self._worker.take(run) if self._worker is not None else False
 
     def withdraw(self, run_id: str) -> None:

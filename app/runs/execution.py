@@ -39,6 +39,7 @@ from app.llm.routing import ModelRouter
 from app.observability import context
 from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
+from app.runs.images import ImageCache, PromptImages, has_images
 from app.runs.models import Run
 from app.runs.outcomes import RunCancelled, RunIncomplete
 from app.runs.prompt import (
@@ -71,6 +72,7 @@ class ExecutionContext:
     policy: RetryPolicy
     max_run_steps: int
     expiry_seconds: int
+    images: PromptImages  # the prompt's images, made data URLs
     # Told each model turn's tokens, by project (the rate limiter's token budget).
     on_usage: Callable[[str, int], None] | None = None
 
@@ -87,6 +89,7 @@ class RunExecution:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         self.usage.update(run.usage or {})
         self._last_flush = 0.0
+        self._images: ImageCache = {}  # this run's downloaded images, for its later turns
 
     async def commit(self, work: Callable[[Connection], Any] | None = None) -> Any:
         """One transaction: the turn's pending rows, `work`, the pending events; then publish."""
@@ -233,11 +236,32 @@ class RunExecution:
         for _ in range(self.ctx.max_run_steps):
             prompt = await self.db.transact(build_prompt, self.run, writes=False)
             request = self._request(prompt)
+            request.messages = await self._inline_images(request.messages)
             turn = Turn(number=self.run.turns)
             await self._stream_turn(request, turn)
             if not await self._close_turn(turn, request):
                 return
         raise RunIncomplete("max_completion_tokens")
+
+    async def _inline_images(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The prompt with its images as data URLs (downloads end early if the run is
+        cancelled meanwhile)."""
+        if not has_images(messages):
+            return messages
+        inlining = asyncio.ensure_future(
+            self.ctx.images.inline(messages, self.run.project_id, self._images)
+        )
+        cancelled = asyncio.ensure_future(self.cancel.wait())
+        try:
+            await asyncio.wait({inlining, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if not inlining.done():
+                raise RunCancelled()
+            return inlining.result()
+        finally:
+            cancelled.cancel()
+            if not inlining.done():
+                inlining.cancel()
+                await asyncio.wait({inlining})
 
     def _request(self, prompt: list[dict[str, Any]]) -> ChatRequest:
         run = self.run

@@ -1,5 +1,6 @@
 """What the model sees: the run's instructions, the thread, and this run's own steps,
-cut to `max_prompt_tokens` when the run sets it."""
+cut to `max_prompt_tokens` when the run sets it (images are made data URLs afterwards, by
+`app.runs.images`)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,48 @@ from sqlalchemy import Connection
 
 from app.llm.adapter import count_tokens
 from app.runs import store
+from app.runs.images import SOURCE
 from app.runs.outcomes import RunIncomplete
 from app.runs.store import Row
 
 
-def _chat_content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """Stored message parts → chat content (a plain string when it is text only)."""
+def _chat_content(
+    parts: list[dict[str, Any]], role: str, message_id: str | None = None
+) -> str | list[dict[str, Any]]:
+    """Stored message parts → chat content (a plain string when it is text only).
+
+    Images of user messages stay image parts tagged with where they are (`SOURCE`), for
+    `PromptImages.inline` to make data URLs; an assistant's images (code_interpreter charts)
+    are named in text, as chat APIs take images from users only."""
     if all(part["type"] == "text" for part in parts):
         return "\n".join(part["text"]["value"] for part in parts)
     converted: list[dict[str, Any]] = []
-    for part in parts:
-        if part["type"] == "text":
+    for index, part in enumerate(parts):
+        kind = part["type"]
+        if kind == "text":
             converted.append({"type": "text", "text": part["text"]["value"]})
-        elif part["type"] == "image_url":
-            converted.append({"type": "image_url", "image_url": part["image_url"]})
-        elif part["type"] == "image_file":
-            # File bytes are served by the files domain; until it inlines them, say what it was.
+        elif role != "user" or message_id is None:
+            if kind == "image_file":
+                name = part["image_file"]["file_id"]
+            else:
+                url = part["image_url"]["url"]
+                name = "(inline data)" if url.startswith("data:") else url
+            converted.append({"type": "text", "text": f"[{kind.replace('_', ' ')} {name}]"})
+        elif kind == "image_url":
             converted.append(
-                {"type": "text", "text": f"[image file {part['image_file']['file_id']}]"}
+                {
+                    "type": "image_url",
+                    "image_url": dict(part["image_url"]),
+                    SOURCE: f"content[{index}].image_url.url of message {message_id}",
+                }
+            )
+        elif kind == "image_file":
+            converted.append(
+                {
+                    "type": "image_file",
+                    "image_file": dict(part["image_file"]),
+                    SOURCE: f"content[{index}].image_file of message {message_id}",
+                }
             )
     return converted
 
@@ -41,7 +66,9 @@ def build_prompt(conn: Connection, run: Row) -> list[dict[str, Any]]:
     strategy = run.truncation_strategy or {}
     if strategy.get("type") == "last_messages" and strategy.get("last_messages"):
         history = history[-int(strategy["last_messages"]) :]
-    prompt.extend({"role": m.role, "content": _chat_content(m.content)} for m in history)
+    prompt.extend(
+        {"role": m.role, "content": _chat_content(m.content, m.role, m.id)} for m in history
+    )
     if run.turns:  # a run's first turn has no steps of its own yet
         prompt.extend(_run_turns(conn, run))
     return prompt
@@ -76,7 +103,9 @@ def _run_turns(conn: Connection, run: Row) -> list[dict[str, Any]]:
         if step.type == "message_creation":
             message = messages.get(step.step_details["message_creation"]["message_id"])
             if message is not None:
-                turns.append({"role": "assistant", "content": _chat_content(message.content)})
+                turns.append(
+                    {"role": "assistant", "content": _chat_content(message.content, "assistant")}
+                )
             continue
         # What the model itself asked for (built-in calls show differently to clients).
         outputs = {

@@ -75,7 +75,7 @@ class NewRunChecks:
         return self.limits.stream_slot(body.stream)
 
 
-def new_run_checks(
+async def new_run_checks(
     caller: CallerDep, limits: Limits, image_urls: ImageUrls, models: Models
 ) -> NewRunChecks:
     return NewRunChecks(caller, limits, image_urls, models)
@@ -94,13 +94,13 @@ def _answer(
 
 @router.post("/runs", response_model=None)
 async def create_thread_and_run(
-    body: ThreadAndRunCreate, session: Session, checks: NewRun, signals: Signals, db: DatabaseDep
+    body: ThreadAndRunCreate, checks: NewRun, signals: Signals, db: DatabaseDep
 ) -> RunObject | EventSourceResponse:
     messages = (body.thread.messages or []) if body.thread else []
     slot = await checks.admit(body, messages, "thread.messages")
     with _given_back_on_error(slot):
         new = await service.create_thread_and_run(
-            session, signals, checks.caller.project_id, body, [], checks.limits.active_runs
+            db, signals, checks.caller.project_id, body, [], checks.limits.active_runs
         )
     return _answer(new, slot, db, signals)
 
@@ -109,7 +109,6 @@ async def create_thread_and_run(
 async def create_run(
     thread_id: str,
     body: RunCreate,
-    session: Session,
     checks: NewRun,
     signals: Signals,
     db: DatabaseDep,
@@ -118,7 +117,7 @@ async def create_run(
     slot = await checks.admit(body, body.additional_messages or [], "additional_messages")
     with _given_back_on_error(slot):
         new = await service.create_run(
-            session,
+            db,
             signals,
             checks.caller.project_id,
             thread_id,

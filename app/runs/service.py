@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.assistants.service import get_assistant
+from app.assistants.service import assistant_row
 from app.auth.quotas import QuotaExceeded
+from app.db import Database
 from app.errors import InvalidRequest, NotFound
-from app.ids import new_id, now
+from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, paginate
+from app.runs import store
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import Event, EventHub, EventWriter
 from app.runs.models import ACTIVE_STATUSES, Run, RunStep
@@ -33,7 +36,11 @@ from app.threads.service import (
     add_messages,
     create_thread_rows,
     get_thread,
+    insert_messages,
+    insert_thread,
     lock_thread,
+    lock_thread_row,
+    names_files,
     new_message,
 )
 
@@ -53,99 +60,159 @@ class RunSignals:
     expiry_seconds: int  # a run waiting (queued, or for tool outputs) this long expires
 
 
+def _active_run_id(thread_id: str) -> Select[tuple[str]]:
+    return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
+
+
 async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
-    return await session.scalar(
-        select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
-    )
+    return await session.scalar(_active_run_id(thread_id))
 
 
-async def _build_run(
-    session: AsyncSession,
+def _run_values(
+    assistant: Any,
     project_id: str,
     thread_id: str,
     body: RunCreate | ThreadAndRunCreate,
     include: list[str],
     expiry_seconds: int,
-) -> Run:
-    assistant = await get_assistant(session, project_id, body.assistant_id)
+) -> dict[str, Any]:
+    """A new run's columns (by attribute name): the request's settings over the assistant's."""
     instructions = body.instructions if body.instructions is not None else assistant.instructions
     extra = getattr(body, "additional_instructions", None)
     if extra:
         instructions = f"{instructions}\n\n{extra}" if instructions else extra
     created = now()
-    return Run(
-        id=new_id("run_"),
-        project_id=project_id,
-        created_at=created,
-        thread_id=thread_id,
-        assistant_id=assistant.id,
-        status="queued",
-        expires_at=created + expiry_seconds,
-        model=body.model or assistant.model,
-        instructions=instructions or "",
-        tools=dump_tools(body.tools) if body.tools is not None else assistant.tools,
-        metadata_=body.metadata or {},
-        temperature=body.temperature if body.temperature is not None else assistant.temperature,
-        top_p=body.top_p if body.top_p is not None else assistant.top_p,
-        max_prompt_tokens=body.max_prompt_tokens,
-        max_completion_tokens=body.max_completion_tokens,
-        truncation_strategy=(
+    return {
+        "project_id": project_id,
+        "created_at": created,
+        "seq": next_seq(),
+        "thread_id": thread_id,
+        "assistant_id": assistant.id,
+        "status": "queued",
+        "expires_at": created + expiry_seconds,
+        "model": body.model or assistant.model,
+        "instructions": instructions or "",
+        "tools": dump_tools(body.tools) if body.tools is not None else assistant.tools,
+        "metadata_": body.metadata or {},
+        "temperature": body.temperature if body.temperature is not None else assistant.temperature,
+        "top_p": body.top_p if body.top_p is not None else assistant.top_p,
+        "max_prompt_tokens": body.max_prompt_tokens,
+        "max_completion_tokens": body.max_completion_tokens,
+        "truncation_strategy": (
             body.truncation_strategy.model_dump()
             if body.truncation_strategy
             else {"type": "auto", "last_messages": None}
         ),
-        tool_choice=dump_optional(body.tool_choice) if body.tool_choice is not None else "auto",
-        parallel_tool_calls=body.parallel_tool_calls,
-        response_format=(
+        "tool_choice": dump_optional(body.tool_choice) if body.tool_choice is not None else "auto",
+        "parallel_tool_calls": body.parallel_tool_calls,
+        "response_format": (
             dump_optional(body.response_format)
             if body.response_format is not None
             else assistant.response_format
         ),
-        reasoning_effort=body.reasoning_effort or assistant.reasoning_effort,
-        include=include,
-        # Set here, not left to server defaults: the object is handed to a worker as it is.
-        interruptions=0,
-        turns=0,
+        "reasoning_effort": body.reasoning_effort or assistant.reasoning_effort,
+        "include": include,
+        "next_event_seq": 0,
+        "interruptions": 0,
+        "turns": 0,
+    }
+
+
+def _active_runs_at_least(project_id: str, quota: int) -> Select[tuple[int]]:
+    """How many runs the project has queued, in progress or waiting, counted up to `quota`."""
+    active = (
+        select(Run.id)
+        .where(Run.project_id == project_id, Run.status.in_(ACTIVE_STATUSES))
+        .limit(quota)
+        .subquery()
     )
+    return select(func.count()).select_from(active)
 
 
-async def _commit_new_run(
-    session: AsyncSession, signals: RunSignals, run: Run, writer: EventWriter
-) -> NewRun:
-    signals.dispatcher.offer(run)
-    session.add(run)
-    writer.emit("thread.run.created", render_run(run))
-    writer.emit("thread.run.queued", render_run(run))
-    run.next_event_seq = writer.stored_next = writer.seq  # inserted with the row
-    try:
-        await writer.commit(session, notify_run_queued=True)
-        signals.dispatcher.queued(run.id)
-    except IntegrityError:
-        # The partial unique index: this thread already has an active run.
-        signals.dispatcher.withdraw(run.id)
-        await session.rollback()
-        active = await active_run_id(session, run.thread_id)
-        raise InvalidRequest(
-            f"Thread {run.thread_id} already has an active run {active}.", param="thread_id"
-        ) from None
-    return NewRun(run, writer.last_published)
+@dataclass
+class _NewRunRequest:
+    """One run being created: what the request asked, and the run row as it is filled in."""
+
+    signals: RunSignals
+    project_id: str
+    body: RunCreate | ThreadAndRunCreate
+    include: list[str]
+    max_active: int | None
+    run: store.Row = field(default_factory=lambda: store.Row(id=new_id("run_")))
+
+    def __post_init__(self) -> None:
+        self.writer = EventWriter(self.signals.hub, self.run.id, 0)
+
+    def insert(self, conn: Connection, thread_id: str) -> None:
+        """The run and its first events, inside the caller's transaction (Core; on SQLite in
+        the database thread, so nothing here touches the event loop)."""
+        if self.max_active is not None:
+            if (
+                conn.execute(_active_runs_at_least(self.project_id, self.max_active)).scalar_one()
+                >= self.max_active
+            ):
+                raise QuotaExceeded("active runs", self.max_active)
+        assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
+        values = _run_values(
+            assistant,
+            self.project_id,
+            thread_id,
+            self.body,
+            self.include,
+            self.signals.expiry_seconds,
+        )
+        store.fill_run(self.run, values)
+        self.writer.emit("thread.run.created", render_run(self.run))
+        self.writer.emit("thread.run.queued", render_run(self.run))
+        self.run.next_event_seq = self.writer.stored_next = self.writer.seq  # with the row
+        store.insert_run(conn, self.run)
+        self.writer.write(conn, notify_run_queued=True)
+
+    async def committed(
+        self, db: Database, thread_id: str | None, commit: Awaitable[Any]
+    ) -> NewRun:
+        """Await the transaction that inserts the run, then hand it to a worker and publish
+        its events; a worker of this process took it before the commit (no claim needed)."""
+        dispatcher = self.signals.dispatcher
+        dispatcher.offer(self.run)
+        try:
+            await commit
+        except IntegrityError:
+            dispatcher.withdraw(self.run.id)
+            if thread_id is None:  # a new thread: no other run could be active in it
+                raise
+            # The partial unique index: this thread already has an active run.
+            active = await db.transact(
+                lambda conn: conn.execute(_active_run_id(thread_id)).scalar(), writes=False
+            )
+            raise InvalidRequest(
+                f"Thread {thread_id} already has an active run {active}.", param="thread_id"
+            ) from None
+        except BaseException:
+            dispatcher.withdraw(self.run.id)
+            raise
+        self.writer.published()
+        dispatcher.queued(self.run.id)
+        return NewRun(self.run, self.writer.last_published)
 
 
 async def check_active_runs(session: AsyncSession, project_id: str, quota: int | None) -> None:
     """429 when the project already has `quota` runs queued, in progress or waiting."""
     if quota is None:
         return
-    count = await session.scalar(
-        select(func.count())
-        .select_from(Run)
-        .where(Run.project_id == project_id, Run.status.in_(ACTIVE_STATUSES))
-    )
-    if (count or 0) >= quota:
+    if (await session.scalar(_active_runs_at_least(project_id, quota)) or 0) >= quota:
         raise QuotaExceeded("active runs", quota)
 
 
+async def _in_session(session: AsyncSession, new: _NewRunRequest, thread_id: str) -> None:
+    """The run's part of a transaction whose other rows went through the ORM session."""
+    await session.flush()  # the thread and messages first (foreign keys)
+    await session.run_sync(lambda sync: new.insert(sync.connection(), thread_id))
+    await session.commit()
+
+
 async def create_run(
-    session: AsyncSession,
+    db: Database,
     signals: RunSignals,
     project_id: str,
     thread_id: str,
@@ -153,37 +220,64 @@ async def create_run(
     include: list[str],
     max_active: int | None = None,
 ) -> NewRun:
-    # PostgreSQL: hold the thread's row until the run commits, so a message being added
-    # meanwhile waits and then sees the run (SQLite: the message insert is one statement).
-    sqlite = session.bind.dialect.name == "sqlite"
-    thread = await (get_thread if sqlite else lock_thread)(session, project_id, thread_id)
-    active = await active_run_id(session, thread_id)
+    new = _NewRunRequest(signals, project_id, body, include, max_active)
+    messages = body.additional_messages or []
+    if not names_files(messages):
+        # The hot path: one transaction of Core statements (one trip on SQLite).
+        def work(conn: Connection) -> None:
+            # Locked until the run commits: a message being added meanwhile waits for it.
+            lock_thread_row(conn, project_id, thread_id)
+            _refuse_if_busy(thread_id, conn.execute(_active_run_id(thread_id)).scalar())
+            insert_messages(conn, thread_id, messages)
+            new.insert(conn, thread_id)
+
+        return await new.committed(db, thread_id, db.transact(work))
+
+    async def with_files() -> None:
+        async with db.sessionmaker() as session:
+            thread = await lock_thread(session, project_id, thread_id)
+            _refuse_if_busy(thread_id, await active_run_id(session, thread_id))
+            await add_messages(session, thread, [new_message(thread_id, m) for m in messages])
+            await _in_session(session, new, thread_id)
+
+    return await new.committed(db, thread_id, with_files())
+
+
+def _refuse_if_busy(thread_id: str, active: str | None) -> None:
     if active is not None:
         raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
-    await check_active_runs(session, project_id, max_active)
-    run = await _build_run(session, project_id, thread_id, body, include, signals.expiry_seconds)
-    messages = [new_message(thread_id, message) for message in body.additional_messages or []]
-    await add_messages(session, thread, messages)
-    return await _commit_new_run(session, signals, run, EventWriter(signals.hub, run.id, 0))
 
 
 async def create_thread_and_run(
-    session: AsyncSession,
+    db: Database,
     signals: RunSignals,
     project_id: str,
     body: ThreadAndRunCreate,
     include: list[str],
     max_active: int | None = None,
 ) -> NewRun:
-    await check_active_runs(session, project_id, max_active)
+    new = _NewRunRequest(signals, project_id, body, include, max_active)
     thread_body = body.thread or ThreadCreate()
     if body.tool_resources is not None:
         thread_body = thread_body.model_copy(update={"tool_resources": body.tool_resources})
-    thread = await create_thread_rows(session, project_id, thread_body)
-    run = await _build_run(session, project_id, thread.id, body, include, signals.expiry_seconds)
-    writer = EventWriter(signals.hub, run.id, 0)
-    writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
-    return await _commit_new_run(session, signals, run, writer)
+    messages = thread_body.messages or []
+    if thread_body.tool_resources is None and not names_files(messages):
+
+        def work(conn: Connection) -> str:
+            thread = insert_thread(conn, project_id, thread_body.metadata, messages)
+            new.writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
+            new.insert(conn, thread.id)
+            return thread.id
+
+        return await new.committed(db, None, db.transact(work))
+
+    async def with_files() -> None:
+        async with db.sessionmaker() as session:
+            thread = await create_thread_rows(session, project_id, thread_body)
+            new.writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
+            await _in_session(session, new, thread.id)
+
+    return await new.committed(db, None, with_files())
 
 
 async def get_run(session: AsyncSession, project_id: str, thread_id: str, run_id: str) -> Run:

@@ -48,9 +48,19 @@ def row_values(row: Row, attrs: dict[str, str]) -> dict[str, Any]:
     return {name: getattr(row, attr) for name, attr in attrs.items() if hasattr(row, attr)}
 
 
-def run_row(run: Run) -> Row:
-    """An ORM run (e.g. one handed over right after its INSERT) as a plain row."""
-    return Row(**{attr: getattr(run, attr) for attr in _RUN_ATTRS.values()})
+def fill_run(run: Row, values: dict[str, Any]) -> None:
+    """Complete a new run's row with `values`: every column they do not name is None (NULL
+    once inserted), so the row is whole without reading it back."""
+    for attr in _RUN_ATTRS.values():
+        setattr(run, attr, values.get(attr, getattr(run, attr, None)))
+
+
+def insert_run(conn: Connection, run: Row) -> None:
+    # NULLs left out: a None for a JSON column would be stored as JSON null.
+    columns = {
+        name: value for name, value in row_values(run, _RUN_ATTRS).items() if value is not None
+    }
+    conn.execute(insert(RUNS), [columns])
 
 
 def load_run(conn: Connection, run_id: str) -> Row | None:
@@ -104,11 +114,11 @@ def update_step(conn: Connection, step: Row, names: Iterable[str]) -> None:
 
 
 def history(conn: Connection, thread_id: str, run_id: str) -> list[Row]:
-    """The thread's messages before this run wrote to it, oldest first (role, content)."""
+    """The thread's messages before this run wrote to it, oldest first (id, role, content)."""
     return [
-        Row(role=role, content=content)
-        for role, content in conn.execute(
-            select(MESSAGES.c.role, MESSAGES.c.content)
+        Row(id=message_id, role=role, content=content)
+        for message_id, role, content in conn.execute(
+            select(MESSAGES.c.id, MESSAGES.c.role, MESSAGES.c.content)
             .where(
                 MESSAGES.c.thread_id == thread_id,
                 or_(MESSAGES.c.run_id.is_(None), MESSAGES.c.run_id != run_id),

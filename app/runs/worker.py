@@ -16,8 +16,7 @@ import socket
 import time
 from typing import Any
 
-from sqlalchemy import and_, case, func, inspect, or_, select, update
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy import and_, case, func, or_, select, update
 
 from app.db import Database
 from app.ids import now
@@ -72,8 +71,8 @@ class RunWorker:
         self._cancel: dict[str, asyncio.Event] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._offered: dict[str, Run] = {}  # leased to us as they are created, not committed
-        self._handed: list[Run] = []  # committed and ours: start without claiming
+        self._offered: dict[str, store.Row] = {}  # leased to us as they are created, not committed
+        self._handed: list[store.Row] = []  # committed and ours: start without claiming
         self._claim_wanted = True  # set when runs may wait in the database, not in _handed
         dispatcher.attach(self)
 
@@ -96,7 +95,7 @@ class RunWorker:
 
     # ---- LocalWorker: what the dispatcher calls ---------------------------------------
 
-    def take(self, run: Run) -> bool:
+    def take(self, run: store.Row) -> bool:
         if self.busy >= self.concurrency:
             return False
         run.lease_owner = self.worker_id
@@ -112,11 +111,7 @@ class RunWorker:
     def wake(self, run_id: str | None) -> None:
         run = self._offered.pop(run_id, None) if run_id else None
         if run is not None:
-            # Just inserted: what it was created without is NULL in the row. Saying so spares
-            # the executor reading back the row it was handed.
-            for key in inspect(run).unloaded:
-                set_committed_value(run, key, None)
-            self._handed.append(run)
+            self._handed.append(run)  # the whole row, as inserted: no need to read it back
         else:
             self._claim_wanted = True  # a run we did not take: look in the database
         self._wake.set()
@@ -153,7 +148,7 @@ class RunWorker:
             except TimeoutError:
                 self._claim_wanted = True  # look now and then: other processes' runs
 
-    def _start(self, run_id: str, run: Run | None) -> None:
+    def _start(self, run_id: str, run: store.Row | None) -> None:
         self.ctx.hub.executing_here(run_id)
         self._cancel[run_id] = asyncio.Event()
         self._tasks[run_id] = asyncio.create_task(self._execute(run_id, run), name=run_id)
@@ -299,10 +294,10 @@ class RunWorker:
 
     # ---- execution -------------------------------------------------------------------
 
-    async def _execute(self, run_id: str, run: Run | None) -> None:
+    async def _execute(self, run_id: str, run: store.Row | None) -> None:
         try:
             row = (
-                store.run_row(run)
+                run
                 if run is not None
                 else await self.db.transact(store.load_run, run_id, writes=False)
             )

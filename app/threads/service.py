@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, insert, null, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import autocommit
@@ -54,6 +66,64 @@ async def add_messages(session: AsyncSession, thread: Thread, messages: list[Mes
         await get_files(session, thread.project_id, referenced)
     session.add_all(messages)
     await attach_to_thread_store(session, thread, messages)
+
+
+def names_files(messages: list[MessageCreate]) -> bool:
+    """Whether any of these new messages attaches or shows a file (such messages need the
+    session path: ownership checks and the thread's vector store)."""
+    return any(_referenced_files(message) for message in messages)
+
+
+# ---- Core, inside a caller's transaction (`Database.transact`): the run-creation hot path
+# for requests that name no files and no tool resources.
+
+_THREADS: Table = Thread.__table__  # type: ignore[assignment]
+_MESSAGE_TABLE: Table = Message.__table__  # type: ignore[assignment]
+
+
+def insert_thread(
+    conn: Connection,
+    project_id: str,
+    metadata: dict[str, Any] | None,
+    messages: list[MessageCreate],
+) -> SimpleNamespace:
+    """A new thread (no tool resources) and its plain messages; the thread as a plain row."""
+    thread = SimpleNamespace(
+        id=new_id("thread_"),
+        project_id=project_id,
+        created_at=now(),
+        seq=next_seq(),
+        tool_resources={},
+        metadata_=metadata or {},
+    )
+    values = vars(thread).copy()
+    values["metadata"] = values.pop("metadata_")
+    conn.execute(insert(_THREADS), [values])
+    insert_messages(conn, thread.id, messages)
+    return thread
+
+
+def insert_messages(conn: Connection, thread_id: str, messages: list[MessageCreate]) -> None:
+    """Plain new messages (no files) into the thread."""
+    if messages:
+        conn.execute(
+            insert(_MESSAGE_TABLE),
+            [
+                {_COLUMN_NAMES[key]: value for key, value in values.items()}
+                for values in (_message_values(thread_id, m, None, None) for m in messages)
+            ],
+        )
+
+
+def lock_thread_row(conn: Connection, project_id: str, thread_id: str) -> None:
+    """`lock_thread` in Core: 404 unless the project's; its row locked until the commit."""
+    locked = conn.execute(
+        update(_THREADS)
+        .where(_THREADS.c.id == thread_id, _THREADS.c.project_id == project_id)
+        .values(id=_THREADS.c.id)
+    )
+    if locked.rowcount == 0:
+        raise NotFound("thread", thread_id)
 
 
 def _referenced_files(message: Message | MessageCreate) -> list[str]:

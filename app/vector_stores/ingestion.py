@@ -39,7 +39,7 @@ from app.observability.metrics import count_ingested
 from app.retrieval.chunking import Chunk
 from app.retrieval.embeddings import Embedder, EmbeddingError, drain_litellm_logging
 from app.retrieval.index import VectorIndex
-from app.retrieval.page_pool import AsyncPageReader, PagePool, ReaderLost
+from app.retrieval.page_pool import AsyncPageReader, FileToChunk, PagePool, ReaderLost
 from app.retrieval.parsing import InvalidFileError, Limits, UnsupportedFileError
 from app.tasks import cancel_all
 from app.vector_stores.models import VectorStore, VectorStoreFile
@@ -417,12 +417,16 @@ class IngestionWorker:
             static = (row.chunking_strategy or {}).get("static") or {}
             pages = _Pages(
                 self.pages.reader(
-                    file_path(self.files_dir, stored.id),
-                    stored.filename,
-                    stored.mime_type,
-                    int(static.get("max_chunk_size_tokens", 800)),
-                    int(static.get("chunk_overlap_tokens", 400)),
-                    Limits(max_chars=self.max_text_chars, max_unzipped_bytes=self.max_text_chars),
+                    FileToChunk(
+                        file_path(self.files_dir, stored.id),
+                        stored.filename,
+                        stored.mime_type,
+                        int(static.get("max_chunk_size_tokens", 800)),
+                        int(static.get("chunk_overlap_tokens", 400)),
+                        Limits(
+                            max_chars=self.max_text_chars, max_unzipped_bytes=self.max_text_chars
+                        ),
+                    )
                 )
             )
             check_at = time.monotonic() + STILL_MINE_CHECK_SECONDS
