@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import qdrant_edge as qe
 
 from app.retrieval import chunking, lexical, parsing
 from app.retrieval.chunking import (
@@ -35,7 +36,8 @@ from app.retrieval.edge_index import (
 )
 from app.retrieval.embeddings import Embedder, EmbeddingError, _vectors, drain_litellm_logging
 from app.retrieval.filters import build_filter
-from app.retrieval.page_pool import PAGE_CHUNKS, PagePool
+from app.retrieval.index import RRF_K, ScoredChunk, make_plan, point_id, rrf
+from app.retrieval.page_pool import PAGE_CHUNKS, FileToChunk, PagePool
 from app.retrieval.parsing import (
     OPENAI_FILE_SEARCH_EXTENSIONS,
     InvalidFileError,
@@ -543,6 +545,7 @@ async def test_hybrid_rrf(index: Any) -> None:
     assert all(0.0 < h.score <= 1.0 for h in hybrid)
     sem = next(h for h in hybrid if h.file_id == "sem")
     assert sem.score == pytest.approx(1.0, abs=1e-4)  # identical embedding: cosine 1
+    assert (sem.text, sem.filename, sem.chunk_index) == ("Customs duties overview.", "sem.txt", 0)
     # Only dense signal (no word characters in the query).
     dense_only = await index.search(["vs_h"], "???", dense_query=embed("tariff bicycles"))
     assert dense_only[0].file_id == "sem"
@@ -553,6 +556,68 @@ async def test_hybrid_rrf(index: Any) -> None:
     assert "noise" not in {h.file_id for h in strict}
     with pytest.raises(ValueError, match="dimension"):
         await index.search(["vs_h"], "tariff", dense_query=[1.0, 0.0])
+
+
+def test_rrf_scores_as_qdrant_and_breaks_ties_by_first_appearance() -> None:
+    def ranking(*ids: str) -> list[ScoredChunk]:
+        return [ScoredChunk(point, 0.0) for point in ids]
+
+    # Qdrant's own case (its rrf_scoring test): 1 / (k + 0-based position), summed.
+    fused = rrf([ranking("2", "1"), ranking("1", "2", "3"), ranking("5", "3", "1")])
+    assert [(p.id, round(p.score, 6)) for p in fused] == [
+        ("1", 1.083333), ("2", 0.833333), ("3", 0.583333), ("5", 0.5),
+    ]  # fmt: skip
+    # Ties keep first appearance, even where float sums differ in the last bit
+    # (1/2 + 1/12 and 1/3 + 1/4: positions 0 and 10 against 1 and 2).
+    assert [p.id for p in rrf([ranking("a", "b"), ranking("b", "a")])] == ["a", "b"]
+    lexical_side = ranking("x", "y", "z", *(f"l{i}" for i in range(20)))
+    dense_side = ranking(*(f"d{i}" for i in range(2)), "y", *(f"e{i}" for i in range(7)), "x")
+    assert [p.id for p in rrf([lexical_side, dense_side])][:3] == ["x", "y", "d0"]
+    assert [p.id for p in rrf([dense_side, lexical_side])][:3] == ["y", "x", "d0"]
+
+
+async def test_fusion_here_matches_the_engines_rrf(tmp_path: Path) -> None:
+    """Hybrid search fuses in Python; Qdrant Edge's own prefetch + RRF query over the same
+    two sources fuses the same points to the same scores."""
+    index = EdgeIndex(tmp_path / "edge", dense_dim=DIM)
+    try:
+        topics = ["solar", "wind", "battery", "river", "desert", "lithium", "storage", "grid"]
+        for i in range(40):
+            words = " ".join(topics[(i * j) % len(topics)] for j in range(1, 4))
+            await _add(index, "vs", f"d{i}", f"Note {i} on {words} power and {topics[i % 8]}.")
+        for text in ("solar storage", "river grid power", "lithium battery desert"):
+            plan = make_plan(["vs"], text, embed(text), DIM, 10, 0.0, None)
+            assert plan is not None and plan.hybrid
+            answers = await index.run_queries(plan.queries(), plan.scope)
+            ours = rrf(answers[-2:])
+            scope = to_edge_filter(plan.scope)
+            sources = [
+                qe.Prefetch(
+                    limit=plan.limit,
+                    query=qe.Query.Nearest(
+                        qe.SparseVector(q.vector.indices, q.vector.values)
+                        if isinstance(q.vector, lexical.Sparse)
+                        else q.vector,
+                        using=q.using,
+                    ),
+                    filter=scope,
+                )
+                for q in plan.queries()[-2:]
+            ]
+            fused = index._shard.query(
+                qe.QueryRequest(
+                    limit=1000, prefetches=sources, query=qe.Fusion.Rrf(k=RRF_K), filter=scope
+                )
+            )
+            engine = sorted((round(p.score, 5), str(p.id)) for p in fused)
+            assert engine == sorted((round(p.score, 5), p.id) for p in ours)
+            hits = await index.search(["vs"], text, dense_query=embed(text))
+            by_id = {p.id: p for p in ours}
+            ids = [point_id("vs", h.file_id, h.chunk_index) for h in hits]
+            scores = [by_id[i].score for i in ids]
+            assert scores == sorted(scores, reverse=True)  # hits in fused order
+    finally:
+        await index.close()
 
 
 async def test_delete_and_reindex(index: Any) -> None:
@@ -764,7 +829,7 @@ async def test_page_pool_reads_pages_with_their_bm25_vectors(
     path.write_text(text)
     pool = PagePool(processes)
     try:
-        reader = pool.reader(path, "big.txt", None, 200, 50, Limits())
+        reader = pool.reader(FileToChunk(path, "big.txt", None, 200, 50, Limits()))
         pages: list[list[Chunk]] = []
         while (page := await reader.next(time.monotonic() + 120)) is not None:
             pages.append(page)
@@ -781,20 +846,20 @@ async def test_page_pool_reads_pages_with_their_bm25_vectors(
 
         stopwords = tmp_path / "stop.txt"
         stopwords.write_text("the of and " * 10)
-        reader = pool.reader(stopwords, "stop.txt", None, 200, 50, Limits())
+        reader = pool.reader(FileToChunk(stopwords, "stop.txt", None, 200, 50, Limits()))
         [only] = await reader.next(time.monotonic() + 120) or []
         assert only.sparse == lexical.Sparse([], []) and lexical.chunk_vector(only) is None
         reader.close()
 
-        reader = pool.reader(tmp_path / "x.bin", "x.bin", None, 200, 50, Limits())
+        reader = pool.reader(FileToChunk(tmp_path / "x.bin", "x.bin", None, 200, 50, Limits()))
         with pytest.raises(UnsupportedFileError):
             await reader.next(time.monotonic() + 120)
         reader.close()
-        reader = pool.reader(path, "big.txt", None, 200, 50, Limits(max_chars=1000))
+        reader = pool.reader(FileToChunk(path, "big.txt", None, 200, 50, Limits(max_chars=1000)))
         with pytest.raises(InvalidFileError, match="more than 1,000 characters"):
             await reader.next(time.monotonic() + 120)
         reader.close()
-        reader = pool.reader(path, "big.txt", None, 200, 50, Limits())
+        reader = pool.reader(FileToChunk(path, "big.txt", None, 200, 50, Limits()))
         with pytest.raises(TimeoutError):
             await reader.next(time.monotonic() - 1)
         reader.close()

@@ -169,7 +169,7 @@ def _edge_request(query: EngineQuery, scope: qe.Filter) -> qe.QueryRequest:
         ),
         filter=scope if query.scoped else None,
         with_vector=[LEXICAL_VECTOR] if query.probe else None,
-        with_payload=not query.probe,
+        with_payload=query.with_payload,
     )
 
 
@@ -437,6 +437,10 @@ class EdgeIndex(PlannedSearch):
             _scored(points, with_lexical=q.probe)
             for q, points in zip(queries, answers, strict=True)
         ]
+
+    async def payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        records = await self._run(self._shard.retrieve, list(point_ids), True, False)
+        return {str(record.id): record.payload or {} for record in records}
 
     # -- upkeep -----------------------------------------------------------------------
 

@@ -188,13 +188,14 @@ class ScoredChunk:
 class EngineQuery:
     """One nearest-neighbour query of a plan, which each backend translates into its
     engine's request: `vector` against the named vector `using`, the best `limit` points,
-    inside the plan's scope when `scoped`. An IDF `probe` returns no payload but the point's
-    stored lexical vector; other queries return the payload and no vector."""
+    inside the plan's scope when `scoped`, with their payload when `with_payload`. An IDF
+    `probe` returns the point's stored lexical vector too; other queries no vector."""
 
     using: str
     vector: lexical.Sparse | list[float]
     limit: int
     scoped: bool = True
+    with_payload: bool = True
     probe: bool = False
 
 
@@ -205,8 +206,10 @@ class SearchPlan:
 
     Queries (`queries()`), in order: one IDF probe per query term (unfiltered, 1 result, its
     lexical vector), then the lexical source, then the dense source. When both sources run,
-    they are fused here (`rrf`), not in the engine: the engine would run each source a
-    second time as a prefetch.
+    they are fused here (`rrf`), not in the engine (which would run each source a second
+    time as a prefetch), and they return no payload: of their candidates (3x the results
+    asked for, each) only the hits' payloads are read, afterwards (`payload_ids`). Payload
+    pages are what a search reads from disk when the index is cold.
 
     Scores are normalised to 0..1 so `score_threshold` means something:
     - lexical: raw BM25 / the sum of the query terms' IDF, capped at 1. A chunk holding every
@@ -244,18 +247,31 @@ class SearchPlan:
     def queries(self) -> list[EngineQuery]:
         # Probes are unfiltered on purpose: IDF is collection-wide, any chunk with the term works.
         queries = [
-            EngineQuery(LEXICAL_VECTOR, lexical.single_term(term), 1, scoped=False, probe=True)
+            EngineQuery(
+                LEXICAL_VECTOR,
+                lexical.single_term(term),
+                1,
+                scoped=False,
+                with_payload=False,
+                probe=True,
+            )
             for term in self.terms
         ]
+        with_payload = not self.hybrid
         lexical_query = self.lexical_query
         if lexical_query is not None:
-            queries.append(EngineQuery(LEXICAL_VECTOR, lexical_query, self.limit))
+            queries.append(
+                EngineQuery(LEXICAL_VECTOR, lexical_query, self.limit, with_payload=with_payload)
+            )
         if self.dense is not None:
-            queries.append(EngineQuery(DENSE_VECTOR, self.dense, self.limit))
+            queries.append(
+                EngineQuery(DENSE_VECTOR, self.dense, self.limit, with_payload=with_payload)
+            )
         return queries
 
-    def hits(self, answers: Sequence[Sequence[ScoredChunk]]) -> list[SearchHit]:
-        """The hits, from the engine's answers to `queries()` (same order)."""
+    def ranked(self, answers: Sequence[Sequence[ScoredChunk]]) -> list[ScoredChunk]:
+        """The hits' points, best first, each with its normalised score, from the engine's
+        answers to `queries()` (same order). A hybrid plan's have no payload yet."""
         n = len(self.terms)
         probes = answers[:n]
         lexical_points = answers[n] if self.terms else []
@@ -271,15 +287,19 @@ class SearchPlan:
             ranked = rrf([lexical_points, dense_points])[: self.limit]
         else:
             ranked = list(lexical_points or dense_points)
-        hits: list[SearchHit] = []
+        chosen: list[ScoredChunk] = []
         for point in ranked:
             score = scores.get(point.id, 0.0)
             if score <= 0.0 or score < self.score_threshold:
                 continue
-            hits.append(to_hit(point.payload or {}, score))
-            if len(hits) == self.max_num_results:
+            chosen.append(replace(point, score=score))
+            if len(chosen) == self.max_num_results:
                 break
-        return hits
+        return chosen
+
+    def payload_ids(self, ranked: Sequence[ScoredChunk]) -> list[str]:
+        """The points whose payload is still to be read (a hybrid plan's hits)."""
+        return [point.id for point in ranked] if self.hybrid else []
 
 
 def rrf(rankings: Sequence[Sequence[ScoredChunk]], k: int = RRF_K) -> list[ScoredChunk]:
@@ -376,7 +396,8 @@ class PlannedSearch:
     """`search` as both backends run it: validate and plan (`make_plan`), send the plan's
     queries to the engine in one batch (`run_queries`, the backend's part: translating
     each `EngineQuery` into its engine's request and each answer back into
-    `ScoredChunk`s), and turn the answers into hits (`SearchPlan.hits`)."""
+    `ScoredChunk`s), rank (`SearchPlan.ranked`), and read the payloads still missing
+    (`payloads`, the backend's part too). A point deleted in between is left out."""
 
     dense_dim: int | None
 
@@ -401,12 +422,21 @@ class PlannedSearch:
         )
         if plan is None:
             return []
-        return plan.hits(await self.run_queries(plan.queries(), plan.scope))
+        ranked = plan.ranked(await self.run_queries(plan.queries(), plan.scope))
+        missing = plan.payload_ids(ranked)
+        if missing:
+            read = await self.payloads(missing)
+            ranked = [replace(p, payload=read[p.id]) for p in ranked if p.id in read]
+        return [to_hit(point.payload or {}, point.score) for point in ranked]
 
     async def run_queries(
         self, queries: Sequence[EngineQuery], scope: QdrantFilter
     ) -> list[list[ScoredChunk]]:
         """The engine's answers to `queries`, in order; scoped queries filtered by `scope`."""
+        raise NotImplementedError
+
+    async def payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payloads of the points among `point_ids` that exist, by point id."""
         raise NotImplementedError
 
 

@@ -99,7 +99,7 @@ def _client_request(query: EngineQuery, scope: models.Filter) -> models.QueryReq
         filter=scope if query.scoped else None,
         limit=query.limit,
         with_vector=[LEXICAL_VECTOR] if query.probe else None,
-        with_payload=not query.probe,
+        with_payload=query.with_payload,
     )
 
 
@@ -381,3 +381,9 @@ class QdrantIndex(PlannedSearch):
             _scored(response.points, with_lexical=q.probe)
             for q, response in zip(queries, responses, strict=True)
         ]
+
+    async def payloads(self, point_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        records = await self._client.retrieve(
+            self.collection_name, list(point_ids), with_payload=True, with_vectors=False
+        )
+        return {str(record.id): record.payload or {} for record in records}

@@ -22,7 +22,8 @@ from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message, Receive, Scope, Send
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from app.auth.quotas import StreamSlot
 from app.db import Database
@@ -38,8 +39,17 @@ ERROR_GRACE_SECONDS = 5.0  # how long the `error` event waits for a dropped clie
 DONE = b"event: done\ndata: [DONE]\n\n"
 
 
+class _Progress:
+    done_sent = False  # the stream's last event went out: nothing was lost
+
+
 async def _frames(
-    db: Database, hub: EventHub, run_id: str, after_seq: int, known: list[Event] | None
+    db: Database,
+    hub: EventHub,
+    run_id: str,
+    after_seq: int,
+    known: list[Event] | None,
+    progress: _Progress,
 ) -> AsyncIterator[bytes]:
     # The events at hand go out together, in as few writes as WRITE_BYTES allows. Closing
     # this generator stops following the run (aclosing: at once, not when collected).
@@ -57,34 +67,7 @@ async def _frames(
             if parts:
                 yield "".join(parts).encode()
     yield DONE
-
-
-class _SlowClient(Exception):
-    """A write did not go out within the send timeout."""
-
-
-class _TimedSend:
-    """`send` with a deadline on every write; once one missed it, nothing more goes out."""
-
-    def __init__(self, send: Send, timeout: float) -> None:
-        self.send = send
-        self.timeout = timeout
-        self.missed = False
-        self.done_sent = False  # the stream's last event went out: nothing was lost
-
-    async def __call__(self, message: Message) -> None:
-        if self.missed:
-            raise _SlowClient()
-        try:
-            with anyio.fail_after(self.timeout):
-                # uvicorn waits for its buffer to drain before it writes: a write cut short
-                # here wrote nothing, so the client never gets half an event.
-                await self.send(message)
-        except TimeoutError:
-            self.missed = True
-            raise _SlowClient() from None
-        if message.get("body", b"").endswith(DONE):
-            self.done_sent = True
+    progress.done_sent = True  # asked for more: the write of DONE went out
 
 
 def error_frame(message: str, code: str) -> bytes:
@@ -95,23 +78,21 @@ def error_frame(message: str, code: str) -> bytes:
 class _CountedStream(EventSourceResponse):
     """Counted in `opengrove_sse_streams_open` from its start until it ends or the client
     goes (around the whole response: the event generator may never start, or be dropped);
-    its project's stream slot is given back then too. Writes time out (see the module)."""
+    its project's stream slot is given back then too. Writes time out (see the module):
+    sse_starlette's own `send_timeout` (uvicorn waits for its buffer to drain before it
+    writes, so a write cut short wrote nothing: the client never gets half an event)."""
 
     slot: StreamSlot | None = None
     run_id: str = ""
-    write_timeout: float | None = None
+    progress: _Progress
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         OPEN_STREAMS.inc()
         try:
-            if not self.write_timeout:
-                await super().__call__(scope, receive, send)
-                return
-            timed = _TimedSend(send, self.write_timeout)
             try:
-                await super().__call__(scope, receive, timed)
-            except* _SlowClient:
-                await self._drop(send, timed.done_sent)
+                await super().__call__(scope, receive, send)
+            except* SendTimeoutError:
+                await self._drop(send, self.progress.done_sent)
         finally:
             OPEN_STREAMS.dec()
             if self.slot is not None:
@@ -127,11 +108,11 @@ class _CountedStream(EventSourceResponse):
         logger.warning(
             "run %s: a stream's client took nothing for %.0f s: stream closed",
             self.run_id,
-            self.write_timeout,
+            self.send_timeout,
         )
         frame = error_frame(
             f"The stream was closed: the client did not read its events for "
-            f"{self.write_timeout:g} seconds. Reconnect with GET "
+            f"{self.send_timeout:g} seconds. Reconnect with GET "
             "/v1/threads/{thread_id}/runs/{run_id}?stream=true and the Last-Event-ID header "
             "(the id of the last event received) to get the rest.",
             "stream_timeout",
@@ -152,14 +133,16 @@ def run_event_stream(
     known: list[Event] | None = None,
     slot: StreamSlot | None = None,
 ) -> EventSourceResponse:
+    progress = _Progress()
     response = _CountedStream(
-        _frames(db, hub, run_id, after_seq, known),
+        _frames(db, hub, run_id, after_seq, known, progress),
         sep="\n",
         ping=15,
         ping_message_factory=_keep_alive,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        send_timeout=hub.send_timeout or None,
     )
     response.slot = slot
     response.run_id = run_id
-    response.write_timeout = hub.send_timeout
+    response.progress = progress
     return response
