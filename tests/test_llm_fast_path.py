@@ -26,6 +26,13 @@ from tests.helpers import WEATHER
 from tests.server_process import ServerProcess
 from tests.spec_check import validating_http_client
 
+@pytest.fixture(autouse=True)
+async def close_shared_clients() -> AsyncIterator[None]:
+    """Each test has its own event loop: close the fast path's clients made on it."""
+    yield
+    await adapter.aclose()
+
+
 STRICT_TOOL = {
     "type": "function",
     "function": {
