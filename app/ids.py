@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 import string
 import threading
 import time
 
 _ALPHABET = string.ascii_letters + string.digits
+_ID_BYTES = 20
+_POOL_BYTES = _ID_BYTES * 256
+
+
+class _Randomness:
+    """The OS's randomness read 5 KiB at a time: one system call per 256 ids. (Each call
+    gives up the GIL, and getting it back can wait for another thread's switch interval.)
+    A forked child starts with an empty pool, so parent and child never share bytes."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pool = b""
+        self.used = 0
+
+    def take(self) -> bytes:
+        with self.lock:
+            if self.used + _ID_BYTES > len(self.pool):
+                self.pool, self.used = os.urandom(_POOL_BYTES), 0
+            start, self.used = self.used, self.used + _ID_BYTES
+            return self.pool[start : self.used]
+
+    def forget(self) -> None:
+        self.lock = threading.Lock()
+        self.pool, self.used = b"", 0
+
+
+_randomness = _Randomness()
+os.register_at_fork(after_in_child=_randomness.forget)
 
 
 def new_id(prefix: str) -> str:
-    # One read of the OS's randomness per id (not one per character), as a base-62 number:
-    # 24 characters carry 142 bits; the 160 bits read keep the digits uniform enough.
-    number = int.from_bytes(secrets.token_bytes(20))
+    # As a base-62 number: 24 characters carry 142 bits; the 160 bits read keep the digits
+    # uniform enough.
+    number = int.from_bytes(_randomness.take())
     chars = []
     for _ in range(24):
         number, digit = divmod(number, 62)
