@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -49,6 +51,7 @@ class WireRoute:
     config: Any  # litellm's chat config for the provider and model
     supported: frozenset[str]
     strip_tool_schemas: bool  # hosted_vllm: no `strict` / `additionalProperties: false`
+    proxy: str | None  # from the environment, for this url
 
 
 def _config_classes(litellm: ModuleType) -> tuple[type, ...]:
@@ -95,16 +98,18 @@ def resolve(litellm: ModuleType, route: ModelRoute) -> WireRoute | None:
     organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
     if organization:
         headers["openai-organization"] = organization
+    url = f"{base.rstrip('/')}/chat/completions"
     return WireRoute(
         provider=provider,
         model=model,
         api_base=base,
         api_key=api_key,
-        url=f"{base.rstrip('/')}/chat/completions",
+        url=url,
         headers=tuple(headers.items()),
         config=config,
         supported=frozenset(config.get_supported_openai_params(model)),
         strip_tool_schemas=provider == "hosted_vllm",
+        proxy=_proxy_for(url),
     )
 
 
@@ -173,11 +178,21 @@ def _client(wire: WireRoute) -> aiohttp.ClientSession:
             headers=dict(wire.headers),
             # No overall limit: each call bounds its waits (an idle limit per read).
             timeout=aiohttp.ClientTimeout(total=None),
-            trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as httpx and the openai SDK do
+            # Not trust_env: it reads ~/.netrc in a worker thread on every request. The
+            # proxy the environment names for this provider is looked up once, below.
+            trust_env=False,
         )
         _clients[key] = (loop, client)
         return client
     return entry[1]
+
+
+def _proxy_for(url: str) -> str | None:
+    """HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as httpx and the openai SDK honour them."""
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
 
 
 async def aclose() -> None:
@@ -248,7 +263,9 @@ async def stream(
     client = _client(wire)
     content = orjson.dumps(request_body(wire, request))
     try:
-        response = await client.post(wire.url, data=content, timeout=_idle_limit(idle_timeout))
+        response = await client.post(
+            wire.url, data=content, timeout=_idle_limit(idle_timeout), proxy=wire.proxy
+        )
     except _TRANSPORT_ERRORS as exc:
         raise _transport_error(litellm, wire, exc) from exc
     try:

@@ -338,22 +338,26 @@ def compact(conn: Connection, run_id: str, new: list[Event] | None = None) -> No
 
     The rows are kept as they were (numbers, batches, RESUMED markers), their JSON copied
     into one list, not parsed: replays expand them exactly as before."""
-    rows = [
-        (seq, event, data)
-        for seq, event, data in conn.execute(
-            select(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
+    # Read and deleted in one statement (RETURNING order is unspecified: sorted here).
+    rows = sorted(
+        conn.execute(
+            delete(EVENT_TABLE)
             .where(EVENT_TABLE.c.run_id == run_id)
-            .order_by(EVENT_TABLE.c.seq)
-        )
-    ]
+            .returning(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
+        ).tuples()
+    )
     rows += [(e.seq, e.event, dumps(e.data)) for e in new or ()]
-    if not rows or (len(rows) == 1 and rows[0][1] == COMPACTED):
+    if not rows:
+        return
+    if len(rows) == 1 and rows[0][1] == COMPACTED:  # compacted already: put it back as it was
+        seq, event, data = rows[0]
+        values = {"run_id": run_id, "seq": seq, "event": event, "data": data}
+        conn.execute(insert(EVENT_TABLE), [values])
         return
     listed = ",".join(f"[{seq},{dumps(event)},{data}]" for seq, event, data in rows)
     blob = base64.b64encode(zlib.compress(f"[{listed}]".encode())).decode()
     last_seq, last_event, last_data = rows[-1]  # rows hold consecutive numbers, in order
     top = last_seq + (len(orjson.loads(last_data)) - 1 if last_event == BATCH else 0)
-    conn.execute(delete(EVENT_TABLE).where(EVENT_TABLE.c.run_id == run_id))
     conn.execute(
         insert(EVENT_TABLE),
         [{"run_id": run_id, "seq": top, "event": COMPACTED, "data": dumps(blob)}],
