@@ -95,6 +95,9 @@ class Database:
                 pool_timeout=60,
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Reads without BEGIN and COMMIT (two round trips): under PostgreSQL's READ COMMITTED
+        # every statement takes its own snapshot anyway, in a transaction or not.
+        self._reads: AsyncEngine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -112,12 +115,16 @@ class Database:
     async def transact(self, work: Callable[..., T], *args: Any, writes: bool = True) -> T:
         """Run `work(connection, *args)` — synchronous Core statements — in one transaction,
         committed when it returns. The hot paths use this: on SQLite the whole transaction
-        runs in one trip to a database thread; on PostgreSQL through asyncpg as usual."""
+        runs in one trip to a database thread; on PostgreSQL through asyncpg as usual, and
+        work that only reads (`writes=False`) in autocommit, each statement on its own."""
         if self._sqlite_sync is not None:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
                 self._sqlite_thread, self._sqlite_work, work, args, writes
             )
+        if not writes:
+            async with self._reads.connect() as conn:
+                return await conn.run_sync(work, *args)
         async with self.engine.begin() as conn:
             return await conn.run_sync(work, *args)
 
