@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,9 @@ from app.ids import next_seq, now
 
 T = TypeVar("T")
 SQLITE_CONNECTIONS = 4
+# Names this process in the NOTIFYs its connections cause (PostgreSQL: the run_events
+# trigger reads it as the `opengrove.sender` setting), so it can ignore its own.
+PROCESS_TOKEN = secrets.token_hex(4)
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -80,7 +84,11 @@ class Database:
             # is three round trips (BEGIN, ping, ROLLBACK) per checkout. A connection found
             # dead fails its request and invalidates the whole pool, so after a database
             # restart one request per process fails, instead of every request paying for it.
-            kwargs.update(pool_size=pool_size * 2, max_overflow=pool_size)
+            kwargs.update(
+                pool_size=pool_size * 2,
+                max_overflow=pool_size,
+                connect_args={"server_settings": {"opengrove.sender": PROCESS_TOKEN}},
+            )
         else:
             # aiosqlite runs each connection in a thread of its own, and SQLite takes one
             # writer at a time: more connections only add threads fighting for the GIL and

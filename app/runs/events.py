@@ -30,7 +30,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import secrets
 import time
 import zlib
 from collections import defaultdict
@@ -43,7 +42,7 @@ import orjson
 from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import Database
+from app.db import PROCESS_TOKEN, Database
 from app.runs import store
 from app.runs.models import TERMINAL_STATUSES, Run, RunEvent
 from app.runs.schemas import render_run
@@ -94,7 +93,6 @@ class Event:
 
 
 _WAKE = Event(-1, "", None)  # "look at the log": something was persisted elsewhere
-PROCESS_TOKEN = secrets.token_hex(4)  # tells this process's NOTIFYs from other processes'
 
 
 class EventHub:
@@ -267,16 +265,11 @@ class EventWriter:
                 update(RUN_TABLE).where(RUN_TABLE.c.id == self.run_id).values(next_event_seq=wanted)
             )
         self._written = (len(rows), wanted)
-        if conn.dialect.name == "postgresql":
+        if notify_run_queued and conn.dialect.name == "postgresql":
             # Delivered by PostgreSQL on commit, to every process listening (ours included;
-            # the payload names the sender so this process can ignore its own).
-            notices = []
-            if rows:
-                notices.append(func.pg_notify(EVENTS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
-            if notify_run_queued:
-                notices.append(func.pg_notify(RUNS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}"))
-            if notices:
-                conn.execute(select(*notices))
+            # the payload names the sender so this process can ignore its own). New events
+            # announce themselves: a trigger on run_events (migration 0007).
+            conn.execute(select(func.pg_notify(RUNS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}")))
 
     def published(self) -> None:
         """The transaction that `write` joined committed: publish its events."""
