@@ -29,7 +29,6 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
-    AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
@@ -179,18 +178,6 @@ class Database:
             rows = list(result.tuples())
             await session.commit()
         return rows
-
-
-async def autocommit(session: AsyncSession, *, write: bool = False) -> None:
-    """Make each statement of this (fresh) session its own transaction.
-
-    For a request whose one statement stands alone: a read, or a write made atomic in one
-    statement. PostgreSQL: no BEGIN and COMMIT/ROLLBACK round trips around it. SQLite
-    (reads never open a transaction there): a write takes the database's write lock for
-    the statement alone, instead of until a commit an event-loop turn later.
-    """
-    if write or session.bind.dialect.name != "sqlite":
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

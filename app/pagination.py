@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from fastapi import Query
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Connection, Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from app.errors import InvalidRequest
 
@@ -70,6 +71,18 @@ async def paginate(
     """One page of `model` rows matching `where`, in the order and window `params` ask for:
     ORM objects, or with `base` (a select of columns; `model` may then be a table's columns,
     `Model.__table__.c`, to keep the ORM out of it) plain rows."""
+    return await session.run_sync(page_of, model, params, where, base)
+
+
+def page_of(
+    executor: Session | Connection,
+    model: Any,
+    params: ListParams,
+    where: Sequence[Any],
+    base: Select[Any] | None = None,
+) -> Page[Any]:
+    """`paginate` inside a synchronous session or a Core connection (`Database.transact`;
+    with `base`, as a connection returns plain rows only)."""
     stmt = base if base is not None else select(model)
     stmt = stmt.where(*where)
     descending = params.order == "desc"
@@ -79,8 +92,8 @@ async def paginate(
     for cursor_id, name in ((params.after, "after"), (params.before, "before")):
         if cursor_id is None:
             continue
-        cursor = (
-            await session.execute(select(model.seq, model.id).where(model.id == cursor_id, *where))
+        cursor = executor.execute(
+            select(model.seq, model.id).where(model.id == cursor_id, *where)
         ).first()
         if cursor is None:
             raise InvalidRequest(
@@ -89,7 +102,7 @@ async def paginate(
         past_cursor_desc = (name == "after") == descending
         stmt = stmt.where(_beyond(model, cursor.seq, cursor.id, descending=past_cursor_desc))
     keys = (model.seq.desc(), model.id.desc()) if walk_desc else (model.seq.asc(), model.id.asc())
-    result = await session.execute(stmt.order_by(*keys).limit(params.limit + 1))
+    result = executor.execute(stmt.order_by(*keys).limit(params.limit + 1))
     rows: Sequence[Any] = result.scalars().all() if base is None else result.all()
     items = list(rows[: params.limit])
     if reverse:

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from app.deps import ImageUrls, Index, Project, Sandbox, Session
+from app.deps import DatabaseDep, ImageUrls, Index, Project, Sandbox, Session
 from app.pagination import ListParams, list_params
 from app.schemas import DeletedObject, ObjectResponse
 from app.threads import service
@@ -62,23 +62,23 @@ async def delete_thread(
 
 @router.post("/{thread_id}/messages", response_model=MessageObject)
 async def create_message(
-    thread_id: str, body: MessageCreate, session: Session, project: Project, image_urls: ImageUrls
+    thread_id: str, body: MessageCreate, db: DatabaseDep, project: Project, image_urls: ImageUrls
 ) -> ObjectResponse:
     await image_urls.check_messages([body], "")
     return ObjectResponse(
-        MessageObject.from_row(await service.create_message(session, project, thread_id, body))
+        MessageObject.from_row(await service.create_message(db, project, thread_id, body))
     )
 
 
 @router.get("/{thread_id}/messages", response_model=MessageList)
 async def list_messages(
     thread_id: str,
-    session: Session,
+    db: DatabaseDep,
     project: Project,
     params: Annotated[ListParams, Depends(list_params)],
     run_id: Annotated[str | None, Query()] = None,
 ) -> ObjectResponse:
-    page = await service.list_messages(session, project, thread_id, params, run_id)
+    page = await service.list_messages(db, project, thread_id, params, run_id)
     return ObjectResponse(page.to_response(MessageObject.from_row))
 
 

@@ -19,11 +19,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import autocommit
+from app.db import Database
 from app.errors import InvalidRequest, NotFound
 from app.files.service import get_files
 from app.ids import new_id, next_seq, now
-from app.pagination import ListParams, Page, paginate
+from app.pagination import ListParams, Page, page_of
 from app.runs.models import ACTIVE_STATUSES, Run
 from app.threads.models import Message, Thread
 from app.threads.schemas import (
@@ -253,30 +253,44 @@ _COLUMN_NAMES = {attr.key: attr.columns[0].key for attr in Message.__mapper__.co
 
 
 async def create_message(
-    session: AsyncSession, project_id: str, thread_id: str, body: MessageCreate
+    db: Database, project_id: str, thread_id: str, body: MessageCreate
 ) -> Message:
     if _referenced_files(body):
-        return await _create_message_with_files(session, project_id, thread_id, body)
-    # One statement, one round trip: the checks and the insert, atomic on SQLite (one
-    # statement holds the write lock); on PostgreSQL a run created concurrently is not seen
-    # (issue 12), as with separate queries.
+        async with db.sessionmaker() as session:
+            return await _create_message_with_files(session, project_id, thread_id, body)
     values = _message_values(thread_id, body, None, None)
     params = {_COLUMN_NAMES[key]: value for key, value in values.items()} | {"owner": project_id}
-    sqlite = session.bind.dialect.name == "sqlite"
-    for _ in range(3):
-        if sqlite:
-            await autocommit(session, write=True)
-        else:
-            # PostgreSQL: the insert's snapshot would miss a run committed while it waits;
-            # the thread's row lock, which run creation holds until it commits, orders them.
-            await session.execute(_LOCK_THREAD, {"thread_id": thread_id, "owner": project_id})
-        result = await session.execute(_INSERT_MESSAGE_IF_OPEN, params)
-        await session.commit()
-        if result.rowcount == 1:
-            return Message(**values)
-        await _check_open_for_messages(session, project_id, thread_id)
-        # Neither missing nor busy now: its run ended in between. Try again.
-    raise InvalidRequest(f"Can't add messages to {thread_id} right now.", param="thread_id")
+
+    def insert_if_open(conn: Connection) -> None:
+        # The checks and the insert in one statement: atomic on SQLite (the transaction holds
+        # the write lock). PostgreSQL: the insert's snapshot would miss a run committed while
+        # it waits; the thread's row lock, which run creation holds until it commits, orders
+        # them.
+        for _ in range(3):
+            if conn.dialect.name == "postgresql":
+                conn.execute(_LOCK_THREAD, {"thread_id": thread_id, "owner": project_id})
+            if conn.execute(_INSERT_MESSAGE_IF_OPEN, params).rowcount == 1:
+                return
+            _require_thread(conn, project_id, thread_id)
+            active = conn.execute(_active_run(thread_id)).scalar()
+            if active is not None:
+                raise InvalidRequest(
+                    f"Can't add messages to {thread_id} while a run {active} is active.",
+                    param="thread_id",
+                )
+            # Neither missing nor busy now: its run ended in between. Try again.
+        raise InvalidRequest(f"Can't add messages to {thread_id} right now.", param="thread_id")
+
+    await db.transact(insert_if_open)
+    return Message(**values)
+
+
+def _require_thread(conn: Connection, project_id: str, thread_id: str) -> None:
+    found = conn.execute(
+        select(_THREADS.c.id).where(_THREADS.c.id == thread_id, _THREADS.c.project_id == project_id)
+    ).first()
+    if found is None:
+        raise NotFound("thread", thread_id)
 
 
 async def _check_open_for_messages(
@@ -355,7 +369,7 @@ _MESSAGE_COLUMNS = select(
 
 
 async def list_messages(
-    session: AsyncSession,
+    db: Database,
     project_id: str,
     thread_id: str,
     params: ListParams,
@@ -364,11 +378,14 @@ async def list_messages(
     where = [_MESSAGES.thread_id == thread_id, _thread_in(project_id, thread_id)]
     if run_id is not None:
         where.append(_MESSAGES.run_id == run_id)
-    await autocommit(session)
     cursor = params.after is not None or params.before is not None
-    if cursor:  # a missing thread is a 404 before a bad cursor is a 400
-        await get_thread(session, project_id, thread_id)
-    page = await paginate(session, _MESSAGES, params, *where, base=_MESSAGE_COLUMNS)
-    if not page.items and not cursor:  # a message is proof enough that its thread exists
-        await get_thread(session, project_id, thread_id)
-    return page
+
+    def read(conn: Connection) -> Page[Any]:
+        if cursor:  # a missing thread is a 404 before a bad cursor is a 400
+            _require_thread(conn, project_id, thread_id)
+        page = page_of(conn, _MESSAGES, params, where, base=_MESSAGE_COLUMNS)
+        if not page.items and not cursor:  # a message is proof enough that its thread exists
+            _require_thread(conn, project_id, thread_id)
+        return page
+
+    return await db.transact(read, writes=False)
