@@ -526,6 +526,9 @@ async def bench_db(
         out["throughput"] = rounds
     log = server.log()
     out["server_tracebacks"] = log.count("Traceback")
+    if out["server_tracebacks"]:
+        start = log.index("Traceback")
+        print(f"first server traceback:\n{log[max(0, start - 300) : start + 3000]}")
     out["server_errors"] = len(re.findall(r" (ERROR|CRITICAL) ", log))
     return out
 
