@@ -191,6 +191,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB of page cache per connection
     cursor.execute("PRAGMA mmap_size=268435456")  # read pages through a 256 MiB mapping
+    # After a checkpoint the WAL file is cut back to this (it otherwise stays as large as it
+    # ever grew, e.g. after a burst).
+    cursor.execute("PRAGMA journal_size_limit=67108864")
     cursor.close()
 
 

@@ -29,9 +29,11 @@ from tests.server_process import ServerProcess
 USER_TEXT = "one two three four five six seven eight nine ten eleven twelve"
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """VmRSS, or RssAnon (the heap: what a leak grows) or RssFile (mapped files, e.g. the
+    SQLite database read through its memory map, which grows with the database)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -72,6 +74,7 @@ async def soak(server: ServerProcess, streams: int, minutes: float) -> dict[str,
     pid = server.proc.pid if server.proc else 0
     results: list[Result] = []
     rss: list[tuple[float, float]] = []
+    anon: list[tuple[float, float]] = []
     open_streams = 0
     deadline = time.monotonic() + minutes * 60
     async with Client("aiohttp") as client:
@@ -95,9 +98,11 @@ async def soak(server: ServerProcess, streams: int, minutes: float) -> dict[str,
                 await asyncio.sleep(10)
                 elapsed = time.monotonic() - start
                 rss.append((elapsed, rss_mb(pid)))
+                anon.append((elapsed, rss_mb(pid, "RssAnon")))
                 errors = sum(1 for r in results if r.error)
                 print(
-                    f"  t={elapsed:5.0f}s  RSS {rss[-1][1]:6.1f} MB  open streams {open_streams:4d}"
+                    f"  t={elapsed:5.0f}s  RSS {rss[-1][1]:6.1f} MB (anonymous {anon[-1][1]:6.1f})"
+                    f"  open streams {open_streams:4d}"
                     f"  runs done {len(results):6d}  errors {errors}",
                     flush=True,
                 )
@@ -110,6 +115,8 @@ async def soak(server: ServerProcess, streams: int, minutes: float) -> dict[str,
             task.cancel()
     first = [m for t, m in rss if t <= 60] or [rss[0][1]]
     last = [m for t, m in rss if t >= rss[-1][0] - 60] or [rss[-1][1]]
+    anon_first = [m for t, m in anon if t <= 60] or [anon[0][1]]
+    anon_last = [m for t, m in anon if t >= anon[-1][0] - 60] or [anon[-1][1]]
     ttfts = [r.ttft for r in results if r.ttft is not None]
     return {
         "runs": len(results),
@@ -119,6 +126,8 @@ async def soak(server: ServerProcess, streams: int, minutes: float) -> dict[str,
         "ttft_p99": pct(ttfts, 99) if ttfts else float("nan"),
         "rss_first": statistics.median(first),
         "rss_last": statistics.median(last),
+        "anon_first": statistics.median(anon_first),
+        "anon_last": statistics.median(anon_last),
     }
 
 
@@ -154,12 +163,14 @@ def main() -> None:
         finally:
             upstream.stop()
     drift = (out["rss_last"] - out["rss_first"]) / out["rss_first"] * 100  # type: ignore[operator]
+    anon_drift = (out["anon_last"] - out["anon_first"]) / out["anon_first"] * 100  # type: ignore[operator]
     print(
         f"runs completed {out['runs']}, errors {dict(out['errors'])}, "  # type: ignore[call-overload]
         f"unfinished at the deadline {out['unfinished']}\n"
         f"TTFT p50 {out['ttft_p50'] * 1000:.0f} ms, p99 {out['ttft_p99'] * 1000:.0f} ms\n"
         f"RSS first minute {out['rss_first']:.1f} MB, last minute {out['rss_last']:.1f} MB "
-        f"({drift:+.1f} %)"
+        f"({drift:+.1f} %); anonymous {out['anon_first']:.1f} MB, {out['anon_last']:.1f} MB "
+        f"({anon_drift:+.1f} %)"
     )
 
 
