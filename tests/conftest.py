@@ -10,7 +10,7 @@ import pytest
 from tests.databases import backend_name, fresh_database
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import ServerProcess
-from tests.spec_check import check_response, validating_http_client
+from tests.spec_check import check_response, validating_sdk_client
 
 
 def pytest_report_header() -> str:
@@ -95,10 +95,8 @@ def base_url(server: ServerProcess) -> str:
 
 @pytest.fixture(scope="session")
 def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with validating_http_client() as http_client:
-        yield openai.OpenAI(
-            base_url=f"{base_url}/v1", api_key="test", http_client=http_client, max_retries=0
-        )
+    with validating_sdk_client(base_url) as sdk:
+        yield sdk
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -50,6 +52,22 @@ def check_response(response: httpx.Response) -> None:
 
 def validating_http_client() -> httpx.Client:
     return httpx.Client(event_hooks={"response": [check_response]}, timeout=60)
+
+
+@contextmanager
+def validating_sdk_client(base_url: str, api_key: str = "test", **options: Any) -> Iterator[Any]:
+    """An `openai.OpenAI` for the server at `base_url`, every response spec-validated, no
+    retries (a test sees the first answer)."""
+    import openai
+
+    with validating_http_client() as http_client:
+        yield openai.OpenAI(
+            base_url=f"{base_url}/v1",
+            api_key=api_key,
+            http_client=http_client,
+            max_retries=0,
+            **options,
+        )
 
 
 def validate_schema(name: str, obj: Any) -> None:

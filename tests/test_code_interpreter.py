@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import server_env
 from tests.fake_upstream import FakeReply, FakeToolCall, FakeUpstream, last_tool_output
 from tests.server_process import ServerProcess, free_port
-from tests.spec_check import validate_sse_stream, validating_http_client
+from tests.spec_check import validate_sse_stream, validating_sdk_client
 
 KERNEL_VENV = Path(__file__).resolve().parents[1] / ".kernel-venv"
 IDLE_SECONDS = 8  # kernels of this module's server are reaped this soon (reaper every 2 s)
@@ -60,14 +60,8 @@ def _env(database_url: str, upstream: FakeUpstream, data_dir: Path, **extra: str
 
 @contextmanager
 def _client(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    with validating_http_client() as http_client:
-        yield openai.OpenAI(
-            base_url=f"{server.base_url}/v1",
-            api_key="test",
-            http_client=http_client,
-            max_retries=0,
-            timeout=60,
-        )
+    with validating_sdk_client(server.base_url, timeout=60) as sdk:
+        yield sdk
 
 
 @pytest.fixture(scope="module")

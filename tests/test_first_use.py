@@ -20,7 +20,7 @@ import pytest
 from app.migrate import _head_revisions, alembic_config
 from tests.fake_upstream import FakeUpstream
 from tests.server_process import ServerProcess
-from tests.spec_check import check_response, validating_http_client
+from tests.spec_check import check_response, validating_sdk_client
 
 PROVIDER_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_BASE", "ANTHROPIC_API_KEY")
 
@@ -48,13 +48,8 @@ def bare_server(
 
 @pytest.fixture(scope="module")
 def bare_client(bare_server: ServerProcess) -> Iterator[openai.OpenAI]:
-    with validating_http_client() as http_client:
-        yield openai.OpenAI(
-            base_url=f"{bare_server.base_url}/v1",
-            api_key="anything",
-            http_client=http_client,
-            max_retries=0,
-        )
+    with validating_sdk_client(bare_server.base_url, api_key="anything") as sdk:
+        yield sdk
 
 
 def error_of(response: httpx.Response, status: int) -> dict[str, Any]:

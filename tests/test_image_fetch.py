@@ -38,7 +38,7 @@ from tests.conftest import server_env
 from tests.databases import fresh_database
 from tests.fake_upstream import ANTHROPIC, DIALECTS, OLLAMA, OPENAI, FakeUpstream, RecordedRequest
 from tests.server_process import ServerProcess
-from tests.spec_check import validating_http_client
+from tests.spec_check import validating_sdk_client
 
 ALIASES = {OPENAI: "fake-model", ANTHROPIC: "fake-anthropic", OLLAMA: "fake-ollama"}
 MAX_BYTES = 1024 * 1024  # the test server's OPENGROVE_IMAGE_FETCH_MAX_BYTES
@@ -422,13 +422,8 @@ def image_client(
         }
         server = ServerProcess(data_dir, env=env).start()
         try:
-            with validating_http_client() as http_client:
-                yield openai.OpenAI(
-                    base_url=f"{server.base_url}/v1",
-                    api_key="test",
-                    http_client=http_client,
-                    max_retries=0,
-                )
+            with validating_sdk_client(server.base_url) as sdk:
+                yield sdk
         finally:
             server.stop()
 

@@ -24,7 +24,8 @@ from tests.databases import fresh_database
 from tests.fake_upstream import OPENAI, FakeReply, FakeToolCall, FakeUpstream
 from tests.helpers import WEATHER
 from tests.server_process import ServerProcess
-from tests.spec_check import validating_http_client
+from tests.spec_check import validating_sdk_client
+
 
 @pytest.fixture(autouse=True)
 async def close_shared_clients() -> AsyncIterator[None]:
@@ -286,13 +287,8 @@ def litellm_client(
         }
         server = ServerProcess(data_dir, env=env).start()
         try:
-            with validating_http_client() as http_client:
-                yield openai.OpenAI(
-                    base_url=f"{server.base_url}/v1",
-                    api_key="test",
-                    http_client=http_client,
-                    max_retries=0,
-                )
+            with validating_sdk_client(server.base_url) as sdk:
+                yield sdk
         finally:
             server.stop()
 
