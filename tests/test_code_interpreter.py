@@ -31,6 +31,10 @@ from tests.spec_check import validate_sse_stream, validating_sdk_client
 KERNEL_VENV = Path(__file__).resolve().parents[1] / ".kernel-venv"
 IDLE_SECONDS = 8  # kernels of this module's server are reaped this soon (reaper every 2 s)
 CALL_TIMEOUT = 6
+# Not walked by the escape searches: kernel files, and /usr — the host's own, mounted
+# read-only and the same for every kernel (nothing of the server's or of a thread can be
+# written there); walking it can take longer than CALL_TIMEOUT on a busy machine.
+WALK_SKIPPED = ("/proc", "/sys", "/usr")
 PNG = b"\x89PNG\r\n\x1a\n"
 CI = {"type": "code_interpreter"}
 
@@ -373,10 +377,10 @@ def test_escape_find_database_and_index(
 ) -> None:
     data_dir = str(ci_server.data_dir)
     code = (
-        "import os\n"
+        f"import os\nSKIPPED = {WALK_SKIPPED!r}\n"
         "hits = []\n"
         "for root, dirs, files in os.walk('/'):\n"
-        "    if root.startswith(('/proc', '/sys')): dirs[:] = []; continue\n"
+        "    if root.startswith(SKIPPED): dirs[:] = []; continue\n"
         "    hits += [os.path.join(root, f) for f in files if 'opengrove' in f or 'qdrant' in f]\n"
         "    hits += [os.path.join(root, d) for d in dirs if d == 'qdrant']\n"
         "print('found', hits)\n"
@@ -457,9 +461,11 @@ def test_escape_other_threads_files(
 ) -> None:
     run_code(ci, upstream, assistant.id, "open('/mnt/data/secret.txt', 'w').write('s3cret')")
     code = (
-        "import os\n"
-        "found = [os.path.join(r, f) for r, _, fs in os.walk('/') for f in fs "
-        "if f == 'secret.txt' and not r.startswith('/proc')]\n"
+        f"import os\nSKIPPED = {WALK_SKIPPED!r}\n"
+        "found = []\n"
+        "for r, ds, fs in os.walk('/'):\n"
+        "    if r.startswith(SKIPPED): ds[:] = []; continue\n"
+        "    found += [os.path.join(r, f) for f in fs if f == 'secret.txt']\n"
         f"print('found', found, os.path.exists({str(ci_server.data_dir / 'kernels')!r}))"
     )
     logs = _escape(ci_server, ci, upstream, assistant, code)
