@@ -31,6 +31,8 @@ Measured:
      cold (the shard's written pages let go of); --warm-passes more follow, reported as
      "warm". Peak anonymous RSS (RssAnon, sampled) is reported beside VmHWM, which also
      counts the shard's mmapped file pages.
+     The collection grows with the server's index upkeep running (`maintain()` every
+     UPKEEP_SECONDS: flushes, and optimises a long ingestion without waiting for a pause).
      The collection is grown 10k -> 100k by the same chunk -> embed -> upsert_chunks
      path, in large files (--scale-file-chunks) because in local mode every
      upsert_chunks first deletes the file's old chunks with a filtered scroll + delete,
@@ -58,7 +60,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ from app.retrieval.chunking import Chunk, chunk_text, get_encoding
 from app.retrieval.edge_index import EdgeIndex
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.qdrant_index import QdrantIndex
+from app.vector_stores.ingestion import UPKEEP_SECONDS
 from bench.upstream import Upstream
 
 STORE = "vs_bench"
@@ -91,10 +94,11 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def rss_mb() -> int:
+def status_mb(key: str) -> int:
+    """A figure of /proc/self/status (VmHWM: peak RSS; RssAnon: anonymous RSS now), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) // 1024
     return 0
 
@@ -111,7 +115,7 @@ class AnonPeak:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.2):
-            self.peak_mb = max(self.peak_mb, anon_mb())
+            self.peak_mb = max(self.peak_mb, status_mb("RssAnon"))
 
     def __enter__(self) -> AnonPeak:
         self._thread.start()
@@ -120,15 +124,7 @@ class AnonPeak:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_mb = max(self.peak_mb, anon_mb())
-
-
-def anon_mb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) // 1024
-    return 0
+        self.peak_mb = max(self.peak_mb, status_mb("RssAnon"))
 
 
 def disk_mb(path: Path) -> int:
@@ -400,6 +396,28 @@ async def timed_queries(
         lat.seconds.append(time.perf_counter() - t0)
 
 
+@contextlib.asynccontextmanager
+async def upkeep(index: Any) -> AsyncIterator[None]:
+    """The server's index upkeep while a build runs: `maintain()` every UPKEEP_SECONDS (it
+    flushes, and optimises a long ingestion without waiting for a pause). On exit, waits
+    for a `maintain()` under way."""
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), UPKEEP_SECONDS)
+            if not stop.is_set():
+                await index.maintain()
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 async def delete_scan_seconds(index: Any, repeat: int = 3) -> float:
     """Median cost of upsert_chunks' first step for a new file: deleting its (absent)
     old chunks, which in local mode scans every stored point's payload."""
@@ -438,15 +456,16 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
                 stop_at = time.monotonic() + max(0.0, ctx.remaining() - search_budget)
             texts: list[str] = []
             with AnonPeak() as build_peak:
-                build = await ingest_files(
-                    ctx,
-                    index,
-                    size - have,
-                    (words, words),
-                    not args.lexical_only,
-                    stop_at,
-                    keep_texts=texts if not queries else None,
-                )
+                async with upkeep(index):
+                    build = await ingest_files(
+                        ctx,
+                        index,
+                        size - have,
+                        (words, words),
+                        not args.lexical_only,
+                        stop_at,
+                        keep_texts=texts if not queries else None,
+                    )
             reached = have + build.chunks
             print(
                 f"  built {reached:,} chunks ({build.chunks:,} added at {build.rate:,.0f}/s)",
@@ -462,7 +481,7 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
                 build.optimize_s = time.perf_counter() - t0
                 build.optimize_anon_mb = optimize_peak.peak_mb
             build.anon_mb = max(build_peak.peak_mb, build.optimize_anon_mb)
-            build.rss_mb = rss_mb()
+            build.rss_mb = status_mb("VmHWM")
             build.disk_mb = disk_mb(root / "scale")
             scan = await delete_scan_seconds(index)
             budget = max(10.0, min(search_budget, ctx.remaining() - 5))

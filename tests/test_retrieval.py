@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import qdrant_edge as qe
 
-from app.retrieval import chunking, lexical, parsing
+from app.retrieval import chunking, edge_index, lexical, parsing
 from app.retrieval.chunking import (
     Chunk,
     ChunkingConfig,
@@ -564,16 +564,16 @@ def test_rrf_scores_as_qdrant_and_breaks_ties_by_first_appearance() -> None:
 
     # Qdrant's own case (its rrf_scoring test): 1 / (k + 0-based position), summed.
     fused = rrf([ranking("2", "1"), ranking("1", "2", "3"), ranking("5", "3", "1")])
-    assert [(p.id, round(p.score, 6)) for p in fused] == [
+    assert [(point_id, round(score, 6)) for point_id, score in fused] == [
         ("1", 1.083333), ("2", 0.833333), ("3", 0.583333), ("5", 0.5),
     ]  # fmt: skip
     # Ties keep first appearance, even where float sums differ in the last bit
     # (1/2 + 1/12 and 1/3 + 1/4: positions 0 and 10 against 1 and 2).
-    assert [p.id for p in rrf([ranking("a", "b"), ranking("b", "a")])] == ["a", "b"]
+    assert [point_id for point_id, _ in rrf([ranking("a", "b"), ranking("b", "a")])] == ["a", "b"]
     lexical_side = ranking("x", "y", "z", *(f"l{i}" for i in range(20)))
     dense_side = ranking(*(f"d{i}" for i in range(2)), "y", *(f"e{i}" for i in range(7)), "x")
-    assert [p.id for p in rrf([lexical_side, dense_side])][:3] == ["x", "y", "d0"]
-    assert [p.id for p in rrf([dense_side, lexical_side])][:3] == ["y", "x", "d0"]
+    assert [point_id for point_id, _ in rrf([lexical_side, dense_side])][:3] == ["x", "y", "d0"]
+    assert [point_id for point_id, _ in rrf([dense_side, lexical_side])][:3] == ["y", "x", "d0"]
 
 
 async def test_fusion_here_matches_the_engines_rrf(tmp_path: Path) -> None:
@@ -610,11 +610,11 @@ async def test_fusion_here_matches_the_engines_rrf(tmp_path: Path) -> None:
                 )
             )
             engine = sorted((round(p.score, 5), str(p.id)) for p in fused)
-            assert engine == sorted((round(p.score, 5), p.id) for p in ours)
+            assert engine == sorted((round(score, 5), point) for point, score in ours)
             hits = await index.search(["vs"], text, dense_query=embed(text))
-            by_id = {p.id: p for p in ours}
+            fused_scores = dict(ours)
             ids = [point_id("vs", h.file_id, h.chunk_index) for h in hits]
-            scores = [by_id[i].score for i in ids]
+            scores = [fused_scores[i] for i in ids]
             assert scores == sorted(scores, reverse=True)  # hits in fused order
     finally:
         await index.close()
@@ -713,6 +713,44 @@ async def test_edge_shard_is_locked_persistent_and_grows_dense(tmp_path: Path) -
         EdgeIndex(path, dense_dim=DIM * 2)
     again = EdgeIndex(path, dense_dim=DIM)  # the failed open released the lock
     await again.close()
+
+
+async def test_edge_bounds_its_segments_and_optimises_long_ingestions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def pinned(path: Path) -> Any:
+        stored = json.loads((path / edge_index.CONFIG_FILE).read_text())
+        return (stored.get("optimizers") or {}).get("max_segment_size")
+
+    # A shard made before the segment size was pinned gets it on open, data intact.
+    old = tmp_path / "old"
+    sparse = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+    qe.EdgeShard.create(str(old), qe.EdgeConfig(sparse_vectors={"lexical": sparse})).close()
+    assert pinned(old) is None
+    index = EdgeIndex(old)
+    assert pinned(old) == edge_index.MAX_SEGMENT_KB
+    await _add(index, "vs", "f", "Pinned narwhal.", dense=False)
+    await index.close()
+    index = EdgeIndex(old)
+    assert [h.file_id for h in await index.search(["vs"], "narwhal")] == ["f"]
+    await index.close()
+
+    # A new one has it from the start; an ingestion that never pauses is optimised anyway.
+    monkeypatch.setattr(edge_index, "OPTIMIZE_WHILE_WRITING_POINTS", 40)
+    index = EdgeIndex(tmp_path / "new")
+    try:
+        assert pinned(tmp_path / "new") == edge_index.MAX_SEGMENT_KB
+        for i in range(5):
+            text = " ".join(f"walrus{j}" for j in range(1000))
+            await _add(index, "vs", f"f{i}", text, dense=False)
+        assert index._written >= 40  # no pause: the idle rule alone would wait
+        await index.maintain()
+        assert index._written == 0  # optimised
+        assert {h.file_id for h in await index.search(["vs"], "walrus7")} == {
+            f"f{i}" for i in range(5)
+        }
+    finally:
+        await index.close()
 
 
 async def test_shared_local_client_and_reopen(tmp_path: Path) -> None:

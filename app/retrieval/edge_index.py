@@ -16,6 +16,12 @@ Engine calls block (Rust, mostly without the GIL), so they run in worker threads
 go to the write-ahead log at once; `maintain()` (called periodically) flushes segments to
 disk once writes have happened, and optimises (merges segments and builds indexes, at a
 memory cost while it runs) once enough points were written and writes have paused.
+
+Memory: new points go to one appendable segment whose BM25 inverted index is in RAM, and an
+optimisation builds a whole segment in memory. So both are bounded: a long ingestion is
+optimised every OPTIMIZE_WHILE_WRITING_POINTS points without waiting for a pause (writes go
+on meanwhile), and no optimisation builds a segment whose largest vector storage passes
+MAX_SEGMENT_KB (pinned: Edge's default grows with the machine's CPU count).
 """
 
 from __future__ import annotations
@@ -57,7 +63,11 @@ CONFIG_FILE = "edge_config.json"
 _UPSERT_BATCH = 512
 FLUSH_AFTER_SECONDS = 30.0  # maintain(): flush when writes are at least this old
 OPTIMIZE_AFTER_POINTS = 50_000  # maintain(): optimise after this many writes ...
-OPTIMIZE_IDLE_SECONDS = 30.0  # ... once no write came for this long
+OPTIMIZE_IDLE_SECONDS = 30.0  # ... once no write came for this long,
+OPTIMIZE_WHILE_WRITING_POINTS = 200_000  # or after this many even while writes go on
+# The largest vector storage (KB) of a segment the optimiser builds: the BM25 vectors, ~2 KB
+# a chunk, so ~250k chunks. Edge's default grows with the CPU count (256 MB each).
+MAX_SEGMENT_KB = 512_000
 FLUSH_EVERY_POINTS = 10_000  # flush during long ingestions too, then let go of the pages
 # written (`release_resident_pages`): until then they stay resident and count in RSS
 _FACET_LIMIT = 1_000_000
@@ -225,7 +235,7 @@ class EdgeIndex(PlannedSearch):
         self._lock_fd = fd
         try:
             if (self.path / CONFIG_FILE).exists():
-                self._shard = qe.EdgeShard.load(str(self.path))
+                self._shard = self._load()
                 self._check_existing()
             else:
                 self._shard = self._create()
@@ -243,7 +253,25 @@ class EdgeIndex(PlannedSearch):
             vectors=dense,
             sparse_vectors={LEXICAL_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             payload_memory=qe.Memory.Cold,  # chunk text stays on disk (mmap), not in RAM
+            optimizers=qe.EdgeOptimizersConfig(max_segment_size=MAX_SEGMENT_KB),
         )
+
+    def _load(self) -> Any:
+        """Open the shard; one made before MAX_SEGMENT_KB was pinned gets it (the rest of its
+        configuration is kept)."""
+        import json
+
+        stored = json.loads((self.path / CONFIG_FILE).read_text())
+        optimizers = stored.get("optimizers") or {}
+        if LEXICAL_VECTOR not in (stored.get("sparse_vectors") or {}):
+            return qe.EdgeShard.load(str(self.path))  # (refused by `_check_existing`)
+        if optimizers.get("max_segment_size") == MAX_SEGMENT_KB:
+            return qe.EdgeShard.load(str(self.path))
+        pinned = qe.EdgeConfig(
+            sparse_vectors={LEXICAL_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            optimizers=qe.EdgeOptimizersConfig(max_segment_size=MAX_SEGMENT_KB),
+        )
+        return qe.EdgeShard.load(str(self.path), pinned)
 
     def _create(self) -> Any:
         shard = qe.EdgeShard.create(str(self.path), self._config())
@@ -446,14 +474,16 @@ class EdgeIndex(PlannedSearch):
 
     async def maintain(self) -> None:
         """Flush writes older than FLUSH_AFTER_SECONDS; optimise after many writes once
-        writes paused. Never two at once."""
+        writes paused, or after very many even while they go on. Never two at once."""
         if self._shard is None or self._maintaining:
             return
         now = time.monotonic()
         with self._state:
             idle = now - self._last_write
             flush = not self._flushed and idle >= min(FLUSH_AFTER_SECONDS, OPTIMIZE_IDLE_SECONDS)
-            optimize = self._written >= OPTIMIZE_AFTER_POINTS and idle >= OPTIMIZE_IDLE_SECONDS
+            optimize = (
+                self._written >= OPTIMIZE_AFTER_POINTS and idle >= OPTIMIZE_IDLE_SECONDS
+            ) or self._written >= OPTIMIZE_WHILE_WRITING_POINTS
         if not (flush or optimize):
             return
         self._maintaining = True

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from app.errors import APIError
@@ -174,7 +174,7 @@ def scope_filter(vector_store_id: str | None = None, file_id: str | None = None)
     return {"must": must}
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoredChunk:
     """A point as an engine returned it, in backend-neutral form."""
 
@@ -283,16 +283,19 @@ class SearchPlan:
                 scores[p.id] = min(1.0, p.score / idf_sum) if idf_sum > 0 else 0.0
         for p in dense_points:
             scores[p.id] = max(scores.get(p.id, 0.0), min(1.0, max(0.0, p.score)))
-        if self.hybrid:
-            ranked = rrf([lexical_points, dense_points])[: self.limit]
+        if self.hybrid:  # (the sources return no payload then)
+            order = [point_id for point_id, _ in rrf([lexical_points, dense_points])]
+            payloads: dict[str, dict[str, Any] | None] = {}
         else:
-            ranked = list(lexical_points or dense_points)
+            points = lexical_points or dense_points
+            order = [p.id for p in points]
+            payloads = {p.id: p.payload for p in points}
         chosen: list[ScoredChunk] = []
-        for point in ranked:
-            score = scores.get(point.id, 0.0)
+        for point_id in order[: self.limit]:
+            score = scores.get(point_id, 0.0)
             if score <= 0.0 or score < self.score_threshold:
                 continue
-            chosen.append(replace(point, score=score))
+            chosen.append(ScoredChunk(point_id, score, payloads.get(point_id)))
             if len(chosen) == self.max_num_results:
                 break
         return chosen
@@ -302,22 +305,19 @@ class SearchPlan:
         return [point.id for point in ranked] if self.hybrid else []
 
 
-def rrf(rankings: Sequence[Sequence[ScoredChunk]], k: int = RRF_K) -> list[ScoredChunk]:
+def rrf(rankings: Sequence[Sequence[ScoredChunk]], k: int = RRF_K) -> list[tuple[str, float]]:
     """Reciprocal rank fusion as Qdrant computes it (`Fusion.RRF`): a point scores the sum,
-    over the rankings holding it, of 1 / (k + its 0-based position); best first, each point
-    with its fused score.
+    over the rankings holding it, of 1 / (k + its 0-based position). Point ids and fused
+    scores, best first.
 
     Ties are common (positions 0 and 3 fuse like 3 and 0). Qdrant leaves them in hash
     order; here they keep the order of first appearance (the first ranking's before the
     second's), compared after rounding so that float addition cannot split them."""
     fused: dict[str, float] = {}
-    points: dict[str, ScoredChunk] = {}
     for ranking in rankings:
         for position, point in enumerate(ranking):
             fused[point.id] = fused.get(point.id, 0.0) + 1.0 / (k + position)
-            points.setdefault(point.id, point)
-    order = sorted(fused, key=lambda point_id: round(fused[point_id], 9), reverse=True)
-    return [replace(points[point_id], score=fused[point_id]) for point_id in order]
+    return sorted(fused.items(), key=lambda item: round(item[1], 9), reverse=True)
 
 
 def make_plan(
@@ -426,7 +426,7 @@ class PlannedSearch:
         missing = plan.payload_ids(ranked)
         if missing:
             read = await self.payloads(missing)
-            ranked = [replace(p, payload=read[p.id]) for p in ranked if p.id in read]
+            ranked = [ScoredChunk(p.id, p.score, read[p.id]) for p in ranked if p.id in read]
         return [to_hit(point.payload or {}, point.score) for point in ranked]
 
     async def run_queries(
