@@ -9,9 +9,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     Text,
     UniqueConstraint,
+    select,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -78,6 +80,12 @@ class Run(OpenAIObjectMixin, ProjectOwned, Base):
     interruptions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Model turns closed (their messages and steps final); a resumed run redoes the next one.
     turns: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+def active_run_of(thread_id: Any) -> Select[tuple[str]]:
+    """The id of the thread's active run (there is at most one), as a query; `thread_id` is
+    a value or a bound parameter."""
+    return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
 
 
 class RunStep(OpenAIObjectMixin, Base):

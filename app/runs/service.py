@@ -19,7 +19,7 @@ from app.pagination import ListParams, Page, paginate
 from app.runs import store
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import Event, EventHub, EventWriter
-from app.runs.models import ACTIVE_STATUSES, Run, RunStep
+from app.runs.models import ACTIVE_STATUSES, Run, RunStep, active_run_of
 from app.runs.schemas import (
     RunCreate,
     RunUpdate,
@@ -60,12 +60,8 @@ class RunSignals:
     expiry_seconds: int  # a run waiting (queued, or for tool outputs) this long expires
 
 
-def _active_run_id(thread_id: str) -> Select[tuple[str]]:
-    return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
-
-
 async def active_run_id(session: AsyncSession, thread_id: str) -> str | None:
-    return await session.scalar(_active_run_id(thread_id))
+    return await session.scalar(active_run_of(thread_id))
 
 
 def _run_values(
@@ -183,7 +179,7 @@ class _NewRunRequest:
                 raise
             # The partial unique index: this thread already has an active run.
             active = await db.transact(
-                lambda conn: conn.execute(_active_run_id(thread_id)).scalar(), writes=False
+                lambda conn: conn.execute(active_run_of(thread_id)).scalar(), writes=False
             )
             raise InvalidRequest(
                 f"Thread {thread_id} already has an active run {active}.", param="thread_id"
@@ -194,14 +190,6 @@ class _NewRunRequest:
         self.writer.published()
         dispatcher.queued(self.run.id)
         return NewRun(self.run, self.writer.last_published)
-
-
-async def check_active_runs(session: AsyncSession, project_id: str, quota: int | None) -> None:
-    """429 when the project already has `quota` runs queued, in progress or waiting."""
-    if quota is None:
-        return
-    if (await session.scalar(_active_runs_at_least(project_id, quota)) or 0) >= quota:
-        raise QuotaExceeded("active runs", quota)
 
 
 async def _in_session(session: AsyncSession, new: _NewRunRequest, thread_id: str) -> None:
@@ -227,7 +215,7 @@ async def create_run(
         def work(conn: Connection) -> None:
             # Locked until the run commits: a message being added meanwhile waits for it.
             lock_thread_row(conn, project_id, thread_id)
-            _refuse_if_busy(thread_id, conn.execute(_active_run_id(thread_id)).scalar())
+            _refuse_if_busy(thread_id, conn.execute(active_run_of(thread_id)).scalar())
             insert_messages(conn, thread_id, messages)
             new.insert(conn, thread_id)
 

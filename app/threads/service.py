@@ -24,7 +24,7 @@ from app.errors import InvalidRequest, NotFound
 from app.files.service import get_files
 from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, page_of
-from app.runs.models import ACTIVE_STATUSES, Run
+from app.runs.models import active_run_of
 from app.threads.models import Message, Thread
 from app.threads.schemas import (
     MessageCreate,
@@ -220,10 +220,6 @@ def _message_values(
     }
 
 
-def _active_run(thread_id: str) -> Any:
-    return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
-
-
 _NULL_ON_CREATE = ("incomplete_details", "incomplete_at")
 
 
@@ -238,7 +234,7 @@ def _insert_message_if_open() -> Any:
     thread_id = params["thread_id"]
     is_open = and_(
         exists().where(Thread.id == thread_id, Thread.project_id == bindparam("owner")),
-        ~select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES)).exists(),
+        ~active_run_of(thread_id).exists(),
     )
     return insert(table).from_select(list(table.c), values.where(is_open))
 
@@ -272,7 +268,7 @@ async def create_message(
             if conn.execute(_INSERT_MESSAGE_IF_OPEN, params).rowcount == 1:
                 return
             _require_thread(conn, project_id, thread_id)
-            active = conn.execute(_active_run(thread_id)).scalar()
+            active = conn.execute(active_run_of(thread_id)).scalar()
             if active is not None:
                 raise InvalidRequest(
                     f"Can't add messages to {thread_id} while a run {active} is active.",
@@ -300,7 +296,7 @@ async def _check_open_for_messages(
         thread = await lock_thread(session, project_id, thread_id)
     else:
         thread = await get_thread(session, project_id, thread_id)
-    active = await session.scalar(_active_run(thread_id))
+    active = await session.scalar(active_run_of(thread_id))
     if active is not None:
         raise InvalidRequest(
             f"Can't add messages to {thread_id} while a run {active} is active.", param="thread_id"
