@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -76,6 +77,22 @@ def server_env(database_url: str, upstream: FakeUpstream, data_dir: Path) -> dic
         # The tests' image URLs name example.com; this machine has no DNS to show it public.
         "OPENGROVE_IMAGE_URL_HOSTS": "example.com",
     }
+
+
+@contextmanager
+def own_server_client(
+    data_dir: Path, upstream: FakeUpstream, **settings: str
+) -> Iterator[openai.OpenAI]:
+    """A server of its own (its own database, so no other worker runs its runs) with extra
+    settings, and a validating SDK client on it."""
+    with fresh_database(data_dir) as database_url:
+        env = server_env(database_url, upstream, data_dir) | settings
+        server = ServerProcess(data_dir, env=env).start()
+        try:
+            with validating_sdk_client(server.base_url) as sdk:
+                yield sdk
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

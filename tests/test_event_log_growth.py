@@ -96,25 +96,24 @@ def answer(events: list[Received], message_id: str) -> str:
     )
 
 
-def log_rows(database_url: str, run_id: str) -> list[tuple[int, str, int]]:
-    """The run's log as stored: (seq, event, bytes of data) per row."""
+def select_rows(database_url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """A query's rows, read straight from the server's database."""
 
-    async def read() -> list[tuple[int, str, int]]:
+    async def read() -> list[tuple[Any, ...]]:
         engine = create_async_engine(database_url)
         try:
             async with engine.connect() as conn:
-                rows = await conn.execute(
-                    text(
-                        "SELECT seq, event, length(data) FROM run_events WHERE run_id = :run "
-                        "ORDER BY seq"
-                    ),
-                    {"run": run_id},
-                )
-                return [(seq, name, size) for seq, name, size in rows]
+                return [tuple(row) for row in await conn.execute(text(sql), params)]
         finally:
             await engine.dispose()
 
     return asyncio.run(read())
+
+
+def log_rows(database_url: str, run_id: str) -> list[tuple[int, str, int]]:
+    """The run's log as stored: (seq, event, bytes of data) per row."""
+    sql = "SELECT seq, event, length(data) FROM run_events WHERE run_id = :run ORDER BY seq"
+    return [(seq, name, size) for seq, name, size in select_rows(database_url, sql, run=run_id)]
 
 
 def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
@@ -527,24 +526,14 @@ def test_many_streams_one_poller(
 
 def _runs_by_content(database_url: str) -> dict[str, tuple[str, str]]:
     """message text -> (thread id, run id), for runs made with one user message each."""
-
-    async def read() -> dict[str, tuple[str, str]]:
-        engine = create_async_engine(database_url)
-        try:
-            async with engine.connect() as conn:
-                rows = await conn.execute(
-                    text(
-                        "SELECT m.content, r.thread_id, r.id FROM runs r "
-                        "JOIN messages m ON m.thread_id = r.thread_id AND m.role = 'user'"
-                    )
-                )
-                found = {}
-                for content, thread_id, run_id in rows:
-                    if isinstance(content, str):
-                        content = json.loads(content)
-                    found[content[0]["text"]["value"]] = (thread_id, run_id)
-                return found
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(read())
+    rows = select_rows(
+        database_url,
+        "SELECT m.content, r.thread_id, r.id FROM runs r "
+        "JOIN messages m ON m.thread_id = r.thread_id AND m.role = 'user'",
+    )
+    found = {}
+    for content, thread_id, run_id in rows:
+        if isinstance(content, str):
+            content = json.loads(content)
+        found[content[0]["text"]["value"]] = (thread_id, run_id)
+    return found

@@ -34,11 +34,8 @@ from app.image_urls import ImageUrlPolicy
 from app.llm.adapter import IMAGE_TOKENS, count_tokens
 from app.llm.images import ImageFetcher, ImageFetchError
 from app.runs.images import SOURCE, PromptImages
-from tests.conftest import server_env
-from tests.databases import fresh_database
+from tests.conftest import own_server_client
 from tests.fake_upstream import ANTHROPIC, DIALECTS, OLLAMA, OPENAI, FakeUpstream, RecordedRequest
-from tests.server_process import ServerProcess
-from tests.spec_check import validating_sdk_client
 
 ALIASES = {OPENAI: "fake-model", ANTHROPIC: "fake-anthropic", OLLAMA: "fake-ollama"}
 MAX_BYTES = 1024 * 1024  # the test server's OPENGROVE_IMAGE_FETCH_MAX_BYTES
@@ -413,19 +410,14 @@ def image_client(
 ) -> Iterator[openai.OpenAI]:
     """A server that may fetch images from `localhost` (its own database: no other worker
     runs its runs), with a small size cap and a short timeout."""
-    data_dir = tmp_path_factory.mktemp("image-fetch")
-    with fresh_database(data_dir) as database_url:
-        env = server_env(database_url, fake_upstream, data_dir) | {
-            "OPENGROVE_IMAGE_URL_HOSTS": "example.com,localhost",
-            "OPENGROVE_IMAGE_FETCH_MAX_BYTES": str(MAX_BYTES),
-            "OPENGROVE_IMAGE_FETCH_TIMEOUT": str(FETCH_TIMEOUT),
-        }
-        server = ServerProcess(data_dir, env=env).start()
-        try:
-            with validating_sdk_client(server.base_url) as sdk:
-                yield sdk
-        finally:
-            server.stop()
+    with own_server_client(
+        tmp_path_factory.mktemp("image-fetch"),
+        fake_upstream,
+        OPENGROVE_IMAGE_URL_HOSTS="example.com,localhost",
+        OPENGROVE_IMAGE_FETCH_MAX_BYTES=str(MAX_BYTES),
+        OPENGROVE_IMAGE_FETCH_TIMEOUT=str(FETCH_TIMEOUT),
+    ) as sdk:
+        yield sdk
 
 
 def run_on(client: openai.OpenAI, model: str, content: list[dict[str, Any]]) -> tuple[Any, Any]:

@@ -19,12 +19,9 @@ import pytest
 import tests.test_providers as providers
 from app.llm import adapter
 from app.llm.routing import ModelRoute
-from tests.conftest import server_env
-from tests.databases import fresh_database
+from tests.conftest import own_server_client
 from tests.fake_upstream import OPENAI, FakeReply, FakeToolCall, FakeUpstream
 from tests.helpers import WEATHER
-from tests.server_process import ServerProcess
-from tests.spec_check import validating_sdk_client
 
 
 @pytest.fixture(autouse=True)
@@ -280,17 +277,10 @@ def litellm_client(
     tmp_path_factory: pytest.TempPathFactory, fake_upstream: FakeUpstream
 ) -> Iterator[openai.OpenAI]:
     """A server with the fast path off (its own database, so no other worker runs its runs)."""
-    data_dir = tmp_path_factory.mktemp("litellm-path")
-    with fresh_database(data_dir) as database_url:
-        env = server_env(database_url, fake_upstream, data_dir) | {
-            "OPENGROVE_LLM_FAST_PATH": "false"
-        }
-        server = ServerProcess(data_dir, env=env).start()
-        try:
-            with validating_sdk_client(server.base_url) as sdk:
-                yield sdk
-        finally:
-            server.stop()
+    with own_server_client(
+        tmp_path_factory.mktemp("litellm-path"), fake_upstream, OPENGROVE_LLM_FAST_PATH="false"
+    ) as sdk:
+        yield sdk
 
 
 @pytest.fixture
