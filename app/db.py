@@ -7,16 +7,20 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ColumnElement,
+    Engine,
     Integer,
     Select,
     String,
     create_engine,
     event,
+    or_,
     text,
     update,
 )
@@ -44,6 +48,13 @@ PROCESS_TOKEN = secrets.token_hex(4)
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def one_of(column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN values` for a small fixed set, written as ORs. An IN of a list is an
+    "expanding" parameter that SQLAlchemy renders again on every execution (and every length
+    is another prepared statement); ORs compile once and stay in the statement cache."""
+    return or_(*(column == value for value in values))
 
 
 class Base(DeclarativeBase):
@@ -108,48 +119,34 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._sqlite_sync = None
-        self._sqlite_thread: ThreadPoolExecutor | None = None
+        self._group: GroupCommit | None = None
         if self.is_sqlite:
             # aiosqlite hops to its thread several times per statement; a whole transaction
             # of Core statements in one hop costs a third of the CPU (see `transact`).
-            self._sqlite_sync = create_engine(
+            sync_engine = create_engine(
                 url.replace("sqlite+aiosqlite://", "sqlite://"), connect_args={"timeout": 30}
             )
-            event.listen(self._sqlite_sync, "connect", _sqlite_pragmas)
-            self._sqlite_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+            self._group = GroupCommit(sync_engine)
 
     async def transact(self, work: Callable[..., T], *args: Any, writes: bool = True) -> T:
         """Run `work(connection, *args)` — synchronous Core statements — in one transaction,
-        committed when it returns. The hot paths use this: on SQLite the whole transaction
-        runs in one trip to a database thread; on PostgreSQL through asyncpg as usual, and
-        work that only reads (`writes=False`) in autocommit, each statement on its own."""
-        if self._sqlite_sync is not None:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._sqlite_thread, self._sqlite_work, work, args, writes
-            )
+        committed when it returns. The hot paths use this: on SQLite in one trip to a
+        database thread, sharing its commit with the others waiting then (`GroupCommit`); on
+        PostgreSQL through asyncpg as usual, and work that only reads (`writes=False`) in
+        autocommit, each statement on its own."""
+        if self._group is not None:
+            return await self._group.run(work, args, writes)
         if not writes:
             async with self._reads.connect() as conn:
                 return await conn.run_sync(work, *args)
         async with self.engine.begin() as conn:
             return await conn.run_sync(work, *args)
 
-    def _sqlite_work(self, work: Callable[..., T], args: tuple[Any, ...], writes: bool) -> T:
-        assert self._sqlite_sync is not None
-        with self._sqlite_sync.begin() as conn:
-            if writes:
-                # Take the write lock up front: a transaction that reads first and writes
-                # later can fail outright (SQLITE_BUSY) when another connection wrote between.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            return work(conn, *args)
-
     async def dispose(self) -> None:
         await self.engine.dispose()
-        if self._sqlite_sync is not None:
-            self._sqlite_sync.dispose()
-        if self._sqlite_thread is not None:
-            self._sqlite_thread.shutdown(wait=True)
+        if self._group is not None:
+            self._group.close()
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached (for /health)."""
@@ -178,6 +175,100 @@ class Database:
             rows = list(result.tuples())
             await session.commit()
         return rows
+
+
+@dataclass
+class _Submitted:
+    work: Callable[..., Any]
+    args: tuple[Any, ...]
+    writes: bool
+    future: asyncio.Future[Any]
+
+
+class GroupCommit:
+    """SQLite transactions in one database thread, with group commit: the transactions
+    submitted while the thread is busy run next as one batch, each in a savepoint of its own,
+    under one `BEGIN IMMEDIATE … COMMIT`.
+
+    SQLite takes one writer at a time anyway, so nothing that could run in parallel waits
+    longer; what a batch saves is a commit (the WAL write of every page touched), a BEGIN and
+    a thread hand-off per transaction, and pages several transactions touch are written once.
+    A transaction that raises is rolled back to its savepoint and raises to its caller; the
+    others commit. Results are handed back only after the COMMIT: nothing is announced that
+    could still be lost. A caller cancelled before its batch starts is skipped.
+    """
+
+    MAX_BATCH = 64  # bounds how long one batch holds the write lock
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        self._queue: deque[_Submitted] = deque()
+        self._busy = False
+
+    async def run(self, work: Callable[..., T], args: tuple[Any, ...], writes: bool) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Submitted(work, args, writes, future))
+        if not self._busy:
+            self._start()
+        return await future
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.engine.dispose()
+
+    def _start(self) -> None:
+        """On the event loop: hand the waiting transactions to the thread as one batch."""
+        batch: list[_Submitted] = []
+        while self._queue and len(batch) < self.MAX_BATCH:
+            item = self._queue.popleft()
+            if not item.future.cancelled():
+                batch.append(item)
+        if not batch:
+            return
+        self._busy = True
+        done = asyncio.get_running_loop().run_in_executor(self._thread, self._execute, batch)
+        done.add_done_callback(lambda finished: self._finish(batch, finished))
+
+    def _finish(self, batch: list[_Submitted], finished: asyncio.Future[list[Any]]) -> None:
+        self._busy = False
+        error = finished.exception()
+        # The batch as a whole failed (BEGIN, COMMIT, a lone transaction): so did each.
+        outcomes = finished.result() if error is None else [_Failed(error)] * len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item.future.cancelled():
+                continue
+            if isinstance(outcome, _Failed):
+                item.future.set_exception(outcome.error)
+            else:
+                item.future.set_result(outcome)
+        if self._queue:
+            self._start()
+
+    def _execute(self, batch: list[_Submitted]) -> list[Any]:
+        """In the database thread: the batch in one transaction; each item's result, or its
+        error as `_Failed`."""
+        outcomes: list[Any] = []
+        with self.engine.begin() as conn:
+            if any(item.writes for item in batch):
+                # Take the write lock up front: a transaction that reads first and writes
+                # later can fail outright (SQLITE_BUSY) when another connection wrote between.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if len(batch) == 1:  # alone: its error rolls the transaction back, no savepoint
+                item = batch[0]
+                return [item.work(conn, *item.args)]
+            for item in batch:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append(item.work(conn, *item.args))
+                except Exception as error:
+                    outcomes.append(_Failed(error))
+        return outcomes
+
+
+@dataclass
+class _Failed:
+    error: BaseException
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -154,19 +155,25 @@ class KeyRing:
         self.ttl = ttl
         self._known: dict[str, tuple[float, Caller | None]] = {}
         self._any_keys: tuple[float, bool] = (0.0, False)
+        self._any_keys_lock = asyncio.Lock()
 
     async def any_keys(self) -> bool:
         """Whether any active key exists (then every request needs one)."""
         checked, exists = self._any_keys
         if time.monotonic() - checked < self.ttl:
             return exists
-        async with self.db.sessionmaker() as session:
-            count = await session.scalar(
-                select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
-            )
-        exists = bool(count)
-        self._any_keys = (time.monotonic(), exists)
-        return exists
+        # One query when the answer expires, not one per request arriving meanwhile.
+        async with self._any_keys_lock:
+            checked, exists = self._any_keys
+            if time.monotonic() - checked < self.ttl:
+                return exists
+            async with self.db.sessionmaker() as session:
+                count = await session.scalar(
+                    select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+                )
+            exists = bool(count)
+            self._any_keys = (time.monotonic(), exists)
+            return exists
 
     async def verify(self, key: str) -> Caller | None:
         """The caller a key belongs to, or None for a wrong or revoked key."""

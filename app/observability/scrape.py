@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, Table, func, select
 
-from app.db import Database
+from app.db import Database, one_of
 from app.observability.metrics import MULTIPROCESS_DIR
 from app.runs.models import ACTIVE_STATUSES, Run
 from app.vector_stores.models import VectorStoreFile
@@ -51,7 +51,7 @@ class DatabaseState:
 def read_state(conn: Connection) -> DatabaseState:
     status = RUNS.c.status
     runs = conn.execute(
-        select(status, func.count()).where(status.in_(ACTIVE_STATUSES)).group_by(status)
+        select(status, func.count()).where(one_of(status, ACTIVE_STATUSES)).group_by(status)
     )
     oldest_queued = conn.execute(select(func.min(RUNS.c.seq)).where(status == "queued"))
     # A lease of 0 was handed back (shutdown) or lapsed (a dead process): reclaimed at once.

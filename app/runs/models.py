@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned
+from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned, one_of
 
 # A thread has at most one run in these states (enforced by a partial unique index).
 ACTIVE_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
@@ -85,7 +85,7 @@ class Run(OpenAIObjectMixin, ProjectOwned, Base):
 def active_run_of(thread_id: Any) -> Select[tuple[str]]:
     """The id of the thread's active run (there is at most one), as a query; `thread_id` is
     a value or a bound parameter."""
-    return select(Run.id).where(Run.thread_id == thread_id, Run.status.in_(ACTIVE_STATUSES))
+    return select(Run.id).where(Run.thread_id == thread_id, one_of(Run.status, ACTIVE_STATUSES))
 
 
 class RunStep(OpenAIObjectMixin, Base):

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.service import assistant_row
 from app.auth.quotas import QuotaExceeded
-from app.db import Database
+from app.db import Database, one_of
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, paginate
@@ -118,7 +118,7 @@ def _active_runs_at_least(project_id: str, quota: int) -> Select[tuple[int]]:
     """How many runs the project has queued, in progress or waiting, counted up to `quota`."""
     active = (
         select(Run.id)
-        .where(Run.project_id == project_id, Run.status.in_(ACTIVE_STATUSES))
+        .where(Run.project_id == project_id, one_of(Run.status, ACTIVE_STATUSES))
         .limit(quota)
         .subquery()
     )

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app.db import one_of
 from app.ids import now
 from app.observability.metrics import count_run_status
 from app.runs.models import Run
@@ -59,7 +60,7 @@ async def transition(session: AsyncSession, run: Run, to: str, **fields: Any) ->
     values, allowed = transition_values(to, fields)
     result = await session.execute(
         update(Run)
-        .where(Run.id == run.id, Run.status.in_(allowed))
+        .where(Run.id == run.id, one_of(Run.status, allowed))
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, or_, select, update
 
+from app.db import one_of
 from app.observability.metrics import count_run_status
 from app.runs.models import Run, RunStep
 from app.runs.state import transition_values
@@ -72,7 +73,7 @@ def transition(conn: Connection, run: Row, to: str, fields: dict[str, Any]) -> b
     """The state machine's conditional UPDATE (see `app.runs.state`), on a plain row."""
     values, allowed = transition_values(to, fields)
     updated = conn.execute(
-        update(RUNS).where(RUNS.c.id == run.id, RUNS.c.status.in_(allowed)).values(**values)
+        update(RUNS).where(RUNS.c.id == run.id, one_of(RUNS.c.status, allowed)).values(**values)
     )
     if updated.rowcount == 0:
         fresh = load_run(conn, run.id)

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
 
-from app.db import Database
+from app.db import Database, one_of
 from app.ids import now
 from app.runs import store
 from app.runs.dispatch import RunDispatcher
@@ -169,7 +169,7 @@ class RunWorker:
         executing = (
             select(Run.project_id, func.count().label("runs"))
             .where(
-                Run.status.in_(("queued", "in_progress", "cancelling")),
+                one_of(Run.status, ("queued", "in_progress", "cancelling")),
                 Run.lease_owner.is_not(None),
                 Run.lease_expires_at >= stamp,
             )
@@ -251,7 +251,7 @@ class RunWorker:
                 await session.scalars(
                     select(Run.lease_owner)
                     .where(
-                        Run.status.in_(("queued", "in_progress", "cancelling")),
+                        one_of(Run.status, ("queued", "in_progress", "cancelling")),
                         Run.lease_owner.like(f"wrk\\_{HOST}\\_%", escape="\\"),
                         Run.lease_expires_at >= stamp,
                     )
@@ -279,7 +279,7 @@ class RunWorker:
                                 Run.lease_expires_at < stamp,
                             ),
                             and_(
-                                Run.status.in_(("queued", "requires_action")),
+                                one_of(Run.status, ("queued", "requires_action")),
                                 Run.lease_owner.is_(None),
                                 Run.expires_at < now(),
                             ),
