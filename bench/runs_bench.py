@@ -70,12 +70,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------------------- processes
 
 
+POSTGRES = -1  # as a pid: every PostgreSQL server process on the machine
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """User+system CPU seconds of a process and its live children (serve --processes N),
-    this process when pid is None."""
+    this process when pid is None, all PostgreSQL processes when POSTGRES."""
     if pid is None:
         t = os.times()
         return t.user + t.system
+    if pid == POSTGRES:
+        return sum(cpu_seconds(int(p.parent.name)) for p in _postgres_comms())
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -85,6 +90,23 @@ def cpu_seconds(pid: int | None = None) -> float:
         return 0.0
     own = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return own + sum(cpu_seconds(child) for child in children)
+
+
+def _postgres_comms() -> list[Path]:
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == "postgres" and _is_root_postgres(comm.parent):
+                found.append(comm)
+    return found
+
+
+def _is_root_postgres(proc: Path) -> bool:
+    """The postmaster, not its backends (cpu_seconds adds its children, backends included)."""
+    with contextlib.suppress(OSError):
+        parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        return (Path("/proc") / parent / "comm").read_text().strip() != "postgres"
+    return False
 
 
 def server_env(database_url: str, upstream: Upstream, data_dir: Path) -> dict[str, str]:
@@ -447,6 +469,8 @@ async def bench_db(
         "upstream": upstream.proc.pid if upstream.proc else None,
         "client": None,
     }
+    if db_name == "postgres":  # its CPU is part of each run's cost, on the same cores
+        pids["database"] = POSTGRES
     profiler = Profiler(
         cfg.profile_dir / db_name if cfg.profile_dir else None,
         server.proc.pid,
@@ -625,7 +649,7 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
     print(line)
     print(
         f"{'db':9} | {'runs/s median':>13} {'(min-max)':>15} | {'run latency med':>15} {'p99':>7} |"
-        f" {'ok/total':>9} | {'CPU ms/run srv upst cli':>24} | {'srv CPU util':>12}"
+        f" {'ok/total':>9} | {'CPU ms/run srv upst cli db':>27} | {'srv CPU util':>12}"
     )
     for res in results:
         rounds: list[Phase] = res["throughput"]
@@ -639,7 +663,9 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
             f"{f'({min(rates):.1f}-{max(rates):.1f})':>15} | {ms(pct(lat, 50)):>15} "
             f"{ms(pct(lat, 99)):>7} | {ok:>4}/{tot:<4} | "
             f"{cpu_per_run(mid, 'server'):>9} {cpu_per_run(mid, 'upstream')} "
-            f"{cpu_per_run(mid, 'client')} | {mid.cpu['server'] / mid.wall * 100:10.0f}%"
+            f"{cpu_per_run(mid, 'client')} "
+            f"{cpu_per_run(mid, 'database') if 'database' in mid.cpu else '    -'} | "
+            f"{mid.cpu['server'] / mid.wall * 100:10.0f}%"
         )
     print(line)
     for res in results:

@@ -3,7 +3,8 @@
     uv run python -m bench.sql_count [--db sqlite|postgres|both] [--runs 100]
 
 The server is `opengrove serve` started through `_serve` below, which first registers
-SQLAlchemy listeners on the Engine class (every engine the app creates) that count
+SQLAlchemy listeners on the Engine class (every engine the app creates), and a wrapper of
+`app.prepared._run` (hot-path statements sent past SQLAlchemy's execution), that count
 statements by verb + table, executemany rows, and commits; SIGUSR1 dumps the counters to
 a JSON file. The driver runs the same streamed runs as bench.runs_bench (thread + run in one
 `POST /v1/threads/runs`, upstream delay 0) at concurrency 1 and 50 and prints the deltas per
@@ -60,7 +61,7 @@ def _classify(statement: str) -> str:
         # which code path: the executor's claim, state.transition, or an ORM flush of a dirty Run
         if re.search(r"IN \(SELECT", s, re.I):
             return "UPDATE runs (claim)"
-        if re.search(r"runs\.status IN", s, re.I):
+        if re.search(r"runs\.status IN|\(runs\.status = ", s, re.I):
             return "UPDATE runs (transition)"
         return "UPDATE runs (ORM flush of dirty Run)"
     return f"{verb} {table}"
@@ -83,6 +84,18 @@ def _serve() -> None:
     @event.listens_for(Engine, "commit")
     def _commit(conn: Any) -> None:
         counts["commits"] += 1
+
+    # The hot path's statements go to the driver's cursor directly (app.prepared), past
+    # SQLAlchemy's events: counted where they are sent.
+    import app.prepared
+
+    send = app.prepared._run
+
+    def _counted_run(conn: Any, sql: str, values: Any, many: bool) -> Any:
+        _count(conn, None, sql, values, None, many)
+        return send(conn, sql, values, many)
+
+    app.prepared._run = _counted_run
 
     def _dump(*_: Any) -> None:
         tmp = dump_path.with_suffix(".tmp")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.models import Assistant
@@ -12,6 +12,7 @@ from app.assistants.schemas import AssistantCreate, AssistantUpdate
 from app.errors import NotFound
 from app.ids import new_id
 from app.pagination import ListParams, Page, paginate
+from app.prepared import Prepared
 from app.schemas import dump_optional, dump_tools
 from app.tool_resources import resolve_tool_resources
 
@@ -49,16 +50,21 @@ async def get_assistant(session: AsyncSession, project_id: str, assistant_id: st
 _ASSISTANTS: Table = Assistant.__table__  # type: ignore[assignment]
 
 
+_ASSISTANT_ROW = Prepared(
+    select(_ASSISTANTS).where(
+        _ASSISTANTS.c.id == bindparam("assistant_id"),
+        _ASSISTANTS.c.project_id == bindparam("owner"),
+    )
+)
+
+
 def assistant_row(conn: Connection, project_id: str, assistant_id: str) -> Any:
     """`get_assistant` in Core, inside a caller's transaction: a row with the column names."""
-    found = conn.execute(
-        select(_ASSISTANTS).where(
-            _ASSISTANTS.c.id == assistant_id, _ASSISTANTS.c.project_id == project_id
-        )
-    ).first()
-    if found is None:
-        raise NotFound("assistant", assistant_id)
-    return found
+    for found in _ASSISTANT_ROW.namespaces(
+        conn, {"assistant_id": assistant_id, "owner": project_id}
+    ):
+        return found
+    raise NotFound("assistant", assistant_id)
 
 
 async def update_assistant(

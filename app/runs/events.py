@@ -39,10 +39,11 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import PROCESS_TOKEN, Database
+from app.prepared import Prepared, plain_insert, update_rows
 from app.runs import store
 from app.runs.models import TERMINAL_STATUSES, Run, RunEvent
 from app.runs.schemas import render_run
@@ -72,6 +73,13 @@ COMPACTED = "compacted"
 RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
 RUN_TABLE: Table = Run.__table__  # type: ignore[assignment]
 EVENT_TABLE: Table = RunEvent.__table__  # type: ignore[assignment]
+_INSERT_EVENT = Prepared(plain_insert(EVENT_TABLE), ("run_id", "seq", "event", "data"))
+# A run's whole log, read and deleted in one statement (RETURNING order is unspecified).
+_TAKE_LOG = Prepared(
+    delete(EVENT_TABLE)
+    .where(EVENT_TABLE.c.run_id == bindparam("run_id"))
+    .returning(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
+)
 # A stream this many events behind (its client reads slowly) catches up from the log instead:
 # what a slow client costs in memory is bounded.
 MAX_QUEUED = 1024
@@ -247,9 +255,8 @@ class EventWriter:
         if rows and self.hub.compaction and any(e.event in ENDED_EVENTS for e in rows):
             compact(conn, self.run_id, rows)  # the run's end: its log becomes one row
         elif rows:
-            # One executemany, no RETURNING.
-            conn.execute(
-                insert(EVENT_TABLE),
+            _INSERT_EVENT.execute_many(
+                conn,
                 [
                     {"run_id": self.run_id, "seq": e.seq, "event": e.event, "data": dumps(e.data)}
                     for e in rows
@@ -261,9 +268,7 @@ class EventWriter:
         else:
             wanted = self.seq
         if wanted != self.stored_next:
-            conn.execute(
-                update(RUN_TABLE).where(RUN_TABLE.c.id == self.run_id).values(next_event_seq=wanted)
-            )
+            update_rows(conn, RUN_TABLE, "id", self.run_id, {"next_event_seq": wanted})
         self._written = (len(rows), wanted)
         if notify_run_queued and conn.dialect.name == "postgresql":
             # Delivered by PostgreSQL on commit, to every process listening (ours included;
@@ -332,28 +337,20 @@ def compact(conn: Connection, run_id: str, new: list[Event] | None = None) -> No
     The rows are kept as they were (numbers, batches, RESUMED markers), their JSON copied
     into one list, not parsed: replays expand them exactly as before."""
     # Read and deleted in one statement (RETURNING order is unspecified: sorted here).
-    rows = sorted(
-        conn.execute(
-            delete(EVENT_TABLE)
-            .where(EVENT_TABLE.c.run_id == run_id)
-            .returning(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
-        ).tuples()
-    )
+    rows = sorted(_TAKE_LOG.rows(conn, {"run_id": run_id}))
     rows += [(e.seq, e.event, dumps(e.data)) for e in new or ()]
     if not rows:
         return
     if len(rows) == 1 and rows[0][1] == COMPACTED:  # compacted already: put it back as it was
         seq, event, data = rows[0]
-        values = {"run_id": run_id, "seq": seq, "event": event, "data": data}
-        conn.execute(insert(EVENT_TABLE), [values])
+        _INSERT_EVENT.execute(conn, {"run_id": run_id, "seq": seq, "event": event, "data": data})
         return
     listed = ",".join(f"[{seq},{dumps(event)},{data}]" for seq, event, data in rows)
     blob = base64.b64encode(zlib.compress(f"[{listed}]".encode())).decode()
     last_seq, last_event, last_data = rows[-1]  # rows hold consecutive numbers, in order
     top = last_seq + (len(orjson.loads(last_data)) - 1 if last_event == BATCH else 0)
-    conn.execute(
-        insert(EVENT_TABLE),
-        [{"run_id": run_id, "seq": top, "event": COMPACTED, "data": dumps(blob)}],
+    _INSERT_EVENT.execute(
+        conn, {"run_id": run_id, "seq": top, "event": COMPACTED, "data": dumps(blob)}
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Integer, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +16,7 @@ from app.db import Database, one_of
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, paginate
+from app.prepared import Prepared
 from app.runs import store
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import Event, EventHub, EventWriter
@@ -114,15 +115,15 @@ def _run_values(
     }
 
 
-def _active_runs_at_least(project_id: str, quota: int) -> Select[tuple[int]]:
-    """How many runs the project has queued, in progress or waiting, counted up to `quota`."""
-    active = (
+# How many runs the project has queued, in progress or waiting, counted up to its quota.
+_ACTIVE_RUNS_UP_TO = Prepared(
+    select(func.count()).select_from(
         select(Run.id)
-        .where(Run.project_id == project_id, one_of(Run.status, ACTIVE_STATUSES))
-        .limit(quota)
+        .where(Run.project_id == bindparam("project_id"), one_of(Run.status, ACTIVE_STATUSES))
+        .limit(bindparam("quota", type_=Integer))
         .subquery()
     )
-    return select(func.count()).select_from(active)
+)
 
 
 @dataclass
@@ -143,10 +144,10 @@ class _NewRunRequest:
         """The run and its first events, inside the caller's transaction (Core; on SQLite in
         the database thread, so nothing here touches the event loop)."""
         if self.max_active is not None:
-            if (
-                conn.execute(_active_runs_at_least(self.project_id, self.max_active)).scalar_one()
-                >= self.max_active
-            ):
+            counted = _ACTIVE_RUNS_UP_TO.rows(
+                conn, {"project_id": self.project_id, "quota": self.max_active}
+            )
+            if counted[0][0] >= self.max_active:
                 raise QuotaExceeded("active runs", self.max_active)
         assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
         values = _run_values(
@@ -215,7 +216,8 @@ async def create_run(
         def work(conn: Connection) -> None:
             # Locked until the run commits: a message being added meanwhile waits for it.
             lock_thread_row(conn, project_id, thread_id)
-            _refuse_if_busy(thread_id, conn.execute(active_run_of(thread_id)).scalar())
+            active = _ACTIVE_RUN.rows(conn, {"thread_id": thread_id})
+            _refuse_if_busy(thread_id, active[0][0] if active else None)
             insert_messages(conn, thread_id, messages)
             new.insert(conn, thread_id)
 
@@ -229,6 +231,9 @@ async def create_run(
             await _in_session(session, new, thread_id)
 
     return await new.committed(db, thread_id, with_files())
+
+
+_ACTIVE_RUN = Prepared(active_run_of(bindparam("thread_id")))
 
 
 def _refuse_if_busy(thread_id: str, active: str | None) -> None:

@@ -12,10 +12,11 @@ from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 
 from app.db import one_of
 from app.observability.metrics import count_run_status
+from app.prepared import Prepared, insert_row, prepared, update_rows
 from app.runs.models import Run, RunStep
 from app.runs.state import transition_values
 from app.threads.models import Message
@@ -38,6 +39,7 @@ def _attribute_names(table: Table) -> dict[str, str]:
 _RUN_ATTRS = _attribute_names(RUNS)
 _STEP_ATTRS = _attribute_names(STEPS)
 _MESSAGE_ATTRS = _attribute_names(MESSAGES)
+_RUN_KEYS = [_RUN_ATTRS[column.name] for column in RUNS.columns]  # a row's attributes, in order
 
 
 def as_row(mapping: Any, attrs: dict[str, str]) -> Row:
@@ -57,25 +59,35 @@ def fill_run(run: Row, values: dict[str, Any]) -> None:
 
 
 def insert_run(conn: Connection, run: Row) -> None:
-    # NULLs left out: a None for a JSON column would be stored as JSON null.
+    # NULLs left out: the columns' defaults apply.
     columns = {
         name: value for name, value in row_values(run, _RUN_ATTRS).items() if value is not None
     }
-    conn.execute(insert(RUNS), [columns])
+    insert_row(conn, RUNS, columns)
+
+
+_LOAD_RUN = Prepared(select(RUNS).where(RUNS.c.id == bindparam("run_id")))
 
 
 def load_run(conn: Connection, run_id: str) -> Row | None:
-    found = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).mappings().first()
-    return as_row(found, _RUN_ATTRS) if found is not None else None
+    for found in _LOAD_RUN.rows(conn, {"run_id": run_id}):
+        return Row(**dict(zip(_RUN_KEYS, found, strict=True)))
+    return None
 
 
 def transition(conn: Connection, run: Row, to: str, fields: dict[str, Any]) -> bool:
     """The state machine's conditional UPDATE (see `app.runs.state`), on a plain row."""
     values, allowed = transition_values(to, fields)
-    updated = conn.execute(
-        update(RUNS).where(RUNS.c.id == run.id, one_of(RUNS.c.status, allowed)).values(**values)
-    )
-    if updated.rowcount == 0:
+    keys = tuple(values)
+
+    def build() -> Prepared:
+        statement = update(RUNS).where(
+            RUNS.c.id == bindparam("run_id"), one_of(RUNS.c.status, allowed)
+        )
+        return Prepared(statement, keys)
+
+    moved = prepared(("transition", to, keys), build)
+    if moved.execute(conn, {**values, "run_id": run.id}).rowcount == 0:
         fresh = load_run(conn, run.id)
         if fresh is not None:
             vars(run).update(vars(fresh))
@@ -87,44 +99,44 @@ def transition(conn: Connection, run: Row, to: str, fields: dict[str, Any]) -> b
 
 
 def update_run(conn: Connection, run_id: str, values: dict[str, Any]) -> None:
-    conn.execute(update(RUNS).where(RUNS.c.id == run_id).values(**values))
+    update_rows(conn, RUNS, "id", run_id, values)
 
 
 def insert_message(conn: Connection, message: Row) -> None:
-    conn.execute(insert(MESSAGES), [row_values(message, _MESSAGE_ATTRS)])
+    insert_row(conn, MESSAGES, row_values(message, _MESSAGE_ATTRS))
 
 
 def insert_step(conn: Connection, step: Row) -> None:
-    conn.execute(insert(STEPS), [row_values(step, _STEP_ATTRS)])
+    insert_row(conn, STEPS, row_values(step, _STEP_ATTRS))
 
 
 def update_message(conn: Connection, message: Row, names: Iterable[str]) -> None:
-    conn.execute(
-        update(MESSAGES)
-        .where(MESSAGES.c.id == message.id)
-        .values({name: getattr(message, _MESSAGE_ATTRS[name]) for name in names})
-    )
+    values = {name: getattr(message, _MESSAGE_ATTRS[name]) for name in names}
+    update_rows(conn, MESSAGES, "id", message.id, values)
 
 
 def update_step(conn: Connection, step: Row, names: Iterable[str]) -> None:
-    conn.execute(
-        update(STEPS)
-        .where(STEPS.c.id == step.id)
-        .values({name: getattr(step, _STEP_ATTRS[name]) for name in names})
+    update_rows(
+        conn, STEPS, "id", step.id, {name: getattr(step, _STEP_ATTRS[name]) for name in names}
     )
+
+
+_HISTORY = Prepared(
+    select(MESSAGES.c.id, MESSAGES.c.role, MESSAGES.c.content)
+    .where(
+        MESSAGES.c.thread_id == bindparam("thread_id"),
+        or_(MESSAGES.c.run_id.is_(None), MESSAGES.c.run_id != bindparam("run_id")),
+    )
+    .order_by(MESSAGES.c.seq)
+)
 
 
 def history(conn: Connection, thread_id: str, run_id: str) -> list[Row]:
     """The thread's messages before this run wrote to it, oldest first (id, role, content)."""
     return [
         Row(id=message_id, role=role, content=content)
-        for message_id, role, content in conn.execute(
-            select(MESSAGES.c.id, MESSAGES.c.role, MESSAGES.c.content)
-            .where(
-                MESSAGES.c.thread_id == thread_id,
-                or_(MESSAGES.c.run_id.is_(None), MESSAGES.c.run_id != run_id),
-            )
-            .order_by(MESSAGES.c.seq)
+        for message_id, role, content in _HISTORY.rows(
+            conn, {"thread_id": thread_id, "run_id": run_id}
         )
     ]
 

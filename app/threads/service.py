@@ -24,6 +24,7 @@ from app.errors import InvalidRequest, NotFound
 from app.files.service import get_files
 from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, page_of
+from app.prepared import Prepared, insert_row
 from app.runs.models import active_run_of
 from app.threads.models import Message, Thread
 from app.threads.schemas import (
@@ -81,6 +82,14 @@ _THREADS: Table = Thread.__table__  # type: ignore[assignment]
 _MESSAGE_TABLE: Table = Message.__table__  # type: ignore[assignment]
 
 
+# Takes the thread's row lock (an UPDATE that changes nothing): 0 rows if not the project's.
+_LOCK_THREAD_ROW = Prepared(
+    update(_THREADS)
+    .where(_THREADS.c.id == bindparam("thread_id"), _THREADS.c.project_id == bindparam("owner"))
+    .values(id=_THREADS.c.id)
+)
+
+
 def insert_thread(
     conn: Connection,
     project_id: str,
@@ -98,31 +107,23 @@ def insert_thread(
     )
     values = vars(thread).copy()
     values["metadata"] = values.pop("metadata_")
-    conn.execute(insert(_THREADS), [values])
+    insert_row(conn, _THREADS, values)
     insert_messages(conn, thread.id, messages)
     return thread
 
 
 def insert_messages(conn: Connection, thread_id: str, messages: list[MessageCreate]) -> None:
     """Plain new messages (no files) into the thread."""
-    if messages:
-        conn.execute(
-            insert(_MESSAGE_TABLE),
-            [
-                {_COLUMN_NAMES[key]: value for key, value in values.items()}
-                for values in (_message_values(thread_id, m, None, None) for m in messages)
-            ],
+    for message in messages:
+        values = _message_values(thread_id, message, None, None)
+        insert_row(
+            conn, _MESSAGE_TABLE, {_COLUMN_NAMES[key]: value for key, value in values.items()}
         )
 
 
 def lock_thread_row(conn: Connection, project_id: str, thread_id: str) -> None:
     """`lock_thread` in Core: 404 unless the project's; its row locked until the commit."""
-    locked = conn.execute(
-        update(_THREADS)
-        .where(_THREADS.c.id == thread_id, _THREADS.c.project_id == project_id)
-        .values(id=_THREADS.c.id)
-    )
-    if locked.rowcount == 0:
+    if _LOCK_THREAD_ROW.execute(conn, {"thread_id": thread_id, "owner": project_id}).rowcount == 0:
         raise NotFound("thread", thread_id)
 
 
@@ -239,8 +240,8 @@ def _insert_message_if_open() -> Any:
     return insert(table).from_select(list(table.c), values.where(is_open))
 
 
-_INSERT_MESSAGE_IF_OPEN = _insert_message_if_open()
-_LOCK_THREAD = (
+_INSERT_MESSAGE_IF_OPEN = Prepared(_insert_message_if_open())
+_LOCK_THREAD = Prepared(
     select(Thread.id)
     .where(Thread.id == bindparam("thread_id"), Thread.project_id == bindparam("owner"))
     .with_for_update(read=True)  # FOR SHARE: messages do not wait for each other
@@ -264,8 +265,8 @@ async def create_message(
         # them.
         for _ in range(3):
             if conn.dialect.name == "postgresql":
-                conn.execute(_LOCK_THREAD, {"thread_id": thread_id, "owner": project_id})
-            if conn.execute(_INSERT_MESSAGE_IF_OPEN, params).rowcount == 1:
+                _LOCK_THREAD.execute(conn, {"thread_id": thread_id, "owner": project_id})
+            if _INSERT_MESSAGE_IF_OPEN.execute(conn, params).rowcount == 1:
                 return
             _require_thread(conn, project_id, thread_id)
             active = conn.execute(active_run_of(thread_id)).scalar()

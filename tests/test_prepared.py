@@ -1,0 +1,128 @@
+"""`app.prepared`: hot-path statements sent through the driver's cursor read and write what
+SQLAlchemy's own execution would, on the test database (SQLite, or PostgreSQL in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import IntegrityError
+
+from app.db import Database
+from app.ids import new_id, next_seq, now
+from app.migrate import upgrade_database
+from app.prepared import insert_row, update_rows
+from app.runs import store
+from app.runs.events import EVENT_TABLE, EventHub, EventWriter, compact
+from tests.databases import fresh_database
+
+THREADS = store.MESSAGES.metadata.tables["threads"]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with fresh_database(tmp_path_factory.mktemp("prepared")) as database_url:
+        asyncio.run(upgrade_database(database_url))
+        yield database_url
+
+
+@pytest.fixture
+async def db(url: str) -> AsyncIterator[Database]:
+    database = Database(url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+def _thread(conn: Connection, metadata: dict[str, str] | None = None) -> str:
+    thread_id = new_id("thread_")
+    values = {"id": thread_id, "project_id": "proj", "tool_resources": {}}
+    insert_row(conn, THREADS, {**values, "metadata": metadata or {}})
+    return thread_id
+
+
+async def test_rows_written_and_read_as_sqlalchemy_would(db: Database) -> None:
+    thread_id = await db.transact(_thread, {"k": "v"})
+    run = store.Row(id=new_id("run_"))
+    values = {
+        "project_id": "proj",
+        "thread_id": thread_id,
+        "assistant_id": "asst_x",
+        "status": "queued",
+        "model": "m",
+        "instructions": "",
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "metadata_": {},
+        "temperature": 0.5,
+        "usage": None,
+        "created_at": now(),
+        "seq": next_seq(),
+    }
+    store.fill_run(run, values)
+    await db.transact(store.insert_run, run)
+
+    def read_back(conn: Connection) -> tuple[object, object, object]:
+        through_sqlalchemy = conn.execute(select(store.RUNS).where(store.RUNS.c.id == run.id))
+        expected = dict(through_sqlalchemy.mappings().one())
+        loaded = store.load_run(conn, run.id)
+        thread = conn.execute(select(THREADS.c.metadata).where(THREADS.c.id == thread_id))
+        return expected, loaded, thread.scalar_one()
+
+    expected, loaded, thread_metadata = await db.transact(read_back, writes=False)
+    assert loaded is not None
+    assert {store._RUN_ATTRS[k]: v for k, v in expected.items()} == vars(loaded)  # type: ignore[union-attr]
+    assert loaded.tools == values["tools"] and loaded.temperature == 0.5
+    assert loaded.next_event_seq == 0 and loaded.usage is None  # a default; SQL NULL
+    assert thread_metadata == {"k": "v"}
+
+    moved = await db.transact(store.transition, run, "in_progress", {"started_at": 5})
+    assert moved and run.status == "in_progress"
+    again = await db.transact(store.transition, run, "in_progress", {"started_at": 6})
+    assert not again and run.started_at == 5  # refused: the row as stored was read back
+
+    def count_updates(conn: Connection) -> tuple[int, int]:
+        hit = update_rows(conn, store.RUNS, "id", run.id, {"usage": {"total_tokens": 3}})
+        miss = update_rows(conn, store.RUNS, "id", "run_missing", {"usage": {}})
+        return hit, miss
+
+    assert await db.transact(count_updates) == (1, 0)
+    stored = await db.transact(store.load_run, run.id, writes=False)
+    assert stored is not None and stored.usage == {"total_tokens": 3}
+
+
+async def test_a_duplicate_key_raises_sqlalchemys_integrity_error(db: Database) -> None:
+    thread_id = await db.transact(_thread)
+
+    def duplicate(conn: Connection) -> None:
+        insert_row(conn, THREADS, {"id": thread_id, "project_id": "p", "tool_resources": {}})
+
+    with pytest.raises(IntegrityError):
+        await db.transact(duplicate)
+    assert await db.transact(_thread)  # the database goes on serving
+
+
+async def test_event_log_written_many_at_once_and_compacted(db: Database) -> None:
+    thread_id = await db.transact(_thread)
+    run = store.Row(id=new_id("run_"))
+    values = {"project_id": "p", "thread_id": thread_id, "status": "completed", "model": "m"}
+    store.fill_run(run, {**values, "assistant_id": "a", "created_at": now(), "seq": next_seq()})
+    await db.transact(store.insert_run, run)
+    run_id = run.id
+    writer = EventWriter(EventHub(), run_id, 0)
+    for n in range(5):
+        writer.emit("thread.run.step.delta", {"n": n})
+    await db.transact(writer.write)
+    writer.published()
+
+    def log(conn: Connection) -> list[tuple[int, str]]:
+        rows = conn.execute(
+            select(EVENT_TABLE.c.seq, EVENT_TABLE.c.event).where(EVENT_TABLE.c.run_id == run_id)
+        )
+        return sorted((seq, event) for seq, event in rows.tuples())
+
+    assert [seq for seq, _ in await db.transact(log, writes=False)] == [0, 1, 2, 3, 4]
+    await db.transact(compact, run_id)
+    assert await db.transact(log, writes=False) == [(4, "compacted")]
