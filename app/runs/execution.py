@@ -90,6 +90,7 @@ class RunExecution:
         self.usage.update(run.usage or {})
         self._last_flush = 0.0
         self._images: ImageCache = {}  # this run's downloaded images, for its later turns
+        self._prompt: list[dict[str, Any]] | None = None  # read ahead with the last commit
 
     async def commit(self, work: Callable[[Connection], Any] | None = None) -> Any:
         """One transaction: the turn's pending rows, `work`, the pending events; then publish."""
@@ -104,9 +105,12 @@ class RunExecution:
         self.writer.published()
         return result
 
-    async def advance(self, status: str, event: str | None = None, **fields: Any) -> bool:
+    async def advance(
+        self, status: str, event: str | None = None, *, read_prompt: bool = False, **fields: Any
+    ) -> bool:
         """Move the run to `status`, announce it, commit; False if the run was not in a
-        state that allows it (e.g. cancelled meanwhile)."""
+        state that allows it (e.g. cancelled meanwhile). `read_prompt`: read the next turn's
+        prompt in the same transaction (one trip to the database less)."""
         writer = self.writer
         after = writer.seq + (1 if event else 0)  # the number after this transition's event
         if status != "in_progress":
@@ -122,6 +126,8 @@ class RunExecution:
             writer.stored_next = next_seq
             if event:
                 writer.emit(event, render_run(self.run))  # type: ignore[arg-type]
+            if read_prompt:
+                self._prompt = build_prompt(conn, self.run)
             return True
 
         return bool(await self.commit(move))
@@ -141,6 +147,7 @@ class RunExecution:
             elif not await self.advance(
                 "in_progress",
                 "thread.run.in_progress",
+                read_prompt=True,
                 started_at=run.started_at or now(),
                 expires_at=now() + self.ctx.expiry_seconds,
             ):
@@ -234,7 +241,9 @@ class RunExecution:
 
     async def _loop(self) -> None:
         for _ in range(self.ctx.max_run_steps):
-            prompt = await self.db.transact(build_prompt, self.run, writes=False)
+            prompt, self._prompt = self._prompt, None
+            if prompt is None:
+                prompt = await self.db.transact(build_prompt, self.run, writes=False)
             request = self._request(prompt)
             request.messages = await self._inline_images(request.messages)
             turn = Turn(number=self.run.turns)
