@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -55,6 +56,15 @@ def one_of(column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
     "expanding" parameter that SQLAlchemy renders again on every execution (and every length
     is another prepared statement); ORs compile once and stay in the statement cache."""
     return or_(*(column == value for value in values))
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns through orjson: several times faster than the json module both ways (a page
+# of 20 messages decodes 60 JSON values); the stored text is the same JSON, written compact.
+_JSON_CODEC: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
 class Base(DeclarativeBase):
@@ -112,7 +122,7 @@ class Database:
                 max_overflow=0,
                 pool_timeout=60,
             )
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs, **_JSON_CODEC)
         # Reads without BEGIN and COMMIT (two round trips): under PostgreSQL's READ COMMITTED
         # every statement takes its own snapshot anyway, in a transaction or not.
         self._reads: AsyncEngine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -124,7 +134,9 @@ class Database:
             # aiosqlite hops to its thread several times per statement; a whole transaction
             # of Core statements in one hop costs a third of the CPU (see `transact`).
             sync_engine = create_engine(
-                url.replace("sqlite+aiosqlite://", "sqlite://"), connect_args={"timeout": 30}
+                url.replace("sqlite+aiosqlite://", "sqlite://"),
+                connect_args={"timeout": 30},
+                **_JSON_CODEC,
             )
             event.listen(sync_engine, "connect", _sqlite_pragmas)
             self._group = GroupCommit(sync_engine)

@@ -23,7 +23,7 @@ from app.db import Database
 from app.errors import InvalidRequest, NotFound
 from app.files.service import get_files
 from app.ids import new_id, next_seq, now
-from app.pagination import ListParams, Page, page_of
+from app.pagination import ListParams, Page, first_page, first_pages, page_of
 from app.prepared import Prepared, insert_row
 from app.runs.models import active_run_of
 from app.threads.models import Message, Thread
@@ -316,8 +316,9 @@ async def _create_message_with_files(
     return message
 
 
-def _thread_in(project_id: str, thread_id: str) -> Any:
-    """The thread exists and is the project's: the condition every message query carries."""
+def _thread_in(project_id: Any, thread_id: Any) -> Any:
+    """The thread exists and is the project's: the condition every message query carries
+    (values, or bound parameters)."""
     return exists().where(Thread.id == thread_id, Thread.project_id == project_id)
 
 
@@ -365,6 +366,16 @@ _MESSAGE_COLUMNS = select(
 )
 
 
+# The newest (or oldest) messages of a thread, the common list: prepared, one per order.
+_LATEST = first_pages(
+    _MESSAGE_COLUMNS.where(
+        _MESSAGES.thread_id == bindparam("thread_id"),
+        _thread_in(bindparam("owner"), bindparam("thread_id")),
+    ),
+    _MESSAGES,
+)
+
+
 async def list_messages(
     db: Database,
     project_id: str,
@@ -380,7 +391,10 @@ async def list_messages(
     def read(conn: Connection) -> Page[Any]:
         if cursor:  # a missing thread is a 404 before a bad cursor is a 400
             _require_thread(conn, project_id, thread_id)
-        page = page_of(conn, _MESSAGES, params, where, base=_MESSAGE_COLUMNS)
+        if cursor or run_id is not None:
+            page = page_of(conn, _MESSAGES, params, where, base=_MESSAGE_COLUMNS)
+        else:
+            page = first_page(conn, _LATEST, params, {"thread_id": thread_id, "owner": project_id})
         if not page.items and not cursor:  # a message is proof enough that its thread exists
             _require_thread(conn, project_id, thread_id)
         return page
