@@ -383,15 +383,15 @@ async def list_messages(
     params: ListParams,
     run_id: str | None = None,
 ) -> Page[Any]:
-    where = [_MESSAGES.thread_id == thread_id, _thread_in(project_id, thread_id)]
-    if run_id is not None:
-        where.append(_MESSAGES.run_id == run_id)
     cursor = params.after is not None or params.before is not None
 
     def read(conn: Connection) -> Page[Any]:
         if cursor:  # a missing thread is a 404 before a bad cursor is a 400
             _require_thread(conn, project_id, thread_id)
         if cursor or run_id is not None:
+            where = [_MESSAGES.thread_id == thread_id, _thread_in(project_id, thread_id)]
+            if run_id is not None:
+                where.append(_MESSAGES.run_id == run_id)
             page = page_of(conn, _MESSAGES, params, where, base=_MESSAGE_COLUMNS)
         else:
             page = first_page(conn, _LATEST, params, {"thread_id": thread_id, "owner": project_id})
