@@ -23,7 +23,7 @@ Measured:
      `--throughput-mode stream`) or created with stream=false and polled every 50 ms
      (`--throughput-mode poll`). Repeated (`--repeat`), median reported.
   Also: server/upstream/client CPU milliseconds per run (from /proc), which is steadier than
-  latency on a shared, noisy machine; and the concurrency-1 server TTFT split into segments by
+  latency on a shared, noisy machine; and the server TTFT split into segments by
   the first arrival of thread.run.created / in_progress / message.created / message.delta.
 
 Related: bench/profile_summary.py (reads the --profile output), bench/sql_count.py (SQL
@@ -626,16 +626,18 @@ def report(cfg: Config, results: list[dict[str, Any]]) -> None:
                 f"{cpu_per_run(s, 'client')}"
             )
     print(line)
-    print("Server TTFT at concurrency 1, by segment (median ms between first arrivals of events):")
-    print(f"{'db':9}" + "".join(f" | {label:>34}" for _, label in TIMELINE))
+    print("Server TTFT by segment (median ms between first arrivals of events):")
+    print(f"{'db':9} {'conc':>4}" + "".join(f" | {label:>34}" for _, label in TIMELINE))
     for res in results:
-        ok = [r for r in res["ttft"][1, "server"].ok if all(e in r.marks for e, _ in TIMELINE)]
-        cells, prev = [], None
-        for event, _ in TIMELINE:
-            seg = [r.marks[event] - (r.marks[prev] if prev else 0.0) for r in ok]
-            cells.append(f"{ms(pct(seg, 50)).strip():>34}")
-            prev = event
-        print(f"{res['db']:9}" + "".join(f" | {c}" for c in cells))
+        for conc in (1, cfg.ttft_concurrency):
+            server = res["ttft"][conc, "server"]
+            ok = [r for r in server.ok if all(e in r.marks for e, _ in TIMELINE)]
+            cells, prev = [], None
+            for event, _ in TIMELINE:
+                seg = [r.marks[event] - (r.marks[prev] if prev else 0.0) for r in ok]
+                cells.append(f"{ms(pct(seg, 50)).strip():>34}")
+                prev = event
+            print(f"{res['db']:9} {conc:>4}" + "".join(f" | {c}" for c in cells))
     print(line)
     how = (
         "stream=true until thread.run.completed"
