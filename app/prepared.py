@@ -193,14 +193,19 @@ class _Lazy:
         self.make = make
 
 
+# Shapes come from call sites (a table and the columns a caller sets), so there are few; the
+# bound only guards against a caller whose column set varies without limit.
 _CACHE: dict[Hashable, Prepared] = {}
+MAX_SHAPES = 1000
 
 
 def prepared(key: Hashable, build: Callable[[], Prepared]) -> Prepared:
     """The statement cached under `key` (its shape), built the first time."""
     found = _CACHE.get(key)
     if found is None:
-        found = _CACHE[key] = build()
+        found = build()
+        if len(_CACHE) < MAX_SHAPES:
+            _CACHE[key] = found
     return found
 
 

@@ -801,6 +801,39 @@ def test_bm25_vectors() -> None:
     assert weight == pytest.approx(2 * (lexical.K1 + 1) / (2 + norm), rel=1e-4)
 
 
+def test_bm25_document_vectors_equal_the_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`document_vector` (runs remembered, weights in Python) gives exactly what the
+    encoder's own `embed_document` gives: ASCII and other scripts, combining marks,
+    characters that cut words, every document length; also after forgetting the runs."""
+    import random
+
+    rng = random.Random(5)
+    words = "the running dogs ran quickly isn't it don't 3.5 co-operate extract_text".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 900))) for _ in range(20)]
+    texts += [
+        "Naïve Über café cafe\u0301 İstanbul ß STRASSE ﬁnance Ⅻ ² ½ ǅungla",
+        "fullwidth \uff13\uff14 \uff21\uff22",
+        "हिन्दी भाषा का विकास ภาษาไทย 中文测试 日本語のテキスト 한국어 العربية مُحَمَّد",
+        "don\u2019t l\u2019été a😀b emoji😀 “quoted” — dash…",
+        "nbsp\u00a0thin\u2009zw\u200bjoin\u200d",
+        "tab\tnew\nline\rcr\x0bvt\x0cff\x1cfs\x85nel\u2028ls a\u0300\u0301b \U0001d400x",
+        "",
+        "the of and",
+        "x" * 3000,
+    ]
+    alphabet = [chr(c) for c in range(0x20, 0x2000)] + list("ab cd the ran, ")
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(300)]
+    texts += [
+        " ".join(["zebra"] * (n // 3) + [f"w{i}x" for i in range(n - n // 3)])
+        for n in range(1, 700, 7)
+    ]
+    for text in texts:
+        assert lexical.document_vector(text) == lexical.encoder_document_vector(text), text
+    monkeypatch.setattr(lexical, "MAX_REMEMBERED", 10)
+    for text in texts[:20]:
+        assert lexical.document_vector(text) == lexical.encoder_document_vector(text), text
+
+
 def test_edge_filter_translation() -> None:
     spec = build_filter(
         {
@@ -844,6 +877,16 @@ def test_iter_text_streams_and_normalises(tmp_path: Path, monkeypatch: pytest.Mo
     path.write_bytes(b"ok " * 100 + b"\xff\xfe bad")
     with pytest.raises(InvalidFileError, match="offset 300"):
         list(iter_text(path, "big.txt"))
+
+
+def test_line_ends_and_blank_lines_as_the_regexes_did() -> None:
+    import random
+
+    rng = random.Random(1)
+    for _ in range(20000):
+        text = "".join(rng.choice(" \t\n\n\nab\r") for _ in range(rng.randint(0, 30)))
+        expected = re.sub(r"\n{3,}", "\n\n", re.sub(r"[ \t]+\n", "\n", text))
+        assert parsing._fold_blank_lines(parsing._strip_line_ends(text)) == expected, text
 
 
 def test_text_cap_and_deadline(tmp_path: Path) -> None:

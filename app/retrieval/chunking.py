@@ -10,6 +10,7 @@ only fall back to tiktoken's own loader (cache dir / download) if that copy is m
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import importlib.util
 import itertools
@@ -57,6 +58,11 @@ class Chunk:
     # The chunk's BM25 vector when computed ahead (ingestion does it where it parses, see
     # `app.retrieval.page_pool`); None: the index computes it. An empty vector: no term.
     sparse: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pages of chunks cross processes: plain arguments pickle several times faster than
+        # a slots dataclass's default state (which calls `dataclasses.fields` per object).
+        return Chunk, (self.text, self.token_count, self.index, self.sparse)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +235,7 @@ def chunk_stream(
             start = next_start
 
     lengths = _token_lengths()
-    for text in _recut(pieces):
-        tokens = encoding.encode(text, disallowed_special=())
+    for text, tokens in _encoded(_recut(pieces), encoding):
         # BPE is lossless: the tokens' bytes, joined, are the text's UTF-8 bytes.
         raw = text.encode("utf-8", errors="surrogatepass")
         offsets += itertools.islice(
@@ -269,6 +274,42 @@ def _token_lengths() -> list[int]:
                 pass
         _lengths = table
     return _lengths
+
+
+_encode_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _encoded(pieces: Iterable[str], encoding: tiktoken.Encoding) -> Iterator[tuple[str, list[int]]]:
+    """Each piece with its tokens. A piece of a long text (PIECE_CHARS // 4 or more) is
+    encoded in a thread while the one before it is chunked (and the chunks' consumer, e.g.
+    the BM25 encoding, runs): tiktoken releases the GIL, so a long file keeps two cores
+    busy. (A generator closed early leaves at most one piece encoding, whose result goes.)"""
+    global _encode_pool
+    pending: tuple[str, concurrent.futures.Future[list[int]] | None] | None = None
+    for text in pieces:
+        future = None
+        if len(text) >= PIECE_CHARS // 4:
+            if _encode_pool is None:
+                with _encoding_lock:
+                    if _encode_pool is None:
+                        _encode_pool = concurrent.futures.ThreadPoolExecutor(
+                            max_workers=2, thread_name_prefix="tiktoken"
+                        )
+            future = _encode_pool.submit(encoding.encode, text, disallowed_special=())
+        if pending is not None:
+            yield _tokens(pending, encoding)
+        pending = (text, future)
+    if pending is not None:
+        yield _tokens(pending, encoding)
+
+
+def _tokens(
+    piece: tuple[str, concurrent.futures.Future[list[int]] | None], encoding: tiktoken.Encoding
+) -> tuple[str, list[int]]:
+    text, future = piece
+    if future is None:
+        return text, encoding.encode(text, disallowed_special=())
+    return text, future.result()
 
 
 def _recut(pieces: Iterable[str]) -> Iterator[str]:

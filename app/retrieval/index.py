@@ -22,6 +22,7 @@ once, and the first request that needs the index waits for it instead of failing
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,7 @@ DENSE_VECTOR = "dense"
 BOOL_SHADOW_FIELD = "attribute_flags"
 RRF_K = 2  # Qdrant's default constant: rank 1 weighs 1/2, rank 10 1/11
 _POINT_NAMESPACE = uuid.UUID("6f1d7c5e-3b7a-4c1e-9a53-0f3e2d1c4b5a")
+_NAMESPACE_BYTES = _POINT_NAMESPACE.bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,14 @@ class IndexUnavailable(APIError):
 
 
 def point_id(vector_store_id: str, file_id: str, chunk_index: int) -> str:
-    return str(uuid.uuid5(_POINT_NAMESPACE, f"{vector_store_id}/{file_id}/{chunk_index}"))
+    """`str(uuid.uuid5(_POINT_NAMESPACE, "<store>/<file>/<chunk index>"))`, a few times faster
+    (ingestion makes one per chunk)."""
+    name = f"{vector_store_id}/{file_id}/{chunk_index}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def attribute_payload(attributes: Mapping[str, AttributeValue]) -> dict[str, Any]:
@@ -141,15 +150,22 @@ def chunk_payload(
     chunk: Chunk,
     attributes: Mapping[str, AttributeValue],
 ) -> dict[str, Any]:
-    return {
+    """A chunk's payload. The attribute fields are left out while empty (as good as empty
+    to every filter and read, and converting an empty object costs Qdrant Edge's binding as
+    much as all the other fields together); `update_attributes` always writes both."""
+    payload = {
         "vector_store_id": vector_store_id,
         "file_id": file_id,
         "filename": filename,
         "chunk_index": chunk.index,
         "token_count": chunk.token_count,
         "text": chunk.text,
-        **attribute_payload(attributes),
     }
+    if attributes:
+        for key, value in attribute_payload(attributes).items():
+            if value:
+                payload[key] = value
+    return payload
 
 
 def check_dense(

@@ -1,12 +1,16 @@
 """A file's chunks a page at a time, with their BM25 vectors, parsed in worker processes.
 
-Parsing, chunking (tiktoken) and BM25 encoding cost about 0.35 ms of CPU per chunk, most
-of it holding the GIL: in the server's process they would share one core with the event
-loop, the database and the index writes. So ingestion hands them to `PagePool`: up to
-`processes` worker processes (spawned on first use, each a single-worker
+Parsing, chunking and BM25 encoding cost about 0.4 ms of CPU per chunk (tiktoken's
+encoding 0.23 ms of it, the BM25 vector 0.09 ms): in the server's process they would share
+one core with the event loop, the database and the index writes. So ingestion hands them to
+`PagePool`: up to `processes` worker processes (spawned on first use, each a single-worker
 `ProcessPoolExecutor`), a file bound to one of them for its life, since its page stream
-(`PageReader`: `iter_text` into `chunk_stream`) lives there. Pages come back as `Chunk`s
-carrying their `sparse` vector; the server process only writes them.
+(`PageReader`: `iter_text` into `chunk_stream`, then the BM25 vectors) lives there. One
+round trip per page: pages come back as `Chunk`s carrying their `sparse` vector; the server
+process only writes them. The worker reads a file's next page while the server writes the
+one it sent (`_read_ahead`), and tokenises the next piece of text while it chunks and
+encodes the current one (`chunking._encoded`; tiktoken releases the GIL), so one long file
+keeps two cores busy.
 
 With `processes=0` the same `PageReader` runs in a thread of the server's process.
 
@@ -61,9 +65,8 @@ class PageReader:
     """A file's chunks, PAGE_CHUNKS at a time, each with its BM25 vector (an empty vector
     for a chunk without terms). Synchronous; one `next()` at a time."""
 
-    def __init__(self, source: FileToChunk, encode: bool = True) -> None:
+    def __init__(self, source: FileToChunk) -> None:
         self.limits = source.limits
-        self.encode = encode
         self._chunks = chunk_stream(
             iter_text(source.path, source.filename, source.mime_type, source.limits),
             source.max_chunk_size_tokens,
@@ -74,22 +77,25 @@ class PageReader:
         self.limits.deadline = deadline
         page: list[Chunk] = []
         for chunk in itertools.islice(self._chunks, PAGE_CHUNKS):
-            if self.encode:
-                chunk = Chunk(chunk.text, chunk.token_count, chunk.index, _encode_one(chunk.text))
-            page.append(chunk)
+            sparse = lexical.document_vector(chunk.text) or _NO_TERMS
+            page.append(Chunk(chunk.text, chunk.token_count, chunk.index, sparse))
         self.ended = len(page) < PAGE_CHUNKS
         return page or None
 
     ended = False  # the last page was read (it held fewer than PAGE_CHUNKS chunks)
 
 
-def _encode_one(text: str) -> lexical.Sparse:
-    return lexical.document_vector(text) or lexical.Sparse([], [])
+_NO_TERMS = lexical.Sparse([], [])
 
 
 # -- the worker process's side (module functions: what the executor can call) ----------
 
 _readers: dict[str, PageReader] = {}
+# Each file's next page, read while the server writes the one just sent: by one thread, so
+# the worker works on between the server's requests (a request finds its page read or being
+# read). Its deadline is the one of the request before.
+_read_ahead: dict[str, concurrent.futures.Future[list[Chunk] | None]] = {}
+_reading: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _warm_up() -> None:
@@ -131,28 +137,31 @@ def _next(
 ) -> tuple[list[Chunk] | None, bool]:
     """The next page of the file `key` (opened from `source` on its first call) and whether
     it was the last; a file's reader is forgotten once it ended or failed. One round trip
-    per page, so a small file costs one."""
+    per page, so a small file costs one; the page after it is read meanwhile."""
+    global _reading
     reader = _readers.get(key)
     if reader is None:
         if source is None:
             raise ReaderLost(key)
-        reader = _readers[key] = PageReader(source, encode=False)  # `_encode` does that
+        reader = _readers[key] = PageReader(source)
+    if _reading is None:
+        _reading = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pages")
+    future = _read_ahead.pop(key, None) or _reading.submit(reader.next, deadline)
     try:
-        page = reader.next(deadline)
+        page = future.result()
     except BaseException:
         _readers.pop(key, None)
         raise
     if page is None or reader.ended:
         _readers.pop(key, None)
-    return page, page is None or reader.ended
+        return page, True
+    _read_ahead[key] = _reading.submit(reader.next, deadline)
+    return page, False
 
 
 def _close(key: str) -> None:
     _readers.pop(key, None)
-
-
-def _encode(texts: list[str]) -> list[lexical.Sparse]:
-    return [_encode_one(text) for text in texts]
+    _read_ahead.pop(key, None)  # (a page being read is let go when read)
 
 
 # -- the server's side --------------------------------------------------------------------
@@ -164,16 +173,9 @@ class _Worker:
     def __init__(self) -> None:
         self.executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.files = 0  # files bound to it now
-        self.pending = 0  # tasks submitted and not done
 
     def submit(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
-        future = self.get().submit(fn, *args)
-        self.pending += 1
-        future.add_done_callback(self._done)
-        return future
-
-    def _done(self, _: Any) -> None:
-        self.pending -= 1
+        return self.get().submit(fn, *args)
 
     def get(self) -> concurrent.futures.ProcessPoolExecutor:
         if self.executor is None:
@@ -209,13 +211,7 @@ class PagePool:
         if not self._workers:
             return AsyncPageReader(None, "", source)
         worker = min(self._workers, key=lambda w: w.files)  # the least busy one
-        return AsyncPageReader(worker, f"r{next(self._keys)}", source, self._encoder)
-
-    def _encoder(self, reader: _Worker) -> _Worker:
-        """Where a page's BM25 encoding goes: the least busy worker, another than the one
-        reading the file if as free (so one big file keeps two processes busy: one
-        parsing and chunking, one encoding)."""
-        return min(self._workers, key=lambda w: (w.pending, w is reader))
+        return AsyncPageReader(worker, f"r{next(self._keys)}", source)
 
     def shutdown(self) -> None:
         """Stop the worker processes (without waiting); the next file starts them again."""
@@ -233,12 +229,10 @@ class AsyncPageReader:
         worker: _Worker | None,
         key: str,
         source: FileToChunk,
-        encoder: Any = None,
     ) -> None:
         self._worker = worker
         self._key = key
         self._source = source
-        self._encoder = encoder
         self._local: PageReader | None = None
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._ended = False
@@ -268,19 +262,10 @@ class AsyncPageReader:
                 raise ReaderLost(self._key)
             future = worker.submit(_next, self._key, source, deadline)
         page, self._ended = await self._call(worker, future, deadline)
-        if page is None:
-            return None
-        if not self._ended and self._executor is worker.executor:
-            # Chunk the next page while this one is encoded (elsewhere) and written.
+        if page is not None and not self._ended and self._executor is worker.executor:
+            # Read the next page while this one is written.
             self._ahead = worker.submit(_next, self._key, None, deadline)
-        encoder = self._encoder(worker)
-        vectors = await self._call(
-            encoder, encoder.submit(_encode, [chunk.text for chunk in page]), deadline
-        )
-        return [
-            Chunk(chunk.text, chunk.token_count, chunk.index, sparse)
-            for chunk, sparse in zip(page, vectors, strict=True)
-        ]
+        return page
 
     async def _call(
         self, worker: _Worker, future: concurrent.futures.Future[Any], deadline: float

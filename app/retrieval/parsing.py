@@ -187,13 +187,33 @@ class _Normaliser:
             self.carry = _normalise_space(self.carry)[-BLOCK_BYTES:]
         if not body:
             return ""
-        body = body.replace("\r\n", "\n").replace("\r", "\n")
-        body = re.sub(r"[ \t]+\n", "\n", body)
-        body = re.sub(r"\n{3,}", "\n\n", body)
+        if "\r" in body:
+            body = body.replace("\r\n", "\n").replace("\r", "\n")
+        body = _fold_blank_lines(_strip_line_ends(body))
         if not self.started:
             body = body.lstrip()
             self.started = bool(body)
         return body
+
+
+def _strip_line_ends(text: str) -> str:
+    """`re.sub(r"[ \t]+\n", "\n", text)`, ten times faster on a long text: a regex tries
+    a match at every space."""
+    if " \n" not in text and "\t\n" not in text:
+        return text
+    lines = text.split("\n")
+    last = lines.pop()  # (not followed by a newline)
+    lines = [line.rstrip(" \t") for line in lines]
+    lines.append(last)
+    return "\n".join(lines)
+
+
+def _fold_blank_lines(text: str) -> str:
+    """`re.sub(r"\n{3,}", "\n\n", text)`, a few times faster (each pass takes a run of k
+    newlines to k - k // 3, never under two)."""
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text
 
 
 def _normalise_space(space: str) -> str:

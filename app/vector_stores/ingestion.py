@@ -4,7 +4,9 @@ The queue is the database: a vector-store file is work while its status is
 `in_progress`. A worker claims files with a lease (owner + expiry) and renews it while
 it works; a file whose worker died (lease lapsed) or was stopped (lease released on
 shutdown) is claimed again by any worker, so a restarted server picks up whatever was
-left `in_progress`. A file that keeps killing its worker fails after MAX_ATTEMPTS.
+left `in_progress`. A file that keeps killing its worker fails after MAX_ATTEMPTS. While
+files go quickly, a worker leases a batch ahead of its free slots (CLAIM_AHEAD): a claim
+ranks every waiting file, too much to do per small file.
 
 Every outcome is written with a conditional UPDATE on (status, ingest token, lease),
 so cancelling a batch, detaching or re-attaching a file, or deleting the store while
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
@@ -49,6 +51,12 @@ logger = logging.getLogger("opengrove.ingestion")
 
 MAX_ATTEMPTS = 3
 POLL_SECONDS = 1.0
+# While files take under QUICK_FILE_SECONDS each (small files), a process leases up to
+# CLAIM_AHEAD x concurrency files beyond those it ingests, and claims again only once those
+# have started: a claim (which ranks every waiting file) per batch of files instead of per
+# file. Another project's file then waits for at most that many quick files more.
+CLAIM_AHEAD = 2
+QUICK_FILE_SECONDS = 0.5
 STILL_MINE_CHECK_SECONDS = 5.0
 UPKEEP_SECONDS = 10.0
 RECONCILE_SECONDS = 3600.0  # a long file re-checks it was not cancelled this often
@@ -191,6 +199,8 @@ class _Job:
     file_id: str
     token: str
     attempts: int
+    chunking_strategy: dict[str, Any] | None = None
+    attributes: dict[str, Any] | None = None
 
 
 class IngestionWorker:
@@ -215,7 +225,9 @@ class IngestionWorker:
         # Parsing, chunking and BM25 encoding run in these worker processes (0: threads).
         self.pages = PagePool(settings.ingestion_processes)
         self._last_busy = time.monotonic()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # files leased (ingesting or next)
+        self._slots = asyncio.Semaphore(max(self.concurrency, 1))  # files ingesting
+        self._file_seconds = QUICK_FILE_SECONDS  # a moving average of files' durations
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -282,8 +294,7 @@ class IngestionWorker:
         while True:
             self._wake.clear()
             try:
-                free = self.concurrency - len(self._tasks)
-                jobs = await self.claim(free) if free > 0 else []
+                jobs = await self.claim(self._claimable()) if self._claimable() > 0 else []
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -297,6 +308,16 @@ class IngestionWorker:
                 await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
             except TimeoutError:
                 pass
+
+    def _claimable(self) -> int:
+        """How many files to lease now: up to `concurrency` leased; while files are quick,
+        CLAIM_AHEAD times as many more, claimed once the ones leased ahead have started."""
+        leased = len(self._tasks)
+        if self._file_seconds >= QUICK_FILE_SECONDS:
+            return self.concurrency - leased
+        if leased > self.concurrency:  # some leased files still wait for a slot
+            return 0
+        return self.concurrency * (1 + CLAIM_AHEAD) - leased
 
     async def claim(self, limit: int) -> list[_Job]:
         """Lease up to `limit` unleased (or lease-expired) in-progress files, fair across
@@ -349,6 +370,8 @@ class IngestionWorker:
             VectorStoreFile.id,
             VectorStoreFile.ingest_token,
             VectorStoreFile.attempts,
+            VectorStoreFile.chunking_strategy,
+            VectorStoreFile.attributes,
         ]
         rows = await self.db.lease(VectorStoreFile.key, candidates, values, returning)
         jobs = [_Job(*row) for row in rows]
@@ -380,7 +403,11 @@ class IngestionWorker:
 
     async def _run(self, job: _Job) -> None:
         try:
-            await self.process(job)
+            async with self._slots:
+                started = time.monotonic()
+                await self.process(job)
+                seconds = time.monotonic() - started
+                self._file_seconds += (seconds - self._file_seconds) / 4
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -393,11 +420,13 @@ class IngestionWorker:
     async def process(self, job: _Job) -> None:
         """Parse, chunk, embed and write one file a page (`page_pool.PAGE_CHUNKS`) at a time, so
         memory stays bounded whatever the file's size; between pages other files get their
-        turn (the event loop interleaves the files being ingested)."""
-        async with self.db.sessionmaker() as session:
-            row = await session.get(VectorStoreFile, job.key)
-            stored = await session.get(StoredFile, job.file_id)
-        if row is None or not self._still_mine(row, job):
+        turn (the event loop interleaves the files being ingested). The claim read the
+        file's settings; one statement checks it is still this job's and reads the stored
+        file's name."""
+        mine, stored = await self.db.transact(
+            _read_stored_file, job.key, job.token, self.worker_id, writes=False
+        )
+        if not mine:
             return
         if job.attempts > MAX_ATTEMPTS:
             await self._finish_failed(
@@ -414,7 +443,7 @@ class IngestionWorker:
         try:
             if stored is None:
                 raise FileFailure("invalid_file", "The file no longer exists.")
-            static = (row.chunking_strategy or {}).get("static") or {}
+            static = (job.chunking_strategy or {}).get("static") or {}
             pages = _Pages(
                 self.pages.reader(
                     FileToChunk(
@@ -440,7 +469,7 @@ class IngestionWorker:
                     job.file_id,
                     stored.filename,
                     page,
-                    attributes=row.attributes or {},
+                    attributes=job.attributes or {},
                     dense_vectors=dense,
                     replace=written == 0,  # the first page drops the file's older chunks
                 )
@@ -472,7 +501,7 @@ class IngestionWorker:
                     await ahead
             if pages is not None:
                 pages.reader.close()
-        await self._finish_completed(job, row.attributes, written, usage)
+        await self._finish_completed(job, written, usage)
 
     def _still_mine(self, row: VectorStoreFile, job: _Job) -> bool:
         return (
@@ -532,44 +561,39 @@ class IngestionWorker:
             )
         return vectors
 
-    async def _settle(self, session: AsyncSession, job: _Job, **values: Any) -> bool:
-        """Write the outcome if the file is still this job's; True when written."""
-        result = await session.execute(
-            update(VectorStoreFile)
-            .where(
-                VectorStoreFile.key == job.key,
-                VectorStoreFile.status == "in_progress",
-                VectorStoreFile.ingest_token == job.token,
-                VectorStoreFile.lease_owner == self.worker_id,
-            )
-            .values(lease_owner=None, lease_expires_at=None, **values)
-            .execution_options(synchronize_session=False)
-        )
-        await session.commit()
-        return bool(result.rowcount)
+    async def _settle(self, job: _Job, **values: Any) -> tuple[bool, dict[str, Any] | None]:
+        """Write the outcome if the file is still this job's (one statement, one trip):
+        whether it was written, and the file's attributes then."""
+        parameters = {
+            "job_key": job.key,
+            "job_token": job.token,
+            "job_owner": self.worker_id,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            **values,
+        }
 
-    async def _finish_completed(
-        self, job: _Job, attributes: dict[str, Any] | None, chunk_count: int, usage: int
-    ) -> None:
-        async with self.db.sessionmaker() as session:
-            written = await self._settle(
-                session,
-                job,
-                status="completed",
-                last_error=None,
-                usage_bytes=usage,
-                chunk_count=chunk_count,
-            )
-            current = await session.get(VectorStoreFile, job.key)
+        def settle(conn: Connection) -> tuple[bool, dict[str, Any] | None]:
+            row = conn.execute(_SETTLE, parameters).first()
+            return (False, None) if row is None else (True, row[0])
+
+        return await self.db.transact(settle)
+
+    async def _finish_completed(self, job: _Job, chunk_count: int, usage: int) -> None:
+        written, attributes = await self._settle(
+            job,
+            status="completed",
+            last_error=None,
+            usage_bytes=usage,
+            chunk_count=chunk_count,
+        )
         if not written:
-            await self._drop_if_abandoned(job, current)
+            await self._drop_if_abandoned(job, await self._current(job))
             return
         count_ingested("completed")
-        if current is not None and (current.attributes or {}) != (attributes or {}):
+        if (attributes or {}) != (job.attributes or {}):
             # Attributes changed while we worked: the chunks carry the old ones.
-            await self.index.update_attributes(
-                job.vector_store_id, job.file_id, current.attributes or {}
-            )
+            await self.index.update_attributes(job.vector_store_id, job.file_id, attributes or {})
         logger.info(
             "ingested %s into %s: %d chunk(s)", job.file_id, job.vector_store_id, chunk_count
         )
@@ -582,27 +606,62 @@ class IngestionWorker:
             failure.code,
             failure.message,
         )
-        async with self.db.sessionmaker() as session:
-            written = await self._settle(
-                session,
-                job,
-                status="failed",
-                last_error={"code": failure.code, "message": failure.message[:1000]},
-                usage_bytes=0,
-                chunk_count=0,
-            )
-            current = await session.get(VectorStoreFile, job.key)
+        written, _ = await self._settle(
+            job,
+            status="failed",
+            last_error={"code": failure.code, "message": failure.message[:1000]},
+            usage_bytes=0,
+            chunk_count=0,
+        )
         if written:
             count_ingested("failed")
             await self.index.delete_file(job.vector_store_id, job.file_id)
         else:
-            await self._drop_if_abandoned(job, current)
+            await self._drop_if_abandoned(job, await self._current(job))
 
     async def _drop_if_abandoned(self, job: _Job, current: VectorStoreFile | None) -> None:
         """The file was detached, cancelled or its store deleted while we worked: remove
         the chunks we may have written. (Re-attached: the newer job rewrites them.)"""
         if current is None or current.status == "cancelled":
             await self.index.delete_file(job.vector_store_id, job.file_id)
+
+
+# Statements of every file, built once (building and keying an ORM statement costs more
+# than SQLite running it); the SET columns of `_SETTLE` are the parameters given.
+_files = VectorStoreFile.__table__.c
+_SETTLE = (
+    update(VectorStoreFile.__table__)
+    .where(
+        _files.key == bindparam("job_key"),
+        _files.status == "in_progress",
+        _files.ingest_token == bindparam("job_token"),
+        _files.lease_owner == bindparam("job_owner"),
+    )
+    .returning(_files.attributes)
+)
+_stored = StoredFile.__table__.c
+_READ_STORED = (
+    select(_files.key, _stored.id, _stored.filename, _stored.mime_type)
+    .select_from(VectorStoreFile.__table__)
+    .outerjoin(StoredFile.__table__, _stored.id == _files.id)
+    .where(
+        _files.key == bindparam("job_key"),
+        _files.status == "in_progress",
+        _files.ingest_token == bindparam("job_token"),
+        _files.lease_owner == bindparam("job_owner"),
+    )
+)
+
+
+def _read_stored_file(conn: Connection, key: str, token: str, owner: str) -> tuple[bool, Any]:
+    """Whether the file is still the job's (in progress, its token, leased by `owner`), and
+    the stored file's id, name and type (None if it is gone)."""
+    row = conn.execute(
+        _READ_STORED, {"job_key": key, "job_token": token, "job_owner": owner}
+    ).first()
+    if row is None:
+        return False, None
+    return True, (None if row.id is None else row)
 
 
 class _Pages:
