@@ -299,7 +299,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB of page cache per connection
-    cursor.execute("PRAGMA mmap_size=268435456")  # read pages through a 256 MiB mapping
+    # No memory map: every page read through one stays mapped, once per connection, so the
+    # process's RSS grew with the database (+13 % over a 5-minute soak; +5 % without), and
+    # reads through the page cache measured no slower.
+    cursor.execute("PRAGMA mmap_size=0")
     # After a checkpoint the WAL file is cut back to this (it otherwise stays as large as it
     # ever grew, e.g. after a burst).
     cursor.execute("PRAGMA journal_size_limit=67108864")
