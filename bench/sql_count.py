@@ -61,7 +61,7 @@ def _classify(statement: str) -> str:
         # which code path: the executor's claim, state.transition, or an ORM flush of a dirty Run
         if re.search(r"IN \(SELECT", s, re.I):
             return "UPDATE runs (claim)"
-        if re.search(r"runs\.status IN|\(runs\.status = ", s, re.I):
+        if re.search(r"runs\.status IN|AND \(?runs\.status = ", s, re.I):
             return "UPDATE runs (transition)"
         return "UPDATE runs (ORM flush of dirty Run)"
     return f"{verb} {table}"
