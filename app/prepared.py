@@ -134,6 +134,11 @@ class Prepared:
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
         return self.execute(conn, params).rows
 
+    def scalar(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None without rows."""
+        rows = self.rows(conn, params)
+        return rows[0][0] if rows else None
+
     def namespaces(
         self, conn: Connection, params: Mapping[str, Any] | None = None
     ) -> list[SimpleNamespace]:

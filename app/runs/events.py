@@ -43,7 +43,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import PROCESS_TOKEN, Database
-from app.prepared import Prepared, plain_insert, update_rows
+from app.prepared import Prepared, plain_insert
 from app.runs import store
 from app.runs.models import TERMINAL_STATUSES, Run, RunEvent
 from app.runs.schemas import render_run
@@ -268,7 +268,7 @@ class EventWriter:
         else:
             wanted = self.seq
         if wanted != self.stored_next:
-            update_rows(conn, RUN_TABLE, "id", self.run_id, {"next_event_seq": wanted})
+            store.update_run(conn, self.run_id, {"next_event_seq": wanted})
         self._written = (len(rows), wanted)
         if notify_run_queued and conn.dialect.name == "postgresql":
             # Delivered by PostgreSQL on commit, to every process listening (ours included;

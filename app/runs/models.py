@@ -5,6 +5,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Connection,
     Float,
     ForeignKey,
     Index,
@@ -13,12 +14,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     select,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONType, OpenAIObjectMixin, ProjectOwned, one_of
+from app.prepared import Prepared
 
 # A thread has at most one run in these states (enforced by a partial unique index).
 ACTIVE_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
@@ -86,6 +89,14 @@ def active_run_of(thread_id: Any) -> Select[tuple[str]]:
     """The id of the thread's active run (there is at most one), as a query; `thread_id` is
     a value or a bound parameter."""
     return select(Run.id).where(Run.thread_id == thread_id, one_of(Run.status, ACTIVE_STATUSES))
+
+
+_ACTIVE_RUN = Prepared(active_run_of(bindparam("thread_id")))
+
+
+def active_run_in(conn: Connection, thread_id: str) -> str | None:
+    """`active_run_of`, run inside a caller's transaction: the run's id, or None."""
+    return _ACTIVE_RUN.scalar(conn, {"thread_id": thread_id})
 
 
 class RunStep(OpenAIObjectMixin, Base):

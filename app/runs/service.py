@@ -20,7 +20,7 @@ from app.prepared import Prepared
 from app.runs import store
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import Event, EventHub, EventWriter
-from app.runs.models import ACTIVE_STATUSES, Run, RunStep, active_run_of
+from app.runs.models import ACTIVE_STATUSES, Run, RunStep, active_run_in, active_run_of
 from app.runs.schemas import (
     RunCreate,
     RunUpdate,
@@ -144,10 +144,10 @@ class _NewRunRequest:
         """The run and its first events, inside the caller's transaction (Core; on SQLite in
         the database thread, so nothing here touches the event loop)."""
         if self.max_active is not None:
-            counted = _ACTIVE_RUNS_UP_TO.rows(
+            counted = _ACTIVE_RUNS_UP_TO.scalar(
                 conn, {"project_id": self.project_id, "quota": self.max_active}
             )
-            if counted[0][0] >= self.max_active:
+            if counted >= self.max_active:
                 raise QuotaExceeded("active runs", self.max_active)
         assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
         values = _run_values(
@@ -179,9 +179,7 @@ class _NewRunRequest:
             if thread_id is None:  # a new thread: no other run could be active in it
                 raise
             # The partial unique index: this thread already has an active run.
-            active = await db.transact(
-                lambda conn: conn.execute(active_run_of(thread_id)).scalar(), writes=False
-            )
+            active = await db.transact(active_run_in, thread_id, writes=False)
             raise InvalidRequest(
                 f"Thread {thread_id} already has an active run {active}.", param="thread_id"
             ) from None
@@ -216,8 +214,7 @@ async def create_run(
         def work(conn: Connection) -> None:
             # Locked until the run commits: a message being added meanwhile waits for it.
             lock_thread_row(conn, project_id, thread_id)
-            active = _ACTIVE_RUN.rows(conn, {"thread_id": thread_id})
-            _refuse_if_busy(thread_id, active[0][0] if active else None)
+            _refuse_if_busy(thread_id, active_run_in(conn, thread_id))
             insert_messages(conn, thread_id, messages)
             new.insert(conn, thread_id)
 
@@ -231,9 +228,6 @@ async def create_run(
             await _in_session(session, new, thread_id)
 
     return await new.committed(db, thread_id, with_files())
-
-
-_ACTIVE_RUN = Prepared(active_run_of(bindparam("thread_id")))
 
 
 def _refuse_if_busy(thread_id: str, active: str | None) -> None:

@@ -25,7 +25,7 @@ from app.files.service import get_files
 from app.ids import new_id, next_seq, now
 from app.pagination import ListParams, Page, first_page, first_pages, page_of
 from app.prepared import Prepared, insert_row
-from app.runs.models import active_run_of
+from app.runs.models import active_run_in, active_run_of
 from app.threads.models import Message, Thread
 from app.threads.schemas import (
     MessageCreate,
@@ -269,7 +269,7 @@ async def create_message(
             if _INSERT_MESSAGE_IF_OPEN.execute(conn, params).rowcount == 1:
                 return
             _require_thread(conn, project_id, thread_id)
-            active = conn.execute(active_run_of(thread_id)).scalar()
+            active = active_run_in(conn, thread_id)
             if active is not None:
                 raise InvalidRequest(
                     f"Can't add messages to {thread_id} while a run {active} is active.",
