@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     ColumnElement,
+    Connection,
     Engine,
     Integer,
     Select,
@@ -217,6 +218,9 @@ class GroupCommit:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         self._queue: deque[_Submitted] = deque()
         self._busy = False
+        # The thread's own connection, kept: a pool checkout and return per batch cost as
+        # much as a small transaction.
+        self._connection: Connection | None = None
 
     async def run(self, work: Callable[..., T], args: tuple[Any, ...], writes: bool) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -226,8 +230,14 @@ class GroupCommit:
         return await future
 
     def close(self) -> None:
+        self._thread.submit(self._close_connection).result()
         self._thread.shutdown(wait=True)
         self.engine.dispose()
+
+    def _close_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def _start(self) -> None:
         """On the event loop: hand the waiting transactions to the thread as one batch."""
@@ -261,7 +271,11 @@ class GroupCommit:
         """In the database thread: the batch in one transaction; each item's result, or its
         error as `_Failed`."""
         outcomes: list[Any] = []
-        with self.engine.begin() as conn:
+        if self._connection is None or self._connection.invalidated:
+            self._close_connection()
+            self._connection = self.engine.connect()
+        conn = self._connection
+        with conn.begin():
             if any(item.writes for item in batch):
                 # Take the write lock up front: a transaction that reads first and writes
                 # later can fail outright (SQLITE_BUSY) when another connection wrote between.

@@ -15,12 +15,13 @@ table's Python-side scalars and callables only (no server defaults fetched back)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Column, Connection, Table, bindparam, insert, update
+from sqlalchemy import JSON, Column, Connection, Table, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
@@ -73,6 +74,13 @@ def _run(
         cursor.close()
 
 
+def _json_reader(loads: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def read(value: Any) -> Any:
+        return None if value is None else loads(value)
+
+    return read
+
+
 def _result_columns(statement: Executable) -> Sequence[Any]:
     """What a SELECT selects or a DML statement returns."""
     return list(getattr(statement, "exported_columns", ()))
@@ -103,17 +111,16 @@ class Prepared:
         results = self._results.get(conn.dialect.name)
         if results is None:
             results = self._results[conn.dialect.name] = self._result_processors(conn, description)
-        if any(results):
-            rows = [
-                tuple(
-                    process(value) if process is not None else value
-                    for process, value in zip(results, row, strict=True)
-                )
-                for row in rows
-            ]
-        else:
-            rows = [tuple(row) for row in rows]
-        return Outcome(rows, rowcount)
+        processed = [(i, process) for i, process in enumerate(results) if process is not None]
+        if not processed:
+            return Outcome([tuple(row) for row in rows], rowcount)
+        out = []
+        for row in rows:
+            values = list(row)
+            for i, process in processed:
+                values[i] = process(values[i])
+            out.append(tuple(values))
+        return Outcome(out, rowcount)
 
     def _result_processors(
         self, conn: Connection, description: Sequence[Any]
@@ -121,10 +128,16 @@ class Prepared:
         """The dialect's processor per result column; some (asyncpg's numerics) need the
         driver's type code from the first result's description."""
         dialect = conn.dialect
-        return tuple(
-            column.type.dialect_impl(dialect).result_processor(dialect, described[1])
-            for column, described in zip(_result_columns(self.statement), description, strict=True)
-        )
+        processors = []
+        for column, described in zip(_result_columns(self.statement), description, strict=True):
+            impl = column.type.dialect_impl(dialect)
+            process = impl.result_processor(dialect, described[1])
+            if process is not None and isinstance(impl, JSON):
+                # A stored column is JSON text or NULL: its decoder straight, without the
+                # dialect's two layers of wrappers per value (a page of messages has 80).
+                process = _json_reader(dialect._json_deserializer or json.loads)  # type: ignore[attr-defined]
+            processors.append(process)
+        return tuple(processors)
 
     def execute_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
         """The statement once per parameter set, as one DBAPI `executemany` (no results)."""
@@ -144,9 +157,12 @@ class Prepared:
     ) -> list[SimpleNamespace]:
         """The rows as namespaces, one attribute per selected column (by its key)."""
         keys = self.result_keys
-        return [
-            SimpleNamespace(**dict(zip(keys, row, strict=True))) for row in self.rows(conn, params)
-        ]
+        namespaces = []
+        for row in self.rows(conn, params):
+            namespace = SimpleNamespace()
+            namespace.__dict__.update(zip(keys, row, strict=True))
+            namespaces.append(namespace)
+        return namespaces
 
     @property
     def result_keys(self) -> list[str]:

@@ -146,3 +146,46 @@ def test_a_threads_own_store_goes_with_it(client: openai.OpenAI) -> None:
         client.vector_stores.retrieve(store_id)
     assert client.vector_stores.retrieve(shared.id).id == shared.id
     assert client.files.retrieve(doc.id).id == doc.id  # the file itself stays
+
+
+def test_a_rendered_message_is_its_schema() -> None:
+    """`MessageObject.dump_row` (lists, events) skips the model: it must be what the model
+    would dump, field for field and in order."""
+    from types import SimpleNamespace
+
+    from app.threads.schemas import MessageObject
+
+    row = SimpleNamespace(
+        id="msg_1",
+        created_at=1,
+        thread_id="thread_1",
+        status="incomplete",
+        incomplete_details={"reason": "max_tokens"},
+        completed_at=None,
+        incomplete_at=2,
+        role="assistant",
+        content=[{"type": "text", "text": {"value": "hi", "annotations": []}}],
+        assistant_id="asst_1",
+        run_id="run_1",
+        attachments=None,
+        metadata_=None,
+    )
+    dumped = MessageObject.dump_row(row)  # type: ignore[arg-type]
+    assert list(dumped) == list(MessageObject.model_fields)
+    assert MessageObject.model_validate(dumped).model_dump() == dumped
+    assert MessageObject.from_row(row).model_dump() == dumped  # type: ignore[arg-type]
+    assert dumped["attachments"] == [] and dumped["metadata"] == {}
+
+
+def test_list_parameters_are_in_the_openapi_document(tmp_path: object) -> None:
+    """The cursor parameters are read by hand (`app.pagination.list_params`); the document
+    must still list them, once, beside the route's own."""
+    from app.config import Settings
+    from app.main import create_app
+
+    app = create_app(Settings(data_dir=tmp_path, docs_enabled=True))  # type: ignore[call-arg]
+    operation = app.openapi()["paths"]["/v1/threads/{thread_id}/messages"]["get"]
+    names = [parameter["name"] for parameter in operation["parameters"]]
+    assert sorted(names) == sorted(["thread_id", "run_id", "limit", "order", "after", "before"])
+    limit = next(p for p in operation["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 100 and limit["schema"]["minimum"] == 1

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends
 from app.assistants import service
 from app.assistants.schemas import AssistantCreate, AssistantObject, AssistantUpdate
 from app.deps import CallerDep, Models, Project, Session
-from app.pagination import ListParams, list_params
+from app.pagination import LIST_QUERY_OPENAPI, ListParams, list_params
 from app.schemas import DeletedObject
 
 router = APIRouter(prefix="/assistants", tags=["assistants"])
@@ -22,7 +22,7 @@ async def create_assistant(
     return AssistantObject.from_row(assistant)
 
 
-@router.get("")
+@router.get("", openapi_extra=LIST_QUERY_OPENAPI)
 async def list_assistants(
     session: Session, project: Project, params: Annotated[ListParams, Depends(list_params)]
 ) -> dict[str, Any]:

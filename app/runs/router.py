@@ -23,7 +23,7 @@ from app.deps import (
 from app.errors import InvalidRequest
 from app.image_urls import ImageUrlPolicy
 from app.llm.routing import ModelRouter
-from app.pagination import ListParams, list_params
+from app.pagination import LIST_QUERY_OPENAPI, ListParams, list_params
 from app.runs import service
 from app.runs.schemas import (
     RunCreate,
@@ -128,7 +128,7 @@ async def create_run(
     return _answer(new, slot, db, signals)
 
 
-@router.get("/{thread_id}/runs")
+@router.get("/{thread_id}/runs", openapi_extra=LIST_QUERY_OPENAPI)
 async def list_runs(
     thread_id: str,
     session: Session,
@@ -210,7 +210,7 @@ async def submit_tool_outputs(
     return RunObject(**render_run(run))
 
 
-@router.get("/{thread_id}/runs/{run_id}/steps")
+@router.get("/{thread_id}/runs/{run_id}/steps", openapi_extra=LIST_QUERY_OPENAPI)
 async def list_run_steps(
     thread_id: str,
     run_id: str,

@@ -366,7 +366,7 @@ async def finish_run(
         message.status = "incomplete"
         message.incomplete_at = now()
         message.incomplete_details = {"reason": message_reason}
-        writer.emit("thread.message.incomplete", MessageObject.from_row(message).model_dump())
+        writer.emit("thread.message.incomplete", MessageObject.dump_row(message))
     writer.emit(f"thread.run.{status}", render_run(run))
     await writer.commit(session)
     return True

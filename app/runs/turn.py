@@ -120,7 +120,7 @@ class TurnRecorder:
             )
             self.pending.append(partial(store.insert_message, message=message))
             turn.message = message
-            rendered = MessageObject.from_row(message).model_dump()  # type: ignore[arg-type]
+            rendered = MessageObject.dump_row(message)  # type: ignore[arg-type]
             self.writer.emit("thread.message.created", rendered)
             self.writer.emit("thread.message.in_progress", rendered)
             await self.commit()
@@ -219,7 +219,7 @@ class TurnRecorder:
         )
         self.writer.emit(
             f"thread.message.{status}",
-            MessageObject.from_row(message).model_dump(),  # type: ignore[arg-type]
+            MessageObject.dump_row(message),  # type: ignore[arg-type]
         )
         step.status = "completed"
         step.completed_at = now()

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.deps import DatabaseDep, ImageUrls, Index, Project, Sandbox, Session
-from app.pagination import ListParams, list_params
+from app.pagination import LIST_QUERY_OPENAPI, ListParams, list_params
 from app.schemas import DeletedObject, ObjectResponse
 from app.threads import service
 from app.threads.schemas import (
@@ -66,11 +66,11 @@ async def create_message(
 ) -> ObjectResponse:
     await image_urls.check_messages([body], "")
     return ObjectResponse(
-        MessageObject.from_row(await service.create_message(db, project, thread_id, body))
+        MessageObject.dump_row(await service.create_message(db, project, thread_id, body))
     )
 
 
-@router.get("/{thread_id}/messages", response_model=MessageList)
+@router.get("/{thread_id}/messages", response_model=MessageList, openapi_extra=LIST_QUERY_OPENAPI)
 async def list_messages(
     thread_id: str,
     db: DatabaseDep,
@@ -79,7 +79,7 @@ async def list_messages(
     run_id: Annotated[str | None, Query()] = None,
 ) -> ObjectResponse:
     page = await service.list_messages(db, project, thread_id, params, run_id)
-    return ObjectResponse(page.to_response(MessageObject.from_row))
+    return ObjectResponse(page.to_response(MessageObject.dump_row))
 
 
 @router.get("/{thread_id}/messages/{message_id}", response_model=MessageObject)

@@ -110,21 +110,29 @@ class MessageObject(BaseModel):
     def from_row(cls, row: Message) -> MessageObject:
         # Not validated again: the row holds what a validated request or the executor wrote
         # (validating a page of 20 cost a fifth of a list request).
-        return cls.model_construct(
-            id=row.id,
-            created_at=row.created_at,
-            thread_id=row.thread_id,
-            status=row.status,
-            incomplete_details=row.incomplete_details,
-            completed_at=row.completed_at,
-            incomplete_at=row.incomplete_at,
-            role=row.role,
-            content=row.content,
-            assistant_id=row.assistant_id,
-            run_id=row.run_id,
-            attachments=row.attachments or [],
-            metadata=row.metadata_ or {},
-        )
+        return cls.model_construct(**cls.dump_row(row))
+
+    @staticmethod
+    def dump_row(row: Message) -> dict[str, Any]:
+        """`from_row(row).model_dump()` without the model: the JSON-ready object, in the
+        schema's field order (lists and events render many, and building models cost more
+        than the rest of a list request; tests check the two agree)."""
+        return {
+            "id": row.id,
+            "object": "thread.message",
+            "created_at": row.created_at,
+            "thread_id": row.thread_id,
+            "status": row.status,
+            "incomplete_details": row.incomplete_details,
+            "completed_at": row.completed_at,
+            "incomplete_at": row.incomplete_at,
+            "role": row.role,
+            "content": row.content,
+            "assistant_id": row.assistant_id,
+            "run_id": row.run_id,
+            "attachments": row.attachments or [],
+            "metadata": row.metadata_ or {},
+        }
 
 
 class MessageList(BaseModel):

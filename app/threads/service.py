@@ -251,7 +251,9 @@ _COLUMN_NAMES = {attr.key: attr.columns[0].key for attr in Message.__mapper__.co
 
 async def create_message(
     db: Database, project_id: str, thread_id: str, body: MessageCreate
-) -> Message:
+) -> Message | SimpleNamespace:
+    """The new message: an ORM row when it names files, else its plain columns (no ORM
+    instance on the common path; `MessageObject` renders either)."""
     if _referenced_files(body):
         async with db.sessionmaker() as session:
             return await _create_message_with_files(session, project_id, thread_id, body)
@@ -279,7 +281,7 @@ async def create_message(
         raise InvalidRequest(f"Can't add messages to {thread_id} right now.", param="thread_id")
 
     await db.transact(insert_if_open)
-    return Message(**values)
+    return SimpleNamespace(**values, **dict.fromkeys(_NULL_ON_CREATE))
 
 
 def _require_thread(conn: Connection, project_id: str, thread_id: str) -> None:

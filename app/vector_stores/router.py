@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 
 from app.deps import Embedder, Index, Ingestion, Models, Project, Session, Settings
-from app.pagination import ListParams, list_params
+from app.pagination import LIST_QUERY_OPENAPI, ListParams, list_params
 from app.schemas import DeletedObject
 from app.vector_stores import files, search, service
 from app.vector_stores.models import VectorStore, VectorStoreFile, VectorStoreFileBatch
@@ -54,7 +54,7 @@ async def create_vector_store(
     return await _store(session, store)
 
 
-@router.get("")
+@router.get("", openapi_extra=LIST_QUERY_OPENAPI)
 async def list_vector_stores(
     session: Session, project: Project, params: Annotated[ListParams, Depends(list_params)]
 ) -> dict[str, Any]:
@@ -102,7 +102,7 @@ async def create_vector_store_file(
     return _file(row)
 
 
-@router.get("/{vector_store_id}/files")
+@router.get("/{vector_store_id}/files", openapi_extra=LIST_QUERY_OPENAPI)
 async def list_vector_store_files(
     vector_store_id: str,
     session: Session,
@@ -193,7 +193,7 @@ async def cancel_file_batch(
     return await _batch(session, batch)
 
 
-@router.get("/{vector_store_id}/file_batches/{batch_id}/files")
+@router.get("/{vector_store_id}/file_batches/{batch_id}/files", openapi_extra=LIST_QUERY_OPENAPI)
 async def list_file_batch_files(
     vector_store_id: str,
     batch_id: str,
