@@ -222,6 +222,10 @@ class Runtime:
                 checks["vector_index"] = "ok"
             except Exception as exc:
                 checks["vector_index"] = f"error: {exc.__class__.__name__}"
+        if self.sandbox is not None:
+            # Not an error when off (the tool is then not offered); "starting" while a test
+            # kernel imports its libraries, a few seconds of CPU beside the first requests.
+            checks["code_interpreter"] = self.sandbox.status()
         if adapter.is_loaded():
             checks["llm"] = "loaded"
         else:

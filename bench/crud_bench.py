@@ -12,8 +12,8 @@ server CPU ms per request (the figure: it does not depend on load) and p50 laten
 
 Two processes on 127.0.0.1: the real server (`opengrove serve`, tests.server_process) on a
 fresh database (tests/databases.py: a SQLite file, or a fresh PostgreSQL database dropped
-afterwards), and this client: one aiohttp.ClientSession with a large pool (see
-bench.runs_bench.Client for why not httpx at this concurrency).
+afterwards), and this client: keep-alive connections through bench.lean_http (`--client
+aiohttp` for aiohttp; see bench.runs_bench.Client for why the client's CPU matters).
 
 Setup: one thread per worker, each seeded with 20 messages (so every list is a full page).
 Load: a closed loop of 50 workers; each repeats, on its own thread,
@@ -42,7 +42,7 @@ from typing import Any
 from app.auth.keys import create_key
 from app.db import Database
 from app.migrate import upgrade_database
-from bench.runs_bench import PG_URL, Profiler, cpu_seconds, ms, pct
+from bench.runs_bench import PG_URL, Client, Profiler, cpu_seconds, ms, pct
 from tests.databases import fresh_database
 from tests.server_process import ServerProcess
 
@@ -77,12 +77,11 @@ class Round:
         return self.n_ok / self.wall if self.wall else 0.0
 
 
-async def request(session: Any, method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    async with session.request(method, url, json=body) as resp:
-        return resp.status, await resp.json()
+async def request(client: Client, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    return await client.request(method, url, body)
 
 
-async def setup_threads(session: Any, base: str, n: int) -> list[str]:
+async def setup_threads(session: Client, base: str, n: int) -> list[str]:
     async def one() -> str:
         status, thread = await request(session, "POST", f"{base}/v1/threads", {})
         if status != 200:
@@ -100,7 +99,13 @@ async def setup_threads(session: Any, base: str, n: int) -> list[str]:
 
 
 async def drive(
-    name: str, session: Any, base: str, threads: list[str], total: int, time_limit: float, pid: int
+    name: str,
+    session: Client,
+    base: str,
+    threads: list[str],
+    total: int,
+    time_limit: float,
+    pid: int,
 ) -> Round:
     """Closed loop: one worker per thread, alternating create and list, `total` requests."""
     rnd = Round(name)
@@ -157,17 +162,11 @@ class Config:
     time_limit: float
     profile_dir: Path | None
     concurrency: int = CONCURRENCY
+    client: str = "lean"
 
 
-def client_session(key: str | None) -> Any:
-    import aiohttp
-
-    return aiohttp.ClientSession(
-        # keepalive below uvicorn's 5 s, so a pooled connection is never one it closed
-        connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=2),
-        timeout=aiohttp.ClientTimeout(total=60, connect=10),
-        headers={"Authorization": f"Bearer {key}"} if key else None,
-    )
+def client_session(kind: str, key: str | None) -> Client:
+    return Client(kind, headers={"Authorization": f"Bearer {key}"} if key else None)
 
 
 def print_round(label: str, i: int, rnd: Round) -> None:
@@ -209,7 +208,7 @@ async def bench_targets(cfg: Config, targets: list[Target]) -> list[dict[str, An
         for target in targets:
             assert target.server.proc is not None
             pid = target.server.proc.pid
-            session = await stack.enter_async_context(client_session(target.key))
+            session = await stack.enter_async_context(client_session(cfg.client, target.key))
             base = target.server.base_url
             threads = await setup_threads(session, base, cfg.concurrency)
             work.append((target, session, base, threads, pid))
@@ -365,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         default=CONCURRENCY,
         help=f"workers ({CONCURRENCY}); 1 shows added latency per request directly",
     )
+    parser.add_argument(
+        "--client",
+        choices=("lean", "aiohttp"),
+        default="lean",
+        help="load generator's HTTP client (bench.runs_bench.Client)",
+    )
     parser.add_argument("--rounds", type=int, default=None, help="rounds (3; quick 1)")
     parser.add_argument("--requests", type=int, default=None, help="per round (6000; quick 2000)")
     parser.add_argument(
@@ -377,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         time_limit=60.0,
         profile_dir=args.profile,
         concurrency=args.concurrency,
+        client=args.client,
     )
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     results = []

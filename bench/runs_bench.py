@@ -8,8 +8,8 @@ Three processes, all on 127.0.0.1:
     switched through `POST /__fake__/config`;
   * the real server (`opengrove serve`, via tests.server_process.ServerProcess), its model
     alias `fake-model` routed to that upstream (as tests/conftest.py `server_env` does);
-  * this client: one shared httpx.AsyncClient with a large pool (or `--client aiohttp`: one
-    aiohttp.ClientSession — see `Client` for why that matters at concurrency 100).
+  * this client: keep-alive connections through bench.lean_http (or `--client aiohttp` /
+    `--client httpx` — see `Client` for why that matters on two shared cores).
 
 Measured:
   1. TTFT, at concurrency 1 and 100 (closed loop: N workers, each sends its next request when
@@ -52,9 +52,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from bench.lean_http import LeanClient
 from bench.upstream import Upstream
 from tests.databases import fresh_database
 from tests.server_process import ServerProcess
@@ -88,7 +90,9 @@ def cpu_seconds(pid: int | None = None) -> float:
             children = [int(c) for c in f.read().split()]
     except FileNotFoundError:
         return 0.0
-    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # utime + stime, and cutime + cstime: children that ended (a kernel, a worker) keep
+    # counting once reaped, so the figure never drops when one exits mid-round.
+    own = sum(int(fields[i]) for i in (11, 12, 13, 14)) / CLK_TCK
     return own + sum(cpu_seconds(child) for child in children)
 
 
@@ -191,26 +195,32 @@ class Client:
     close — O(connections) per request — so at ~50+ concurrent streams the client process
     saturates a core and inflates *both* the direct and the server latencies.
     `aiohttp`: one aiohttp.ClientSession (limit 1000), the same logic, ~30x less client CPU.
+    `lean`: bench.lean_http (keep-alive connections, httptools), a fraction of aiohttp's CPU
+    again: on two shared cores, what the client spends is taken from the server.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, headers: dict[str, str] | None = None) -> None:
         self.kind = kind
+        self.headers = headers
         self._httpx: httpx.AsyncClient | None = None
         self._aiohttp: Any = None
+        self._lean: dict[str, LeanClient] = {}
 
     async def __aenter__(self) -> Client:
         if self.kind == "httpx":
             self._httpx = httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
                 timeout=httpx.Timeout(60.0, connect=10.0),
+                headers=self.headers,
             )
-        else:
+        elif self.kind == "aiohttp":
             import aiohttp
 
             self._aiohttp = aiohttp.ClientSession(
                 # keepalive below uvicorn's 5 s, so a pooled connection is never one it closed
                 connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=2),
                 timeout=aiohttp.ClientTimeout(total=60, connect=10),
+                headers=self.headers,
             )
         return self
 
@@ -219,6 +229,16 @@ class Client:
             await self._httpx.aclose()
         if self._aiohttp is not None:
             await self._aiohttp.close()
+        for lean in self._lean.values():
+            await lean.close()
+
+    def _lean_for(self, url: str) -> tuple[LeanClient, str]:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        lean = self._lean.get(origin)
+        if lean is None:
+            lean = self._lean[origin] = LeanClient(origin, self.headers)
+        return lean, parts.path + (f"?{parts.query}" if parts.query else "")
 
     @contextlib.asynccontextmanager
     async def stream_lines(
@@ -228,6 +248,11 @@ class Client:
         if self._httpx is not None:
             async with self._httpx.stream("POST", url, json=body, headers=headers) as resp:
                 yield resp.status_code, resp.aiter_lines()
+            return
+        if self.kind == "lean":
+            lean, path = self._lean_for(url)
+            async with lean.stream_lines(path, body, headers) as (status, lean_lines):
+                yield status, lean_lines
             return
 
         async with self._aiohttp.post(url, json=body, headers=headers) as resp:
@@ -244,6 +269,9 @@ class Client:
         if self._httpx is not None:
             resp = await self._httpx.request(method, url, json=body)
             return resp.status_code, resp.json()
+        if self.kind == "lean":
+            lean, path = self._lean_for(url)
+            return await lean.request(method, path, body)
         async with self._aiohttp.request(method, url, json=body) as resp:
             return resp.status, await resp.json()
 
@@ -437,7 +465,7 @@ class Config:
     repeat: int
     throughput_mode: str
     profile_dir: Path | None
-    client: str = "httpx"
+    client: str = "lean"
     profile_phases: set[str] = field(default_factory=lambda: {"ttft_c100", "throughput"})
     py_spy_args: list[str] = field(default_factory=list)
     processes: int = 1  # serve --processes
@@ -694,9 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-mode", choices=("stream", "poll"), default="stream")
     parser.add_argument(
         "--client",
-        choices=("httpx", "aiohttp"),
-        default="httpx",
-        help="load generator's HTTP client (see Client: httpx saturates the client at c≥50)",
+        choices=("lean", "aiohttp", "httpx"),
+        default="lean",
+        help="load generator's HTTP client (see Client: what it spends, the server cannot)",
     )
     parser.add_argument(
         "--profile",

@@ -14,6 +14,7 @@ def test_health(base_url: str) -> None:
         "status": "ok",
         "database": "ok",
         "vector_index": "ok",
+        "code_interpreter": "ok",  # ready: ServerProcess waits for the whole "ok"
         "llm": "loaded",  # the test servers preload it (OPENGROVE_PRELOAD_LLM)
     }
 

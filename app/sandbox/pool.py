@@ -80,6 +80,15 @@ class KernelPool:
             )
         return None
 
+    def status(self) -> str:
+        """For /health: "starting" while the probe runs, then "ok" or why it is off."""
+        if self._probe is None or not self._probe.done():
+            return "starting"
+        if self._probe.cancelled():
+            return "off: the probe was cancelled"
+        reason = self._probe.result()
+        return "ok" if reason is None else f"off: {reason}"
+
     async def ready(self) -> str | None:
         if self._probe is None:
             return "the sandbox was not started"
