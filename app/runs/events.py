@@ -50,6 +50,8 @@ from app.runs.schemas import render_run
 
 logger = logging.getLogger("opengrove.events")
 
+# PostgreSQL NOTIFY channels, sent by triggers: new run_events (migration 0007), and a run
+# that becomes queued (0008). Payload: "<sending process token>:<run id>".
 EVENTS_CHANNEL = "opengrove_run_events"
 RUNS_CHANNEL = "opengrove_runs"
 # A stream ends after any of these (then `done`).
@@ -247,7 +249,7 @@ class EventWriter:
         """Mark where a resumed run's numbering continues (never sent to clients)."""
         self._state.append(self._new(RESUMED, None))
 
-    def write(self, conn: Connection, *, notify_run_queued: bool = False) -> None:
+    def write(self, conn: Connection) -> None:
         """Persist pending events inside the caller's transaction (any thread); `published`
         must follow once it commits."""
         self._flush_deltas_into_state()
@@ -270,11 +272,6 @@ class EventWriter:
         if wanted != self.stored_next:
             store.update_run(conn, self.run_id, {"next_event_seq": wanted})
         self._written = (len(rows), wanted)
-        if notify_run_queued and conn.dialect.name == "postgresql":
-            # Delivered by PostgreSQL on commit, to every process listening (ours included;
-            # the payload names the sender so this process can ignore its own). New events
-            # announce themselves: a trigger on run_events (migration 0007).
-            conn.execute(select(func.pg_notify(RUNS_CHANNEL, f"{PROCESS_TOKEN}:{self.run_id}")))
 
     def published(self) -> None:
         """The transaction that `write` joined committed: publish its events."""
@@ -286,12 +283,10 @@ class EventWriter:
         self.hub.publish(self.run_id, published)
         self.last_published = published
 
-    async def commit(self, session: AsyncSession, *, notify_run_queued: bool = False) -> None:
+    async def commit(self, session: AsyncSession) -> None:
         """Persist pending events with the session's changes, commit, then publish."""
         await session.flush()  # the rows the events refer to go first
-        await session.run_sync(
-            lambda sync: self.write(sync.connection(), notify_run_queued=notify_run_queued)
-        )
+        await session.run_sync(lambda sync: self.write(sync.connection()))
         await session.commit()
         self.published()
 

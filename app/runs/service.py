@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Integer, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.assistants.service import assistant_row
+from app.assistants.service import assistant_row, select_assistant
 from app.auth.quotas import QuotaExceeded
 from app.db import Database, one_of
 from app.errors import InvalidRequest, NotFound
@@ -115,13 +115,19 @@ def _run_values(
     }
 
 
-# How many runs the project has queued, in progress or waiting, counted up to its quota.
-_ACTIVE_RUNS_UP_TO = Prepared(
-    select(func.count()).select_from(
-        select(Run.id)
-        .where(Run.project_id == bindparam("project_id"), one_of(Run.status, ACTIVE_STATUSES))
-        .limit(bindparam("quota", type_=Integer))
-        .subquery()
+# The assistant, and how many runs its caller's project has queued, in progress or waiting
+# (counted up to the quota): one statement for the two reads run creation starts with.
+_ASSISTANT_AND_ACTIVE_RUNS = Prepared(
+    select_assistant().add_columns(
+        select(func.count())
+        .select_from(
+            select(Run.id)
+            .where(Run.project_id == bindparam("owner"), one_of(Run.status, ACTIVE_STATUSES))
+            .limit(bindparam("quota", type_=Integer))
+            .subquery()
+        )
+        .scalar_subquery()
+        .label("active_runs")
     )
 )
 
@@ -143,13 +149,18 @@ class _NewRunRequest:
     def insert(self, conn: Connection, thread_id: str) -> None:
         """The run and its first events, inside the caller's transaction (Core; on SQLite in
         the database thread, so nothing here touches the event loop)."""
-        if self.max_active is not None:
-            counted = _ACTIVE_RUNS_UP_TO.scalar(
-                conn, {"project_id": self.project_id, "quota": self.max_active}
+        if self.max_active is None:
+            assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
+        else:
+            assistant = assistant_row(
+                conn,
+                self.project_id,
+                self.body.assistant_id,
+                _ASSISTANT_AND_ACTIVE_RUNS,
+                {"quota": self.max_active},
             )
-            if counted >= self.max_active:
+            if assistant.active_runs >= self.max_active:
                 raise QuotaExceeded("active runs", self.max_active)
-        assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
         values = _run_values(
             assistant,
             self.project_id,
@@ -163,7 +174,7 @@ class _NewRunRequest:
         self.writer.emit("thread.run.queued", render_run(self.run))
         self.run.next_event_seq = self.writer.stored_next = self.writer.seq  # with the row
         store.insert_run(conn, self.run)
-        self.writer.write(conn, notify_run_queued=True)
+        self.writer.write(conn)  # PostgreSQL: the new run NOTIFYs itself (migration 0008)
 
     async def committed(
         self, db: Database, thread_id: str | None, commit: Awaitable[Any]
@@ -433,7 +444,7 @@ async def submit_tool_outputs(
         step.completed_at = now()
         writer.emit("thread.run.step.completed", render_step(step))
     writer.emit("thread.run.queued", render_run(run))
-    await writer.commit(session, notify_run_queued=True)
+    await writer.commit(session)  # PostgreSQL: the requeued run NOTIFYs (migration 0008)
     signals.dispatcher.queued(run.id)
     return run, first_seq
 
