@@ -42,6 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.util import greenlet_spawn
 
 from app.ids import next_seq, now
+from app.prepared import deferring, flush_deferred
 
 T = TypeVar("T")
 SQLITE_CONNECTIONS = 4
@@ -130,6 +131,10 @@ class Database:
         self._reads: AsyncEngine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            # A statement sent through SQLAlchemy inside `transact` comes after the INSERTs
+            # held before it (app.prepared.deferring).
+            event.listen(self.engine.sync_engine, "before_execute", flush_deferred)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._group: GroupCommit | None = None
         if self.is_sqlite:
@@ -162,7 +167,7 @@ class Database:
         if not writes:
             with self._reads.sync_engine.connect() as conn:
                 return work(conn, *args)
-        with self.engine.sync_engine.begin() as conn:
+        with self.engine.sync_engine.begin() as conn, deferring(conn):
             return work(conn, *args)
 
     async def dispose(self) -> None:

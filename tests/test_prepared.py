@@ -126,3 +126,61 @@ async def test_event_log_written_many_at_once_and_compacted(db: Database) -> Non
     assert [seq for seq, _ in await db.transact(log, writes=False)] == [0, 1, 2, 3, 4]
     await db.transact(compact, run_id)
     assert await db.transact(log, writes=False) == [(4, "compacted")]
+
+
+def _messages_of(thread_id: str) -> object:
+    return select(store.MESSAGES.c.id).where(store.MESSAGES.c.thread_id == thread_id)
+
+
+def _message(thread_id: str) -> dict[str, object]:
+    return {
+        "id": new_id("msg_"),
+        "thread_id": thread_id,
+        "role": "user",
+        "content": [],
+        "status": "completed",
+        "attachments": [],
+        "metadata": {},
+    }
+
+
+async def test_held_writes_land_together_and_in_order(db: Database) -> None:
+    """Inside `transact`, PostgreSQL holds INSERTs and sends consecutive ones as one
+    statement (`app.prepared.deferring`). A thread and its messages (foreign keys between
+    them) land; a statement after them, prepared or through SQLAlchemy, sees them."""
+
+    def write_and_read(conn: Connection) -> tuple[str, int, int]:
+        thread_id = _thread(conn)
+        for _ in range(3):
+            insert_row(conn, store.MESSAGES, _message(thread_id))
+        seen_by_sqlalchemy = len(conn.execute(_messages_of(thread_id)).all())  # type: ignore[call-overload]
+        insert_row(conn, store.MESSAGES, _message(thread_id))
+        updated = update_rows(conn, store.MESSAGES, "thread_id", thread_id, {"status": "x"})
+        insert_row(conn, store.MESSAGES, _message(thread_id))  # held until the end
+        return thread_id, seen_by_sqlalchemy, updated
+
+    thread_id, seen, updated = await db.transact(write_and_read)
+    assert (seen, updated) == (3, 4)
+
+    def statuses(conn: Connection) -> list[str]:
+        query = select(store.MESSAGES.c.status).where(store.MESSAGES.c.thread_id == thread_id)
+        return sorted(conn.execute(query).scalars().all())
+
+    assert await db.transact(statuses, writes=False) == ["completed"] + ["x"] * 4
+
+
+async def test_a_held_write_that_fails_rolls_the_transaction_back(db: Database) -> None:
+    taken = await db.transact(_thread)
+    fresh = new_id("thread_")
+
+    def two_threads(conn: Connection) -> None:
+        insert_row(conn, THREADS, {"id": fresh, "project_id": "p", "tool_resources": {}})
+        insert_row(conn, THREADS, {"id": taken, "project_id": "p", "tool_resources": {}})
+
+    with pytest.raises(IntegrityError):
+        await db.transact(two_threads)
+
+    def exists(conn: Connection) -> bool:
+        return conn.execute(select(THREADS.c.id).where(THREADS.c.id == fresh)).first() is not None
+
+    assert not await db.transact(exists, writes=False)

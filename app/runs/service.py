@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Integer, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from app.assistants.service import assistant_row, select_assistant
 from app.auth.quotas import QuotaExceeded
@@ -142,25 +143,32 @@ class _NewRunRequest:
     include: list[str]
     max_active: int | None
     run: store.Row = field(default_factory=lambda: store.Row(id=new_id("run_")))
+    assistant: Any = None  # its row, once `read_assistant` has read it
 
     def __post_init__(self) -> None:
         self.writer = EventWriter(self.signals.hub, self.run.id, 0)
 
+    def read_assistant(self, conn: Connection) -> None:
+        """The assistant the run takes its settings from, and the quota check: read before
+        anything is written (on PostgreSQL the writes then go as one statement)."""
+        if self.max_active is None:
+            self.assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
+            return
+        self.assistant = assistant_row(
+            conn,
+            self.project_id,
+            self.body.assistant_id,
+            _ASSISTANT_AND_ACTIVE_RUNS,
+            {"quota": self.max_active},
+        )
+        if self.assistant.active_runs >= self.max_active:
+            raise QuotaExceeded("active runs", self.max_active)
+
     def insert(self, conn: Connection, thread_id: str) -> None:
         """The run and its first events, inside the caller's transaction (Core; on SQLite in
-        the database thread, so nothing here touches the event loop)."""
-        if self.max_active is None:
-            assistant = assistant_row(conn, self.project_id, self.body.assistant_id)
-        else:
-            assistant = assistant_row(
-                conn,
-                self.project_id,
-                self.body.assistant_id,
-                _ASSISTANT_AND_ACTIVE_RUNS,
-                {"quota": self.max_active},
-            )
-            if assistant.active_runs >= self.max_active:
-                raise QuotaExceeded("active runs", self.max_active)
+        the database thread, so nothing here touches the event loop), after
+        `read_assistant`."""
+        assistant = self.assistant
         values = _run_values(
             assistant,
             self.project_id,
@@ -205,7 +213,13 @@ class _NewRunRequest:
 async def _in_session(session: AsyncSession, new: _NewRunRequest, thread_id: str) -> None:
     """The run's part of a transaction whose other rows went through the ORM session."""
     await session.flush()  # the thread and messages first (foreign keys)
-    await session.run_sync(lambda sync: new.insert(sync.connection(), thread_id))
+
+    def run_rows(sync: Session) -> None:
+        conn = sync.connection()
+        new.read_assistant(conn)
+        new.insert(conn, thread_id)
+
+    await session.run_sync(run_rows)
     await session.commit()
 
 
@@ -226,6 +240,7 @@ async def create_run(
             # Locked until the run commits: a message being added meanwhile waits for it.
             lock_thread_row(conn, project_id, thread_id)
             _refuse_if_busy(thread_id, active_run_in(conn, thread_id))
+            new.read_assistant(conn)
             insert_messages(conn, thread_id, messages)
             new.insert(conn, thread_id)
 
@@ -262,6 +277,7 @@ async def create_thread_and_run(
     if thread_body.tool_resources is None and not names_files(messages):
 
         def work(conn: Connection) -> str:
+            new.read_assistant(conn)
             thread = insert_thread(conn, project_id, thread_body.metadata, messages)
             new.writer.emit("thread.created", ThreadObject.from_row(thread).model_dump())
             new.insert(conn, thread.id)
