@@ -469,7 +469,7 @@ class Config:
     profile_phases: set[str] = field(default_factory=lambda: {"ttft_c100", "throughput"})
     py_spy_args: list[str] = field(default_factory=list)
     processes: int = 1  # serve --processes
-    ttft_concurrency: int = 100  # the many-streams TTFT phase
+    ttft_concurrency: int = 50  # the many-streams TTFT phase (the target: 50 streams)
 
     @property
     def n_ttft_c1(self) -> int:
@@ -744,7 +744,10 @@ def main(argv: list[str] | None = None) -> int:
         "--processes", type=int, default=1, help="server processes (serve --processes N)"
     )
     parser.add_argument(
-        "--ttft-concurrency", type=int, default=100, help="streams in the many-streams TTFT phase"
+        "--ttft-concurrency",
+        type=int,
+        default=50,
+        help="streams in the many-streams TTFT phase (the target: 50)",
     )
     args = parser.parse_args(argv)
     cfg = Config(
