@@ -42,7 +42,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.util import greenlet_spawn
 
 from app.ids import next_seq, now
-from app.prepared import deferring, flush_deferred
+from app.prepared import before_statement, deferring
 
 T = TypeVar("T")
 SQLITE_CONNECTIONS = 4
@@ -138,8 +138,8 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             # A statement sent through SQLAlchemy inside `transact` comes after the INSERTs
-            # held before it (app.prepared.deferring).
-            event.listen(self.engine.sync_engine, "before_execute", flush_deferred)
+            # held before it, inside the transaction when it needs one (app.prepared).
+            event.listen(self.engine.sync_engine, "before_execute", before_statement)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         self._group: GroupCommit | None = None
         if self.is_sqlite:
@@ -172,7 +172,8 @@ class Database:
         if not writes:
             with self._reads.sync_engine.connect() as conn:
                 return work(conn, *args)
-        with self.engine.sync_engine.begin() as conn, deferring(conn):
+        # Autocommit: `deferring` begins the transaction itself, when it must (app.prepared).
+        with self._reads.sync_engine.connect() as conn, deferring(conn):
             return work(conn, *args)
 
     async def dispose(self) -> None:

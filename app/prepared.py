@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Connection, Table, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
+from sqlalchemy.util import await_only
 
 REQUIRED = object()  # a parameter the caller must give
 
@@ -105,7 +106,7 @@ class Prepared:
         self._results: dict[str, tuple[Callable[[Any], Any] | None, ...]] = {}
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Outcome:
-        flush_deferred(conn)  # what was written before this runs before it
+        before_statement(conn, self.statement)  # held writes first; BEGIN if it must
         form = self._form(conn)
         values = form.values(params or {})
         description, rows, rowcount = _run(conn, form.sql, values, many=False)
@@ -146,24 +147,23 @@ class Prepared:
         """The statement once per parameter set, as one DBAPI `executemany` (no results); an
         INSERT inside `deferring` joins the writes held there."""
         form = self._form(conn)
-        deferred = _deferred(conn)
-        if deferred is not None and self.statement.is_insert:  # type: ignore[attr-defined]
-            for each in params:
-                deferred.append((form.sql, form.values(each)))
+        unit = _unit(conn)
+        if unit is not None and self.statement.is_insert:  # type: ignore[attr-defined]
+            unit.held.extend((form.sql, form.values(each)) for each in params)
             return
-        flush_deferred(conn)
+        before_statement(conn, self.statement)
         _run(conn, form.sql, [form.values(each) for each in params], many=True)
 
     def defer(self, conn: Connection, params: Mapping[str, Any]) -> None:
         """`execute` for a write whose outcome nobody reads: inside `deferring` it waits for
         the transaction's next statement or its end, and goes with the writes held beside
         it; elsewhere it runs now."""
-        deferred = _deferred(conn)
-        if deferred is None:
+        unit = _unit(conn)
+        if unit is None:
             self.execute(conn, params)
             return
         form = self._form(conn)
-        deferred.append((form.sql, form.values(params)))
+        unit.held.append((form.sql, form.values(params)))
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
         return self.execute(conn, params).rows
@@ -266,15 +266,21 @@ def insert_row(conn: Connection, table: Table, values: Mapping[str, Any]) -> Non
 
 # ------------------------------------------------------------------------ deferred writes
 # On PostgreSQL every statement is a round trip, and a round trip costs ~0.1 ms of CPU here
-# (asyncpg, SQLAlchemy's adapter, the event loop): more than the statement. Inside
-# `deferring`, INSERTs whose outcome nobody reads wait until the next statement of the
-# transaction (any: prepared or through SQLAlchemy) or its end, then go together as ONE
-# statement of data-modifying CTEs. Order is kept: nothing runs before a write that came
-# earlier. Only INSERTs are held: sub-statements of one statement share a snapshot, so an
-# UPDATE there would not see a row inserted beside it; INSERTs of plain VALUES see nothing.
-# Foreign keys are checked at the end of the statement, as before at the end of each.
+# (asyncpg, SQLAlchemy's adapter, the event loop): more than the statement. So `Database.
+# transact` runs its work inside `deferring`, on a connection in autocommit mode:
+#  * INSERTs whose outcome nobody reads are held until the next statement (any: prepared or
+#    through SQLAlchemy) or the end, then go together as ONE statement of data-modifying
+#    CTEs. Order is kept: nothing runs before a write that came earlier. Only INSERTs are
+#    held: sub-statements of one statement share a snapshot, so an UPDATE there would not
+#    see a row inserted beside it; INSERTs of plain VALUES see nothing. Foreign keys are
+#    checked at the end of the statement, as they were at the end of each.
+#  * The transaction begins only when it must: before a write or a locking read that runs
+#    at once, or before held writes that more statements follow. Plain reads before that
+#    run on their own (under READ COMMITTED each statement takes its own snapshot anyway),
+#    and when all the writes end up in one statement there is no BEGIN and no COMMIT: one
+#    statement is atomic by itself.
 
-_DEFERRED = "opengrove_deferred_writes"
+_UNIT = "opengrove_unit_of_work"
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -283,43 +289,92 @@ def _renumbered(sql: str, offset: int) -> str:
     return _PLACEHOLDER.sub(lambda found: f"${int(found.group(1)) + offset}", sql)
 
 
-def _deferred(conn: Connection) -> list[tuple[str, tuple[Any, ...]]] | None:
-    return conn.info.get(_DEFERRED)
+def _plain_read(statement: Any) -> bool:
+    """A SELECT that takes no row locks (runs the same outside a transaction)."""
+    return bool(getattr(statement, "is_select", False)) and (
+        getattr(statement, "_for_update_arg", None) is None
+    )
+
+
+class _UnitOfWork:
+    """One `transact` on PostgreSQL: held INSERTs, and whether BEGIN has been sent."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.held: list[tuple[str, tuple[Any, ...]]] = []
+        self.begun = False
+
+    def begin(self) -> None:
+        if not self.begun:
+            # On the driver itself: SQLAlchemy's connection stays in autocommit and knows
+            # nothing of it (`deferring` ends it, whatever happens).
+            await_only(self.conn.connection.driver_connection.execute("BEGIN"))
+            self.begun = True
+
+    def before(self, plain_read: bool) -> None:
+        """Another statement is about to run: what must come first."""
+        if self.held:
+            self.begin()  # the held writes and what follows them: one transaction
+            self.flush()
+        elif not plain_read:
+            self.begin()
+
+    def flush(self) -> None:
+        held, self.held = self.held, []
+        if not held:
+            return
+        if len(held) == 1:
+            _run(self.conn, *held[0], many=False)
+            return
+        parts: list[str] = []
+        values: list[Any] = []
+        for i, (sql, each) in enumerate(held):
+            parts.append(f"w{i} AS ({_renumbered(sql, len(values))})")
+            values.extend(each)
+        _run(self.conn, "WITH " + ", ".join(parts) + " SELECT 1", tuple(values), many=False)
+
+    def end(self, failed: bool) -> None:
+        driver = self.conn.connection.driver_connection
+        if not failed:
+            self.flush()
+        if self.begun or driver.is_in_transaction():
+            try:
+                await_only(driver.execute("ROLLBACK" if failed else "COMMIT"))
+            except BaseException:
+                # Never back to the pool inside a transaction.
+                self.conn.invalidate()
+                raise
+
+
+def _unit(conn: Connection) -> _UnitOfWork | None:
+    return conn.info.get(_UNIT)
 
 
 @contextlib.contextmanager
 def deferring(conn: Connection) -> Iterator[None]:
-    """Hold INSERTs made on `conn` (PostgreSQL) until its next statement or the block's
-    end; on leaving, those still held are written (not when the block raises: the
-    transaction is rolled back anyway)."""
+    """The unit of work above, on `conn` (PostgreSQL, in autocommit mode): writes held,
+    the transaction begun when needed; committed on leaving, rolled back on an error."""
     if conn.dialect.name != "postgresql":
         yield
         return
-    conn.info[_DEFERRED] = []
+    unit = conn.info[_UNIT] = _UnitOfWork(conn)
     try:
         yield
-        flush_deferred(conn)
+    except BaseException:
+        unit.end(failed=True)
+        raise
+    else:
+        unit.end(failed=False)
     finally:
-        conn.info.pop(_DEFERRED, None)
+        conn.info.pop(_UNIT, None)
 
 
-def flush_deferred(conn: Connection, *_: Any) -> None:
-    """Write the held INSERTs now, as one statement (also a SQLAlchemy `before_execute`
-    listener: statements sent through SQLAlchemy come after them too)."""
-    held = _deferred(conn)
-    if not held:
-        return
-    conn.info[_DEFERRED] = []
-    if len(held) == 1:
-        sql, values = held[0]
-        _run(conn, sql, values, many=False)
-        return
-    parts: list[str] = []
-    values_all: list[Any] = []
-    for i, (sql, values) in enumerate(held):
-        parts.append(f"w{i} AS ({_renumbered(sql, len(values_all))})")
-        values_all.extend(values)
-    _run(conn, "WITH " + ", ".join(parts) + " SELECT 1", tuple(values_all), many=False)
+def before_statement(conn: Connection, statement: Any, *_: Any) -> None:
+    """Inside `deferring`: what must run before `statement` does (also a SQLAlchemy
+    `before_execute` listener, for statements that go through SQLAlchemy)."""
+    unit = _unit(conn)
+    if unit is not None:
+        unit.before(_plain_read(statement))
 
 
 def update_rows(

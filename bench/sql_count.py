@@ -97,6 +97,24 @@ def _serve() -> None:
 
     app.prepared._run = _counted_run
 
+    # PostgreSQL: `transact` sends BEGIN and COMMIT itself, only when it must
+    # (app.prepared.deferring), past SQLAlchemy's commit event.
+    unit = app.prepared._UnitOfWork
+    begin, end = unit.begin, unit.end
+
+    def _counted_begin(self: Any) -> None:
+        if not self.begun:
+            counts["stmt: BEGIN"] += 1
+        begin(self)
+
+    def _counted_end(self: Any, failed: bool) -> None:
+        end(self, failed)
+        if self.begun and not failed:
+            counts["commits"] += 1
+
+    unit.begin = _counted_begin  # type: ignore[method-assign]
+    unit.end = _counted_end  # type: ignore[method-assign]
+
     def _dump(*_: Any) -> None:
         tmp = dump_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(counts))

@@ -184,3 +184,40 @@ async def test_a_held_write_that_fails_rolls_the_transaction_back(db: Database) 
         return conn.execute(select(THREADS.c.id).where(THREADS.c.id == fresh)).first() is not None
 
     assert not await db.transact(exists, writes=False)
+
+
+async def test_a_failed_transaction_leaves_nothing_and_no_open_transaction(db: Database) -> None:
+    """PostgreSQL's `transact` begins its transaction itself, only when it must; whatever
+    fails, nothing it wrote stays and its connection goes back to the pool outside any
+    transaction."""
+    thread_id = await db.transact(_thread, {"v": "1"})
+
+    class Refused(Exception):
+        pass
+
+    def update_then_fail(conn: Connection) -> None:
+        update_rows(conn, THREADS, "id", thread_id, {"metadata": {"v": "2"}})
+        raise Refused
+
+    def hold_read_then_fail(conn: Connection) -> None:
+        message = _message(thread_id)
+        insert_row(conn, store.MESSAGES, message)
+        assert conn.execute(_messages_of(thread_id)).all()  # type: ignore[call-overload]
+        raise Refused
+
+    for work in (update_then_fail, hold_read_then_fail):
+        with pytest.raises(Refused):
+            await db.transact(work)
+
+    def state(conn: Connection) -> tuple[object, int, bool]:
+        metadata = conn.execute(select(THREADS.c.metadata).where(THREADS.c.id == thread_id))
+        messages = conn.execute(_messages_of(thread_id)).all()  # type: ignore[call-overload]
+        if conn.dialect.name == "postgresql":
+            open_transaction = conn.connection.driver_connection.is_in_transaction()  # type: ignore[union-attr]
+        else:
+            open_transaction = conn.connection.dbapi_connection.in_transaction  # type: ignore[union-attr]
+        return metadata.scalar_one(), len(messages), open_transaction
+
+    # Twice: a fresh connection, and (most recently used first) the one that just failed.
+    for _ in range(2):
+        assert await db.transact(state, writes=False) == ({"v": "1"}, 0, False)

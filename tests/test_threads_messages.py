@@ -189,3 +189,19 @@ def test_list_parameters_are_in_the_openapi_document(tmp_path: object) -> None:
     assert sorted(names) == sorted(["thread_id", "run_id", "limit", "order", "after", "before"])
     limit = next(p for p in operation["parameters"] if p["name"] == "limit")
     assert limit["schema"]["maximum"] == 100 and limit["schema"]["minimum"] == 1
+
+
+def test_a_list_renders_as_pydantic_would() -> None:
+    """`ObjectResponse` writes plain objects with orjson and models inside them as
+    pydantic-core would (aliases included)."""
+    import json
+
+    from pydantic_core import to_json
+
+    from app.schemas import JSONSchemaFormat, ObjectResponse
+
+    schema = JSONSchemaFormat.model_validate({"name": "n", "schema": {"type": "object"}})
+    content = {"object": "list", "data": [schema], "ratio": 0.1, "text": "é ✓", "none": None}
+    rendered = ObjectResponse(content).body
+    assert json.loads(rendered) == json.loads(to_json(content))
+    assert json.loads(rendered)["data"][0]["schema"] == {"type": "object"}
