@@ -22,6 +22,7 @@ import openai
 import pytest
 from fastapi.routing import APIRoute
 
+from app.auth.ratelimit import WINDOW_SECONDS
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import server_env
@@ -159,6 +160,10 @@ def test_run_usage_is_charged_to_the_projects_token_budget(
     alpha = keyed.client(keyed.alpha.key)
     assistant = alpha.beta.assistants.create(model="fake-model")
     thread = alpha.beta.threads.create(messages=[{"role": "user", "content": "count me"}])
+    # Budgets are per clock minute: start where the whole check fits in one.
+    into_minute = time.time() % WINDOW_SECONDS
+    if into_minute > WINDOW_SECONDS - 15:
+        time.sleep(WINDOW_SECONDS - into_minute + 0.5)
     upstream.script(
         FakeReply(text="counted", usage={"prompt_tokens": 700, "completion_tokens": 77})
     )
