@@ -43,14 +43,30 @@ Local mode is brute force in Python (a sparse dot product per stored chunk per q
 so large sizes are slow: every phase is bounded by a count and by a share of
 --budget-minutes; when a bound cuts a phase short the table says so (chunk count
 actually reached, queries actually run). The script exits by itself.
+
+Hybrid at a million chunks: through the upstream, dense vectors come at ~330 chunks/s (an
+hour for 1M). `--precomputed-vectors` computes the upstream's very vectors in process
+(`hashed_vector`, checked against `fake_embedding` at start) and starts no upstream;
+`--build-processes N` makes the scale phase's files in N worker processes (generate, chunk,
+BM25 and dense vectors, as the server's ingestion workers hand it pages: chunks carrying
+their BM25 vector) while this process writes them through the same `upsert_chunks`:
+
+    ./dev python -m bench.retrieval_bench --precomputed-vectors --build-processes 2 \
+        --ingest-repeats 0 --sizes 100000,1000000 --queries 100 --search-budget-s 60 \
+        --search-reserve-s 420 --budget-minutes 34 --dir /tmp
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
+import hashlib
 import itertools
+import math
+import multiprocessing
 import os
 import random
 import re
@@ -69,12 +85,13 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from app.retrieval import lexical
-from app.retrieval.chunking import Chunk, chunk_text, get_encoding
+from app.retrieval.chunking import Chunk, chunk_segments, chunk_text, get_encoding
 from app.retrieval.edge_index import EdgeIndex
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.qdrant_index import QdrantIndex
 from app.vector_stores.ingestion import UPKEEP_SECONDS
 from bench.upstream import Upstream
+from tests.fake_upstream import fake_embedding
 
 STORE = "vs_bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -217,7 +234,153 @@ class Corpus:
         return out
 
 
-# ---------------------------------------------------------------------------- upstream
+# ------------------------------------------------------------------- dense vectors
+
+
+_WORD = re.compile(r"\w+")  # the fake upstream's word pattern (`tests.fake_upstream`)
+# ASCII text -> its bytes with every character `\w` does not match made a space, so that
+# `split()` yields `_WORD`'s words (several times faster than the regex).
+_NOT_WORD = bytes(c if chr(c).isalnum() or chr(c) == "_" else 0x20 for c in range(128)) + bytes(
+    range(128, 256)
+)
+
+
+class WordHashes(dict[bytes, int]):
+    """A word (lowercase UTF-8) -> its signed component of the fake upstream's vector as one
+    code, 2 * index + (1 if the sign is + else 0), from `fake_embedding`'s blake2b digest.
+    The bench's corpus has a few thousand words, so each is hashed once, not per occurrence."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def __missing__(self, word: bytes) -> int:
+        digest = hashlib.blake2b(word, digest_size=8).digest()
+        code = self[word] = 2 * (int.from_bytes(digest[:4], "little") % self.dim) + (digest[4] & 1)
+        return code
+
+
+def hashed_vector(text: str, hashes: WordHashes) -> list[float]:
+    """`tests.fake_upstream.fake_embedding(text, hashes.dim)`, bit for bit: a component is a
+    sum of ±1s, exact in floats whatever the order, so counting them first changes nothing;
+    the norm adds the components in the same order."""
+    lowered = text.lower()
+    if lowered.isascii():
+        words = lowered.encode().translate(_NOT_WORD).split()
+    else:
+        words = [word.encode() for word in _WORD.findall(lowered)]
+    counts = [0] * (2 * hashes.dim)
+    for code in map(hashes.__getitem__, words):
+        counts[code] += 1
+    vec = [float(counts[i + 1] - counts[i]) for i in range(0, 2 * hashes.dim, 2)]
+    norm = math.sqrt(sum(v * v for v in vec))
+    if norm == 0.0:
+        vec[0] = 1.0
+        return vec
+    return [v / norm for v in vec]
+
+
+class PrecomputedEmbedder:
+    """The fake upstream's vectors computed in this process, for `--precomputed-vectors`:
+    `Embedder`'s interface without the HTTP round trips (~330 chunks/s through the
+    upstream, so 1M chunks took an hour). Checked against `fake_embedding` when made."""
+
+    def __init__(self, dim: int, sample: list[str]) -> None:
+        self.hashes = WordHashes(dim)
+        for text in [*sample, "", " ", "Ünïcode wörds_and 42 numbers"]:
+            if hashed_vector(text, self.hashes) != fake_embedding(text, dim):
+                raise AssertionError(f"hashed_vector differs from fake_embedding on {text!r}")
+
+    def vectors(self, texts: list[str]) -> list[list[float]]:
+        # `Embedder` sends " " for an empty text; both map to the first basis vector.
+        return [hashed_vector(text, self.hashes) for text in texts]
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.vectors(texts)
+
+    async def embed_query(self, text: str) -> list[float]:
+        return hashed_vector(text, self.hashes)
+
+
+# ------------------------------------------------------------- build worker processes
+
+
+@dataclass
+class Prepared:
+    """One file of the corpus, chunked (with BM25 vectors when made in a worker) and with
+    its dense vectors if asked; the seconds each step took."""
+
+    number: int
+    chunks: list[Chunk]
+    vectors: list[list[float]] | None
+    chunk_s: float
+    embed_s: float
+
+
+_worker: tuple[Corpus, PrecomputedEmbedder | None] | None = None
+
+
+def _worker_init(vocab: int, seed: int, dim: int | None) -> None:
+    global _worker
+    corpus = Corpus(vocab, seed)
+    sample = [corpus.document(0, 500)] if dim else []
+    _worker = (corpus, PrecomputedEmbedder(dim, sample) if dim else None)
+
+
+def _prepare_in_worker(
+    number: int, n_words: int, dense: bool, max_tokens: int, overlap: int
+) -> Prepared:
+    """A file as a worker of `--build-processes` makes it: what the server's ingestion
+    worker processes do (chunks carrying their BM25 vector, `page_pool.PageReader`), plus
+    the document's generation and its dense vectors."""
+    assert _worker is not None
+    corpus, embedder = _worker
+    t0 = time.perf_counter()
+    bm25 = lexical.SegmentedVectors()
+    chunks = [
+        Chunk(c.text, c.token_count, c.index, bm25.vector(c.text, segments) or NO_TERMS)
+        for c, segments in chunk_segments([corpus.document(number, n_words)], max_tokens, overlap)
+    ]
+    t1 = time.perf_counter()
+    vectors = embedder.vectors([c.text for c in chunks]) if embedder and dense else None
+    return Prepared(number, chunks, vectors, t1 - t0, time.perf_counter() - t1)
+
+
+NO_TERMS = lexical.Sparse([], [])
+
+
+class BuildPool:
+    """`--build-processes` worker processes making the corpus's files ahead of the writes,
+    so generating, chunking and vectorising (~1 ms of CPU a chunk) overlap the index
+    writes (~0.3 ms) on other cores, as the server's ingestion worker processes do."""
+
+    def __init__(self, args: argparse.Namespace, dim: int | None) -> None:
+        self.args = args
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=args.build_processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(args.vocab, args.seed, dim),
+        )
+        self.ahead: collections.deque[concurrent.futures.Future[Prepared]] = collections.deque()
+
+    def submit(self, number: int, n_words: int, dense: bool) -> None:
+        args = self.args
+        self.ahead.append(
+            self.executor.submit(
+                _prepare_in_worker, number, n_words, dense, args.max_chunk_tokens, args.overlap
+            )
+        )
+
+    def discard(self) -> None:
+        """Forget the files made ahead (a phase ended): their numbers are not reused."""
+        for future in self.ahead:
+            future.cancel()
+        self.ahead.clear()
+
+    def close(self) -> None:
+        self.discard()
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------ phases
@@ -240,6 +403,7 @@ class Ingest:
     anon_mb: int = 0  # peak anonymous RSS during the build and its optimise
     optimize_anon_mb: int = 0  # peak anonymous RSS during the optimise alone
     disk_mb: int = 0
+    wall_s: float = 0.0  # the whole build, index upkeep running beside it
 
     @property
     def total_s(self) -> float:
@@ -263,14 +427,27 @@ class Latency:
 class Context:
     args: argparse.Namespace
     corpus: Corpus
-    upstream: Upstream
-    embedder: Embedder
+    upstream: Upstream | None  # None with --precomputed-vectors
+    embedder: Embedder | PrecomputedEmbedder
     deadline: float
+    pool: BuildPool | None = None  # with --build-processes: makes the scale phase's files
     ingest_runs: dict[str, list[Ingest]] = field(default_factory=dict)
     next_doc: Iterator[int] = field(default_factory=itertools.count)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+
+async def prepare_here(ctx: Context, number: int, n_words: int, dense: bool) -> Prepared:
+    """A file made in this process: chunked (the index computes BM25 when writing) and
+    embedded through `ctx.embedder` (the upstream's CPU counted apart)."""
+    args = ctx.args
+    text = ctx.corpus.document(number, n_words)
+    t0 = time.perf_counter()
+    chunks = chunk_text(text, args.max_chunk_tokens, args.overlap)
+    t1 = time.perf_counter()
+    vectors = await ctx.embedder.embed([c.text for c in chunks]) if dense else None
+    return Prepared(number, chunks, vectors, t1 - t0, time.perf_counter() - t1)
 
 
 async def ingest_files(
@@ -281,43 +458,60 @@ async def ingest_files(
     dense: bool,
     stop_at: float,
     keep_texts: list[str] | None = None,
+    pool: BuildPool | None = None,
 ) -> Ingest:
     """chunk -> (embed) -> upsert_chunks, file after file, until target_chunks are indexed
-    (the last file truncated to land exactly) or the monotonic clock passes stop_at."""
-    args = ctx.args
+    (the last file truncated to land exactly) or the monotonic clock passes stop_at.
+
+    With a `pool` (`--build-processes`) the files are made in its worker processes, a few
+    ahead; then "chunk s" is the time this process waited for them and "embed s" stays 0."""
     result = Ingest()
     rng = random.Random(ctx.args.seed + target_chunks + dense)
-    for _ in range(100_000):
-        if result.chunks >= target_chunks:
-            break
-        if time.monotonic() > stop_at:
-            result.complete = False
-            break
-        number = next(ctx.next_doc)
-        text = ctx.corpus.document(number, rng.randint(*words_per_file))
+    started = time.perf_counter()
 
-        t0 = time.perf_counter()
-        chunks: list[Chunk] = chunk_text(text, args.max_chunk_tokens, args.overlap)
-        chunks = chunks[: target_chunks - result.chunks]
-        t1 = time.perf_counter()
-        vectors = None
-        if dense:
-            cpu0 = cpu_seconds(ctx.upstream.pid)
-            vectors = await ctx.embedder.embed([c.text for c in chunks])
-            result.upstream_cpu_s += cpu_seconds(ctx.upstream.pid) - cpu0
-        t2 = time.perf_counter()
-        written = await index.upsert_chunks(
-            STORE, f"file_{number}", f"doc_{number}.txt", chunks, dense_vectors=vectors
-        )
-        t3 = time.perf_counter()
+    def next_file() -> tuple[int, int, bool]:
+        return next(ctx.next_doc), rng.randint(*words_per_file), dense
 
-        result.chunk_s += t1 - t0
-        result.embed_s += t2 - t1
-        result.upsert_s += t3 - t2
-        result.chunks += written
-        result.files += 1
-        if keep_texts is not None:
-            keep_texts.extend(c.text for c in chunks[:: max(1, len(chunks) // 20)])
+    if pool is not None:
+        while len(pool.ahead) < 2 * ctx.args.build_processes:
+            pool.submit(*next_file())
+    try:
+        while result.chunks < target_chunks:
+            if time.monotonic() > stop_at:
+                result.complete = False
+                break
+            t0 = time.perf_counter()
+            if pool is not None:
+                prepared = await asyncio.wrap_future(pool.ahead.popleft())
+                pool.submit(*next_file())
+                result.chunk_s += time.perf_counter() - t0
+            else:
+                upstream_cpu = cpu_seconds(ctx.upstream.pid) if ctx.upstream and dense else 0.0
+                prepared = await prepare_here(ctx, *next_file())
+                if ctx.upstream and dense:
+                    result.upstream_cpu_s += cpu_seconds(ctx.upstream.pid) - upstream_cpu
+                result.chunk_s += prepared.chunk_s
+                result.embed_s += prepared.embed_s
+            room = target_chunks - result.chunks
+            chunks = prepared.chunks[:room]
+            vectors = prepared.vectors[:room] if prepared.vectors is not None else None
+            t2 = time.perf_counter()
+            written = await index.upsert_chunks(
+                STORE,
+                f"file_{prepared.number}",
+                f"doc_{prepared.number}.txt",
+                chunks,
+                dense_vectors=vectors,
+            )
+            result.upsert_s += time.perf_counter() - t2
+            result.chunks += written
+            result.files += 1
+            if keep_texts is not None:
+                keep_texts.extend(c.text for c in chunks[:: max(1, len(chunks) // 20)])
+    finally:
+        if pool is not None:
+            pool.discard()
+    result.wall_s = time.perf_counter() - started
     return result
 
 
@@ -452,7 +646,7 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
                 search_budget = min(args.search_budget_s, ctx.remaining() - 30)
                 stop_at = ctx.deadline - 30
             else:  # later sizes grow while time is left, keeping a reserve for searching
-                search_budget = max(120.0, ctx.remaining() * 0.35)
+                search_budget = args.search_reserve_s or max(120.0, ctx.remaining() * 0.35)
                 stop_at = time.monotonic() + max(0.0, ctx.remaining() - search_budget)
             texts: list[str] = []
             with AnonPeak() as build_peak:
@@ -465,10 +659,12 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
                         not args.lexical_only,
                         stop_at,
                         keep_texts=texts if not queries else None,
+                        pool=ctx.pool,
                     )
             reached = have + build.chunks
             print(
-                f"  built {reached:,} chunks ({build.chunks:,} added at {build.rate:,.0f}/s)",
+                f"  built {reached:,} chunks ({build.chunks:,} added in {build.wall_s:,.0f} s, "
+                f"{build.chunks / max(build.wall_s, 1e-9):,.0f}/s; load avg {load_average()})",
                 flush=True,
             )
             if not queries:
@@ -483,13 +679,18 @@ async def scale_phase(ctx: Context, root: Path, sizes: list[int]) -> list[Scale]
             build.anon_mb = max(build_peak.peak_mb, build.optimize_anon_mb)
             build.rss_mb = status_mb("VmHWM")
             build.disk_mb = disk_mb(root / "scale")
+            print(
+                f"  flush+optimise {build.optimize_s:,.1f} s; peak RSS {build.rss_mb:,} MB "
+                f"(anonymous {build.anon_mb:,} MB); index on disk {build.disk_mb:,} MB",
+                flush=True,
+            )
             scan = await delete_scan_seconds(index)
             budget = max(10.0, min(search_budget, ctx.remaining() - 5))
             latencies = await search_phase(ctx, index, reached, queries, budget, warm=n == 0)
             for lat in latencies:
                 print(
                     f"  {lat.mode} search at {reached:,}: {len(lat.seconds)} queries, "
-                    f"median {ms(median(lat.seconds))} ms",
+                    f"median {ms(median(lat.seconds))} ms, p99 {ms(pct(lat.seconds, 99))} ms",
                     flush=True,
                 )
             results.append(Scale(size, reached, build, scan, latencies))
@@ -517,10 +718,28 @@ def report(ctx: Context, ingests: dict[str, Ingest], scales: list[Scale], starte
     print(
         f"Retrieval bench: {args.backend} index under a temp dir; chunks {args.max_chunk_tokens}"
         f"/{args.overlap} tokens; dense dim {args.embedding_dim} (fake upstream, own process,"
-        f" via Embedder -> litellm); vocab {len(ctx.corpus.vocab):,}; {os.cpu_count()} CPUs,"
-        f" load avg now {load_average()}"
+        f" via Embedder -> litellm, unless said below); vocab {len(ctx.corpus.vocab):,};"
+        f" {os.cpu_count()} CPUs, load avg now {load_average()}"
     )
+    if args.precomputed_vectors:
+        print(
+            "Dense vectors: --precomputed-vectors (the fake upstream's, computed in process; "
+            f"the scale phase's files made in {args.build_processes} worker process(es))"
+        )
     print()
+    if not ingests:
+        print("Ingestion runs: none (--ingest-repeats 0)")
+    else:
+        report_ingestion(ctx, ingests)
+    if not scales:
+        return
+    report_scales(ctx, scales)
+    print()
+    print(f"Total runtime {time.monotonic() - started:,.0f} s")
+
+
+def report_ingestion(ctx: Context, ingests: dict[str, Ingest]) -> None:
+    args = ctx.args
     print(
         f"Ingestion into a fresh collection, files one after another (wall seconds; the "
         f"run with the median chunks/s of {args.ingest_repeats}, all: "
@@ -542,8 +761,10 @@ def report(ctx: Context, ingests: dict[str, Ingest], scales: list[Scale], starte
             f"{r.embed_s:>8.1f} {r.upsert_s:>9.1f} {r.bm25_s:>10.1f} "
             f"{(f'{r.upstream_cpu_s:.1f}' if mode == 'hybrid' else '-'):>14}{note}"
         )
-    if not scales:
-        return
+
+
+def report_scales(ctx: Context, scales: list[Scale]) -> None:
+    args = ctx.args
     print()
     print(
         f"Search latency, {args.queries} fixed queries, max_num_results={args.k}, "
@@ -585,15 +806,14 @@ def report(ctx: Context, ingests: dict[str, Ingest], scales: list[Scale], starte
         b = scale.build
         status = "" if scale.reached >= scale.target else f"  ({scale.target:,} NOT reached)"
         print(
-            f"  to {scale.reached:>7,}: {b.chunks:>7,} chunks in {b.files} files at "
-            f"{b.rate:,.0f} chunks/s (chunk {b.chunk_s:.0f} s, embed {b.embed_s:.0f} s, "
+            f"  to {scale.reached:>7,}: {b.chunks:>7,} chunks in {b.files} files in "
+            f"{b.wall_s:,.0f} s wall, {b.chunks / max(b.wall_s, 1e-9):,.0f} chunks/s "
+            f"(chunk {b.chunk_s:.0f} s, embed {b.embed_s:.0f} s, "
             f"upsert {b.upsert_s:.0f} s); per-file delete scan at this size "
             f"{scale.delete_scan_s * 1000:,.1f} ms; flush+optimise {b.optimize_s:.1f} s; "
             f"peak RSS {b.rss_mb:,} MB (anonymous: {b.anon_mb:,} MB, during the optimise "
             f"{b.optimize_anon_mb:,} MB); index on disk {b.disk_mb:,} MB{status}"
         )
-    print()
-    print(f"Total runtime {time.monotonic() - started:,.0f} s")
 
 
 # -------------------------------------------------------------------------------- main
@@ -604,32 +824,53 @@ async def run(args: argparse.Namespace) -> None:
     print(f"load avg at start {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="opengrove-retrieval-bench-", dir=args.dir) as tmp:
         root = Path(tmp)
-        upstream = Upstream(root / "upstream.log", embedding_dim=args.embedding_dim).start()
+        corpus = Corpus(args.vocab, args.seed)
+        upstream: Upstream | None = None
+        pool: BuildPool | None = None
         try:
-            corpus = Corpus(args.vocab, args.seed)
-            embedder = Embedder("openai/fake-embed", api_base=upstream.base_url, api_key="fake-key")
-            ctx = Context(args, corpus, upstream, embedder, started + args.budget_minutes * 60)
+            embedder: Embedder | PrecomputedEmbedder
+            if args.precomputed_vectors:
+                embedder = PrecomputedEmbedder(args.embedding_dim, [corpus.document(0, 2_000)])
+            else:
+                upstream = Upstream(root / "upstream.log", embedding_dim=args.embedding_dim).start()
+                embedder = Embedder(
+                    "openai/fake-embed", api_base=upstream.base_url, api_key="fake-key"
+                )
+            if args.build_processes:
+                pool = BuildPool(args, None if args.lexical_only else args.embedding_dim)
+            ctx = Context(
+                args, corpus, upstream, embedder, started + args.budget_minutes * 60, pool
+            )
             # Warm up: litellm's import (seconds) and first connection stay out of figures.
             assert len(await embedder.embed_query("warm up")) == args.embedding_dim
-            runs: dict[str, list[Ingest]] = {"lexical": [], "hybrid": []}
-            for rep in range(args.ingest_repeats):  # interleaved, to spread the noise
-                for mode, results in runs.items():
-                    r = await ingestion_phase(ctx, root, mode == "hybrid", rep)
-                    results.append(r)
-                    print(f"  ingestion {mode}: {r.chunks:,} chunks, {r.rate:,.0f}/s", flush=True)
-            # The run with the median rate, so its split adds up to its figure.
-            ctx.ingest_runs = runs
-            ingests = {
-                mode: sorted(results, key=lambda r: r.rate)[len(results) // 2]
-                for mode, results in runs.items()
-            }
+            ingests = await ingestion_runs(ctx, root)
             sizes = [10_000] if args.quick else [int(x) for x in args.sizes.split(",")]
             scales = await scale_phase(ctx, root, sizes)
             report(ctx, ingests, scales, started)
         finally:
             with contextlib.suppress(Exception):
                 await drain_litellm_logging()
-            upstream.stop()
+            if pool is not None:
+                pool.close()
+            if upstream is not None:
+                upstream.stop()
+
+
+async def ingestion_runs(ctx: Context, root: Path) -> dict[str, Ingest]:
+    """--ingest-repeats runs of each mode, interleaved to spread the noise; for each mode
+    the run with the median rate, so its split adds up to its figure."""
+    runs: dict[str, list[Ingest]] = {"lexical": [], "hybrid": []}
+    for rep in range(ctx.args.ingest_repeats):
+        for mode, results in runs.items():
+            r = await ingestion_phase(ctx, root, mode == "hybrid", rep)
+            results.append(r)
+            print(f"  ingestion {mode}: {r.chunks:,} chunks, {r.rate:,.0f}/s", flush=True)
+    ctx.ingest_runs = runs
+    return {
+        mode: sorted(results, key=lambda r: r.rate)[len(results) // 2]
+        for mode, results in runs.items()
+        if results
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -659,7 +900,29 @@ def main(argv: list[str] | None = None) -> None:
         help="after the first (cold) pass over the queries, this many more, reported as warm",
     )
     parser.add_argument("--dir", default=None, help="where the temp dir goes (default: TMPDIR)")
+    parser.add_argument(
+        "--precomputed-vectors",
+        action="store_true",
+        help="dense vectors computed in process (the fake upstream's, bit for bit) instead of "
+        "through its /v1/embeddings: for building 1M chunks in minutes",
+    )
+    parser.add_argument(
+        "--build-processes",
+        type=int,
+        default=0,
+        help="worker processes making the scale phase's files (generate, chunk, BM25, dense "
+        "vectors with --precomputed-vectors) while this one writes; 0: all in this process",
+    )
+    parser.add_argument(
+        "--search-reserve-s",
+        type=float,
+        default=None,
+        help="seconds kept for searching when growing past the first size (default: 35%% "
+        "of what is left, at least 120)",
+    )
     args = parser.parse_args(argv)
+    if args.build_processes and not (args.precomputed_vectors or args.lexical_only):
+        parser.error("--build-processes needs --precomputed-vectors (or --lexical-only)")
     if args.budget_minutes is None:
         args.budget_minutes = 10.0 if args.quick else 14.0
     if args.search_budget_s is None:

@@ -4,8 +4,10 @@ embeddings."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import random
 import re
 import time
 import zipfile
@@ -862,6 +864,149 @@ def test_chunk_stream_matches_whole_text(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [(c.text, c.index, c.token_count) for c in streamed] == [
         (c.text, c.index, c.token_count) for c in whole
     ]
+
+
+def _reference_chunks(text: str, size: int, overlap: int) -> list[tuple[str, int]]:
+    """OpenAI's static strategy as this server defines it, on the whole text at once: token
+    windows of `size`, the next one starting `overlap` tokens before the end of the last,
+    both edges nudged to fall between whole UTF-8 characters (the end back, the next start
+    forward); windows of only whitespace are left out. (Text without lone surrogates.)"""
+    encoding = get_encoding()
+    tokens = encoding.encode(text, disallowed_special=())
+    token_bytes = encoding.decode_tokens_bytes(tokens)
+    data = b"".join(token_bytes)
+    offsets = [0, *itertools.accumulate(map(len, token_bytes))]
+    n = len(tokens)
+
+    def clean(i: int) -> bool:
+        return i in (0, n) or (data[offsets[i]] & 0xC0) != 0x80
+
+    out: list[tuple[str, int]] = []
+    start = 0
+    while start < n:
+        end = min(start + size, n)
+        while end > start + 1 and not clean(end):
+            end -= 1
+        window = data[offsets[start] : offsets[end]].decode("utf-8", errors="replace")
+        if window.strip():
+            out.append((window, end - start))
+        if end >= n:
+            break
+        next_start = max(end - overlap, start + 1)
+        while next_start < end and not clean(next_start):
+            next_start += 1
+        start = next_start
+    return out
+
+
+def _random_texts(seed: int, count: int) -> list[str]:
+    """Texts made to catch chunk and segment edges out: words and stopwords, punctuation,
+    multi-byte characters that BPE tokens split, characters that cut BM25 runs, long runs
+    without a separator, blank stretches."""
+    rng = random.Random(seed)
+    alphabet = [
+        *"abc de fgh.\n, ",
+        " the",
+        " of and",
+        "ü",
+        "東京",
+        "🙂",
+        "\r\n",
+        "'s",
+        "   ",
+        "123",
+        "—",
+        "é",
+        "a—b",
+        "x" * 40,
+        "ﬁ",
+        "²",
+        "٣",
+        "\n\n",
+    ]
+    return [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3000))) for _ in range(count)
+    ]
+
+
+SEGMENT_SETTINGS = [(800, 400), (100, 50), (100, 0), (137, 60), (120, 13)]
+
+
+def test_chunks_and_their_segments_match_the_reference() -> None:
+    """`chunk_stream` (streamed, windows settled as tokens arrive) makes exactly the
+    reference's chunks, and `chunk_segments` cuts each chunk's text into segments that
+    join back to it, consecutive chunks sharing the segments they overlap on."""
+    texts = [
+        *_random_texts(11, 60),
+        " ".join(f"word{i} ünï 東京." for i in range(3000)),
+        " ".join(f"Word{i} isn't 3.14159, ok?\n\n" for i in range(3000)),  # (ASCII)
+        *(text.encode("ascii", errors="ignore").decode() for text in _random_texts(14, 30)),
+    ]
+    for text in texts:
+        for size, overlap in SEGMENT_SETTINGS:
+            pairs = list(chunking.chunk_segments([text], size, overlap))
+            assert [(c.text, c.token_count) for c, _ in pairs] == _reference_chunks(
+                text, size, overlap
+            ), (text[:80], size, overlap)
+            assert [c.index for c, _ in pairs] == list(range(len(pairs)))
+            for chunk, segments in pairs:
+                assert "".join(part for _, _, part in segments) == chunk.text
+                assert segments[0][0] < segments[-1][1]
+                assert all(a[1] == b[0] for a, b in pairwise(segments))
+            if overlap:
+                shared = [
+                    set(s[:2] for s in a) & set(s[:2] for s in b)
+                    for (_, a), (_, b) in pairwise(pairs)
+                ]
+                assert all(shared), (size, overlap)
+
+
+def test_segmented_vectors_equal_document_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The BM25 vectors ingestion computes once per segment (`SegmentedVectors`) equal
+    `document_vector` of each chunk's whole text: runs cut by a segment edge, runs spanning
+    several segments, stopwords and runs the encoder cuts further at edges, lone
+    surrogates (the whole-text fallback); also after forgetting the remembered runs."""
+    texts = [*_random_texts(12, 80), "zebra" * 2000, "a\ud800b " * 500]
+    for text in texts:
+        for size, overlap in SEGMENT_SETTINGS:
+            vectors = lexical.SegmentedVectors()
+            for chunk, segments in chunking.chunk_segments([text], size, overlap):
+                got = vectors.vector(chunk.text, segments)
+                assert got == lexical.document_vector(chunk.text), (text[:80], size, overlap)
+    monkeypatch.setattr(lexical, "MAX_REMEMBERED", 10)
+    vectors = lexical.SegmentedVectors()
+    for chunk, segments in chunking.chunk_segments(texts[:5], 100, 50):
+        assert vectors.vector(chunk.text, segments) == lexical.document_vector(chunk.text)
+
+
+def test_ascii_token_lengths_are_tiktokens() -> None:
+    """The Python pre-tokenizer for ASCII text splits as tiktoken's o200k does: every ASCII
+    character (controls too), contractions in either case, digit runs, whitespace runs
+    before words and line ends, pieces that are several tokens."""
+    encoding = get_encoding()
+    rng = random.Random(13)
+    alphabet = [chr(c) for c in range(128)] + [
+        *"aaeeoo  \n\n",
+        "'s",
+        "'RE",
+        " 'll",
+        "'D",
+        "  \n ",
+        "\r\n\r\n",
+        "\t \x0b\x0c",
+        "AbC",
+        "hello",
+        " World",
+        "x/y\n/",
+        "1234567",
+        " supercalifragilistic",
+        "zzqxj",
+    ]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(5000)]
+    texts.append(" ".join(f"Word{i} isn't 3.14159 ok?!\n\n" for i in range(2000)))
+    for text in texts:
+        expected = [len(b) for b in encoding.decode_tokens_bytes(encoding.encode_ordinary(text))]
+        assert chunking._ascii_token_lengths(text) == expected, repr(text)
 
 
 def test_iter_text_streams_and_normalises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

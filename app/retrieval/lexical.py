@@ -27,6 +27,7 @@ merge; the encoder keeps one of them.
 
 from __future__ import annotations
 
+import functools
 import threading
 from array import array
 from collections import Counter
@@ -103,7 +104,7 @@ def document_vector(text: str) -> Sparse | None:
         return None
     indices = sorted(counts)
     weight = _weights(length)
-    return Sparse(indices, [weight[counts[term]] for term in indices])
+    return Sparse(indices, list(map(weight.__getitem__, map(counts.__getitem__, indices))))
 
 
 def encoder_document_vector(text: str) -> Sparse | None:
@@ -220,3 +221,95 @@ def query_terms(text: str) -> list[int]:
 
 def single_term(term: int) -> Sparse:
     return Sparse([term], [1.0])
+
+
+# -- the vectors of overlapping chunks ------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Runs:
+    """A stretch of text as `document_vector` sees it: the `_TERMS` entry of each of its
+    runs, in order, and the runs at its edges, which may continue into the neighbouring
+    stretch: `head` / `tail` are its first / last run when the text starts / ends inside
+    one (else b""), `whole` says the text is one run. Only a run holding non-ASCII
+    characters can be cut further (a tuple of terms): `ascii` says there is none."""
+
+    terms: list[int | tuple[int, ...] | None]
+    head: bytes
+    tail: bytes
+    whole: bool
+    ascii: bool
+
+
+def _runs(text: str) -> _Runs | None:
+    """The runs of one stretch; None for text that has no UTF-8 form (lone surrogates: the
+    encoder must see the whole chunk)."""
+    try:
+        translated = text.encode("utf-8").translate(_SPLIT)
+    except UnicodeEncodeError:
+        return None
+    words = translated.split()
+    head = words[0] if words and translated[0] != 0x20 else b""
+    tail = words[-1] if words and translated[-1] != 0x20 else b""
+    whole = len(words) == 1 and bool(head and tail)
+    return _Runs(list(map(_TERMS.__getitem__, words)), head, tail, whole, translated.isascii())
+
+
+def _joined(left: _Runs, right: _Runs) -> _Runs:
+    """The runs of two adjacent stretches' texts joined: a run ending `left` and one
+    starting `right` are one run of the joined text."""
+    if not (left.tail and right.head):  # a separator between them
+        return _Runs(
+            left.terms + right.terms, left.head, right.tail, False, left.ascii and right.ascii
+        )
+    run = left.tail + right.head
+    return _Runs(
+        [*left.terms[:-1], _TERMS[run], *right.terms[1:]],
+        run if left.whole else left.head,
+        run if right.whole else right.tail,
+        left.whole and right.whole,
+        left.ascii and right.ascii,
+    )
+
+
+def _vector(runs: _Runs) -> Sparse | None:
+    """`document_vector` from the `_TERMS` entries of a text's runs."""
+    counts: Counter[Any] = Counter(runs.terms)
+    length = len(runs.terms) - counts.pop(None, 0)
+    if not runs.ascii:
+        for key in [key for key in counts if type(key) is tuple]:
+            n = counts.pop(key)
+            length += n * (len(key) - 1)
+            for term in key:
+                counts[term] += n
+    if not counts:
+        return None
+    indices = sorted(counts)
+    weight = _weights(length)
+    return Sparse(indices, list(map(weight.__getitem__, map(counts.__getitem__, indices))))
+
+
+class SegmentedVectors:
+    """`document_vector` of a stream of chunks given as segments (`chunking.chunk_segments`:
+    consecutive chunks share the segments they overlap on), splitting each segment into
+    runs and looking their terms up once instead of once per chunk holding it (twice with
+    the `auto` strategy's overlap of half a chunk). Equal to `document_vector(chunk.text)`
+    (`test_retrieval` checks it)."""
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[int, int], _Runs | None] = {}
+
+    def vector(self, text: str, segments: list[tuple[int, int, str]]) -> Sparse | None:
+        """The document vector of a chunk whose text is `text`, cut into `segments`."""
+        if len(segments) == 1:  # (no neighbour overlaps it)
+            self._previous = {}
+            return document_vector(text)
+        runs: dict[tuple[int, int], _Runs | None] = {}
+        for first, end, part in segments:
+            key = (first, end)
+            runs[key] = self._previous[key] if key in self._previous else _runs(part)
+        self._previous = runs  # the next chunk starts with the last of them
+        parts = [part for part in runs.values() if part is not None]
+        if len(parts) < len(segments):
+            return document_vector(text)
+        return _vector(functools.reduce(_joined, parts))

@@ -1,16 +1,18 @@
 """A file's chunks a page at a time, with their BM25 vectors, parsed in worker processes.
 
-Parsing, chunking and BM25 encoding cost about 0.4 ms of CPU per chunk (tiktoken's
-encoding 0.23 ms of it, the BM25 vector 0.09 ms): in the server's process they would share
-one core with the event loop, the database and the index writes. So ingestion hands them to
-`PagePool`: up to `processes` worker processes (spawned on first use, each a single-worker
+Parsing, chunking and BM25 encoding cost a few tenths of a ms of CPU per chunk (mostly
+tokenising, then the BM25 vector): in the server's process they would share one core with
+the event loop, the database and the index writes. So ingestion hands them to `PagePool`:
+up to `processes` worker processes (spawned on first use, each a single-worker
 `ProcessPoolExecutor`), a file bound to one of them for its life, since its page stream
-(`PageReader`: `iter_text` into `chunk_stream`, then the BM25 vectors) lives there. One
-round trip per page: pages come back as `Chunk`s carrying their `sparse` vector; the server
+(`PageReader`: `iter_text` into `chunking.chunk_segments`, then the BM25 vectors, each
+stretch of text that consecutive chunks overlap on counted once) lives there. One round
+trip per page: pages come back as `Chunk`s carrying their `sparse` vector; the server
 process only writes them. The worker reads a file's next page while the server writes the
-one it sent (`_read_ahead`), and tokenises the next piece of text while it chunks and
-encodes the current one (`chunking._encoded`; tiktoken releases the GIL), so one long file
-keeps two cores busy.
+one it sent (`_read_ahead`). ASCII text is tokenised in Python (`chunking.
+_ascii_token_lengths`, faster than tiktoken); other text is tokenised by tiktoken in a
+thread while the piece before it is chunked and encoded (`chunking._encoded`; tiktoken
+releases the GIL), so such a file keeps two cores busy.
 
 With `processes=0` the same `PageReader` runs in a thread of the server's process.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import itertools
 import logging
 import multiprocessing
@@ -35,13 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from app.retrieval import lexical
-from app.retrieval.chunking import Chunk, chunk_stream
+from app.retrieval.chunking import Chunk, chunk_segments
 from app.retrieval.parsing import Limits, iter_text
 
 logger = logging.getLogger("opengrove.ingestion")
 
 PAGE_CHUNKS = 256  # chunks parsed, encoded and written together
 KILL_GRACE_SECONDS = 5.0  # a worker past a page's deadline this long is killed
+GC_THRESHOLD = 50_000  # a worker's young-generation threshold (the default is 700)
 
 
 class ReaderLost(RuntimeError):
@@ -67,18 +71,22 @@ class PageReader:
 
     def __init__(self, source: FileToChunk) -> None:
         self.limits = source.limits
-        self._chunks = chunk_stream(
+        self._chunks = chunk_segments(
             iter_text(source.path, source.filename, source.mime_type, source.limits),
             source.max_chunk_size_tokens,
             source.chunk_overlap_tokens,
         )
+        # Chunks overlap (by half with the `auto` strategy): each stretch of text is counted
+        # for BM25 once, not once per chunk holding it.
+        self._vectors = lexical.SegmentedVectors()
 
     def next(self, deadline: float | None = None) -> list[Chunk] | None:
         self.limits.deadline = deadline
-        page: list[Chunk] = []
-        for chunk in itertools.islice(self._chunks, PAGE_CHUNKS):
-            sparse = lexical.document_vector(chunk.text) or _NO_TERMS
-            page.append(Chunk(chunk.text, chunk.token_count, chunk.index, sparse))
+        vector = self._vectors.vector
+        page = [
+            Chunk(c.text, c.token_count, c.index, vector(c.text, segments) or _NO_TERMS)
+            for c, segments in itertools.islice(self._chunks, PAGE_CHUNKS)
+        ]
         self.ended = len(page) < PAGE_CHUNKS
         return page or None
 
@@ -108,6 +116,12 @@ def _warm_up() -> None:
     # a worker never does: 27 MB of RSS less per worker.
     encoding._mergeable_ranks = {}
     lexical.document_vector("warm up")
+    # Collect garbage less often: a page allocates thousands of objects (and frees them;
+    # none form cycles), so the default threshold (700) runs a young collection every few
+    # dozen chunks, each traversing whatever lists are alive, such as a piece's 150k
+    # tokens: ~4 % of a worker's CPU. What was loaded up to here is never collected.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 def _started() -> None:
