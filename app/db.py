@@ -115,7 +115,11 @@ class Database:
                 # prepares a statement once per connection: a round trip, and planning). A
                 # FIFO pool rotated through all of them, preparing everything on each.
                 pool_use_lifo=True,
-                connect_args={"server_settings": {"opengrove.sender": PROCESS_TOKEN}},
+                # No JIT: a new connection's first act is asyncpg's type introspection, a
+                # query PostgreSQL's JIT compiled every time (asyncpg#530): ~0.1 s of the
+                # database's CPU per connection opened. The hot path's statements are far
+                # too small for JIT to pay either.
+                connect_args={"server_settings": {"opengrove.sender": PROCESS_TOKEN, "jit": "off"}},
             )
         else:
             # aiosqlite runs each connection in a thread of its own, and SQLite takes one
