@@ -334,12 +334,19 @@ class _UnitOfWork:
         _run(self.conn, "WITH " + ", ".join(parts) + " SELECT 1", tuple(values), many=False)
 
     def end(self, failed: bool) -> None:
-        driver = self.conn.connection.driver_connection
         if not failed:
-            self.flush()
+            try:
+                self.flush()
+            except BaseException:
+                self._finish("ROLLBACK")
+                raise
+        self._finish("ROLLBACK" if failed else "COMMIT")
+
+    def _finish(self, command: str) -> None:
+        driver = self.conn.connection.driver_connection
         if self.begun or driver.is_in_transaction():
             try:
-                await_only(driver.execute("ROLLBACK" if failed else "COMMIT"))
+                await_only(driver.execute(command))
             except BaseException:
                 # Never back to the pool inside a transaction.
                 self.conn.invalidate()

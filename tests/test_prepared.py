@@ -205,9 +205,16 @@ async def test_a_failed_transaction_leaves_nothing_and_no_open_transaction(db: D
         assert conn.execute(_messages_of(thread_id)).all()  # type: ignore[call-overload]
         raise Refused
 
+    def update_then_write_a_duplicate(conn: Connection) -> None:
+        update_rows(conn, THREADS, "id", thread_id, {"metadata": {"v": "3"}})
+        insert_row(conn, THREADS, {"id": thread_id, "project_id": "p", "tool_resources": {}})
+
     for work in (update_then_fail, hold_read_then_fail):
         with pytest.raises(Refused):
             await db.transact(work)
+    # The held write fails at the end, inside the transaction the update began.
+    with pytest.raises(IntegrityError):
+        await db.transact(update_then_write_a_duplicate)
 
     def state(conn: Connection) -> tuple[object, int, bool]:
         metadata = conn.execute(select(THREADS.c.metadata).where(THREADS.c.id == thread_id))
