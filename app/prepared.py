@@ -308,7 +308,11 @@ class _UnitOfWork:
         if not self.begun:
             # On the driver itself: SQLAlchemy's connection stays in autocommit and knows
             # nothing of it (`deferring` ends it, whatever happens).
-            await_only(self.conn.connection.driver_connection.execute("BEGIN"))
+            try:
+                await_only(self.conn.connection.driver_connection.execute("BEGIN"))
+            except BaseException:
+                self.conn.invalidate()  # past SQLAlchemy's disconnect detection: a new one
+                raise
             self.begun = True
 
     def before(self, plain_read: bool) -> None:
@@ -343,6 +347,8 @@ class _UnitOfWork:
         self._finish("ROLLBACK" if failed else "COMMIT")
 
     def _finish(self, command: str) -> None:
+        if self.conn.invalidated:
+            return  # closed, and its transaction with it
         driver = self.conn.connection.driver_connection
         if self.begun or driver.is_in_transaction():
             try:
