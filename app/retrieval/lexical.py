@@ -94,12 +94,19 @@ def document_vector(text: str) -> Sparse | None:
         counts = Counter(map(_TERMS.__getitem__, words))
     except _NotOneTerm:  # (never seen: a run is one term at most)
         return encoder_document_vector(text)
-    length = len(words) - counts.pop(None, 0)
-    for key in [key for key in counts if type(key) is tuple]:  # runs cut further
-        n = counts.pop(key)
-        length += n * (len(key) - 1)
-        for term in key:
-            counts[term] += n
+    return _sparse(counts, len(words) - counts.pop(None, 0))
+
+
+def _sparse(counts: Counter[Any], length: int, *, runs_cut: bool = True) -> Sparse | None:
+    """The BM25 vector of a text from the counts of its `_TERMS` entries (`length`: its
+    term count so far). `runs_cut`: some entries may be runs cut further (tuples of terms;
+    never so in ASCII text)."""
+    if runs_cut:
+        for key in [key for key in counts if type(key) is tuple]:
+            n = counts.pop(key)
+            length += n * (len(key) - 1)
+            for term in key:
+                counts[term] += n
     if not counts:
         return None
     indices = sorted(counts)
@@ -275,18 +282,7 @@ def _joined(left: _Runs, right: _Runs) -> _Runs:
 def _vector(runs: _Runs) -> Sparse | None:
     """`document_vector` from the `_TERMS` entries of a text's runs."""
     counts: Counter[Any] = Counter(runs.terms)
-    length = len(runs.terms) - counts.pop(None, 0)
-    if not runs.ascii:
-        for key in [key for key in counts if type(key) is tuple]:
-            n = counts.pop(key)
-            length += n * (len(key) - 1)
-            for term in key:
-                counts[term] += n
-    if not counts:
-        return None
-    indices = sorted(counts)
-    weight = _weights(length)
-    return Sparse(indices, list(map(weight.__getitem__, map(counts.__getitem__, indices))))
+    return _sparse(counts, len(runs.terms) - counts.pop(None, 0), runs_cut=not runs.ascii)
 
 
 class SegmentedVectors:
