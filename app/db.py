@@ -135,9 +135,10 @@ class Database:
                 pool_timeout=60,
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs, **_JSON_CODEC)
-        # Reads without BEGIN and COMMIT (two round trips): under PostgreSQL's READ COMMITTED
-        # every statement takes its own snapshot anyway, in a transaction or not.
-        self._reads: AsyncEngine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # PostgreSQL's `transact` runs in autocommit: reads need no BEGIN and COMMIT (under
+        # READ COMMITTED every statement takes its own snapshot anyway), and writes begin a
+        # transaction only when they must (app.prepared.deferring).
+        self._autocommit: AsyncEngine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -173,12 +174,11 @@ class Database:
     def _transact_in_greenlet(
         self, work: Callable[..., T], args: tuple[Any, ...], writes: bool
     ) -> T:
-        if not writes:
-            with self._reads.sync_engine.connect() as conn:
+        with self._autocommit.sync_engine.connect() as conn:
+            if not writes:
                 return work(conn, *args)
-        # Autocommit: `deferring` begins the transaction itself, when it must (app.prepared).
-        with self._reads.sync_engine.connect() as conn, deferring(conn):
-            return work(conn, *args)
+            with deferring(conn):  # begins the transaction itself, when it must
+                return work(conn, *args)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
