@@ -55,7 +55,14 @@ class AppServer:
 
     def start(self, timeout: float = 60) -> Self:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            # Streams still open when a test ends (one that failed midway) must not keep the
+            # server up: uvicorn would otherwise wait for them forever.
+            timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="app-server", daemon=True)
