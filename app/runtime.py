@@ -30,8 +30,9 @@ from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.index import LazyIndex, create_index
+from app.runs.delivery import LogWatcher, PostgresListener
 from app.runs.dispatch import RunDispatcher
-from app.runs.events import EventHub, LogWatcher, PostgresListener
+from app.runs.events import EventHub
 from app.runs.execution import ExecutionContext
 from app.runs.images import PromptImages
 from app.runs.retention import prune_event_logs

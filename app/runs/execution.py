@@ -39,16 +39,10 @@ from app.llm.routing import ModelRouter
 from app.observability import context
 from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
-from app.runs.images import ImageCache, PromptImages, has_images
+from app.runs.images import ImageCache, PromptImages
 from app.runs.models import Run
 from app.runs.outcomes import RunCancelled, RunIncomplete
-from app.runs.prompt import (
-    build_prompt,
-    fit_prompt,
-    llm_response_format,
-    llm_tool_choice,
-    llm_tools,
-)
+from app.runs.prompt import build_prompt, chat_request
 from app.runs.schemas import render_run, render_step
 from app.runs.service import finish_run
 from app.runs.store import Row
@@ -244,61 +238,21 @@ class RunExecution:
             prompt, self._prompt = self._prompt, None
             if prompt is None:
                 prompt = await self.db.transact(build_prompt, self.run, writes=False)
-            request = self._request(prompt)
-            request.messages = await self._inline_images(request.messages)
+            request = chat_request(
+                self.run,
+                prompt,
+                self.ctx.router.route(self.run.model),
+                list(self.tools.values()),
+                self.usage["completion_tokens"],
+            )
+            request.messages = await self.ctx.images.inline_unless_cancelled(
+                request.messages, self.run.project_id, self._images, self.cancel
+            )
             turn = Turn(number=self.run.turns)
             await self._stream_turn(request, turn)
             if not await self._close_turn(turn, request):
                 return
         raise RunIncomplete("max_completion_tokens")
-
-    async def _inline_images(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The prompt with its images as data URLs (downloads end early if the run is
-        cancelled meanwhile)."""
-        if not has_images(messages):
-            return messages
-        inlining = asyncio.ensure_future(
-            self.ctx.images.inline(messages, self.run.project_id, self._images)
-        )
-        cancelled = asyncio.ensure_future(self.cancel.wait())
-        try:
-            await asyncio.wait({inlining, cancelled}, return_when=asyncio.FIRST_COMPLETED)
-            if not inlining.done():
-                raise RunCancelled()
-            return inlining.result()
-        finally:
-            cancelled.cancel()
-            if not inlining.done():
-                inlining.cancel()
-                await asyncio.wait({inlining})
-
-    def _request(self, prompt: list[dict[str, Any]]) -> ChatRequest:
-        run = self.run
-        route = self.ctx.router.route(run.model)
-        max_tokens = None
-        if run.max_prompt_tokens is not None:
-            prompt = fit_prompt(route.litellm_model, prompt, run.max_prompt_tokens)
-        if run.max_completion_tokens is not None:
-            max_tokens = run.max_completion_tokens - self.usage["completion_tokens"]
-            if max_tokens <= 0:
-                raise RunIncomplete("max_completion_tokens")
-        tools = llm_tools(run.tools)
-        tools += [tool.definition for tool in self.tools.values()]
-        return ChatRequest(
-            route=route,
-            messages=prompt,
-            tools=tools,
-            tool_choice=llm_tool_choice(
-                run.tool_choice, {t.type: t.name for t in self.tools.values()}
-            )
-            if tools
-            else None,
-            parallel_tool_calls=run.parallel_tool_calls if tools else None,
-            response_format=llm_response_format(run.response_format),
-            temperature=run.temperature,
-            top_p=run.top_p,
-            max_tokens=max_tokens,
-        )
 
     async def _stream_turn(self, request: ChatRequest, turn: Turn) -> None:
         stream = stream_chat(request, self.ctx.policy).__aiter__()

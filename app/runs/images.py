@@ -23,6 +23,7 @@ from app.errors import NotFound
 from app.files.service import file_path, get_file
 from app.llm.adapter import LLMError
 from app.llm.images import SUPPORTED, Image, ImageFetcher, ImageFetchError, data_url, sniff
+from app.runs.outcomes import RunCancelled
 
 logger = logging.getLogger("opengrove.runs")
 
@@ -83,6 +84,29 @@ class PromptImages:
         if self.fetcher is None or url.startswith("data:"):
             return None
         return f"url:{url}"
+
+    async def inline_unless_cancelled(
+        self,
+        messages: list[dict[str, Any]],
+        project_id: str,
+        cache: ImageCache,
+        cancel: asyncio.Event,
+    ) -> list[dict[str, Any]]:
+        """`inline`, ended early (`RunCancelled`) when the run is cancelled meanwhile."""
+        if not has_images(messages):
+            return messages
+        inlining = asyncio.ensure_future(self.inline(messages, project_id, cache))
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({inlining, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if not inlining.done():
+                raise RunCancelled()
+            return inlining.result()
+        finally:
+            cancelled.cancel()
+            if not inlining.done():
+                inlining.cancel()
+                await asyncio.wait({inlining})
 
     async def inline(
         self, messages: list[dict[str, Any]], project_id: str, cache: ImageCache

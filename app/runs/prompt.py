@@ -8,11 +8,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from app.llm.adapter import count_tokens
+from app.llm.adapter import ChatRequest, count_tokens
+from app.llm.routing import ModelRoute
 from app.runs import store
 from app.runs.images import SOURCE
 from app.runs.outcomes import RunIncomplete
 from app.runs.store import Row
+from app.tools import ActiveTool
 
 
 def _chat_content(
@@ -72,6 +74,39 @@ def build_prompt(conn: Connection, run: Row) -> list[dict[str, Any]]:
     if run.turns:  # a run's first turn has no steps of its own yet
         prompt.extend(_run_turns(conn, run))
     return prompt
+
+
+def chat_request(
+    run: Row,
+    prompt: list[dict[str, Any]],
+    route: ModelRoute,
+    builtin: list[ActiveTool],
+    completion_tokens_used: int,
+) -> ChatRequest:
+    """The model call for the run's next turn: its prompt (fitted to `max_prompt_tokens`),
+    its tools (functions and the run's built-in tools), its settings and what is left of
+    `max_completion_tokens`."""
+    max_tokens = None
+    if run.max_prompt_tokens is not None:
+        prompt = fit_prompt(route.litellm_model, prompt, run.max_prompt_tokens)
+    if run.max_completion_tokens is not None:
+        max_tokens = run.max_completion_tokens - completion_tokens_used
+        if max_tokens <= 0:
+            raise RunIncomplete("max_completion_tokens")
+    tools = llm_tools(run.tools) + [tool.definition for tool in builtin]
+    return ChatRequest(
+        route=route,
+        messages=prompt,
+        tools=tools,
+        tool_choice=llm_tool_choice(run.tool_choice, {t.type: t.name for t in builtin})
+        if tools
+        else None,
+        parallel_tool_calls=run.parallel_tool_calls if tools else None,
+        response_format=llm_response_format(run.response_format),
+        temperature=run.temperature,
+        top_p=run.top_p,
+        max_tokens=max_tokens,
+    )
 
 
 def fit_prompt(model: str, prompt: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from app.errors import InvalidRequest
 from app.image_urls import ImageUrlPolicy
 from app.llm.routing import ModelRouter
 from app.pagination import LIST_QUERY_OPENAPI, ListParams, list_params
-from app.runs import service
+from app.runs import creation, service
 from app.runs.schemas import (
     RunCreate,
     RunObject,
@@ -85,7 +85,7 @@ NewRun = Annotated[NewRunChecks, Depends(new_run_checks)]
 
 
 def _answer(
-    new: service.NewRun, slot: StreamSlot | None, db: DatabaseDep, signals: Signals
+    new: creation.NewRun, slot: StreamSlot | None, db: DatabaseDep, signals: Signals
 ) -> RunObject | EventSourceResponse:
     if slot is not None:
         return run_event_stream(db, signals.hub, new.run.id, known=new.events, slot=slot)
@@ -99,7 +99,7 @@ async def create_thread_and_run(
     messages = (body.thread.messages or []) if body.thread else []
     slot = await checks.admit(body, messages, "thread.messages")
     with _given_back_on_error(slot):
-        new = await service.create_thread_and_run(
+        new = await creation.create_thread_and_run(
             db, signals, checks.caller.project_id, body, [], checks.limits.active_runs
         )
     return _answer(new, slot, db, signals)
@@ -116,7 +116,7 @@ async def create_run(
 ) -> RunObject | EventSourceResponse:
     slot = await checks.admit(body, body.additional_messages or [], "additional_messages")
     with _given_back_on_error(slot):
-        new = await service.create_run(
+        new = await creation.create_run(
             db,
             signals,
             checks.caller.project_id,

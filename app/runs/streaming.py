@@ -29,7 +29,8 @@ from starlette.types import Receive, Scope, Send
 from app.auth.quotas import StreamSlot
 from app.db import Database
 from app.observability.metrics import OPEN_STREAMS
-from app.runs.events import Event, EventHub, dumps, follow
+from app.runs.delivery import follow
+from app.runs.events import Event, EventHub, dumps
 
 logger = logging.getLogger("opengrove.streams")
 
