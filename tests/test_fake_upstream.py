@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import httpx
 import litellm
 import pytest
 
+from app.llm import adapter
 from tests.fake_upstream import (
     FakeReply,
     FakeToolCall,
@@ -36,6 +37,14 @@ HI = [{"role": "user", "content": "hi"}]
 
 # litellm's own stream-logging path emits these on every streamed call (BerriAI/litellm#11759).
 pytestmark = pytest.mark.filterwarnings("ignore:Pydantic serializer warnings:UserWarning")
+
+
+@pytest.fixture(autouse=True, scope="module")
+async def close_litellm_clients() -> AsyncIterator[None]:
+    """These tests call litellm on the tests' event loop: close the clients it cached there
+    (else their aiohttp sessions are reported unclosed when pytest exits)."""
+    yield
+    await adapter.aclose()
 
 
 @pytest.fixture(scope="module")

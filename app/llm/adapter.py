@@ -18,12 +18,14 @@ import contextlib
 import logging
 import os
 import random
+import sys
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import httpx
 
 from app.llm import openai_wire
@@ -271,8 +273,27 @@ async def takes_fast_path(route: ModelRoute, policy: RetryPolicy | None = None) 
 
 
 async def aclose() -> None:
-    """Close the fast path's shared HTTP clients (at shutdown)."""
+    """Close the shared HTTP connections made on this event loop (at shutdown): the fast
+    path's clients, and the aiohttp sessions under litellm's cached clients. litellm's own
+    cleanup misses some (BerriAI/litellm#31245) and closes its httpx clients for good; a
+    session alone can be closed, as litellm makes a new one when it finds it closed."""
     await openai_wire.aclose()
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return  # never imported: nothing cached
+    loop = asyncio.get_running_loop()
+    cached = getattr(litellm.in_memory_llm_clients_cache, "cache_dict", {})
+    for holder in [*cached.values(), getattr(litellm, "module_level_aclient", None)]:
+        # AsyncHTTPHandler.client, AsyncOpenAI._client: an httpx client on litellm's
+        # aiohttp transport, whose `client` is the session.
+        http = getattr(holder, "client", None) or getattr(holder, "_client", None)
+        session = getattr(getattr(http, "_transport", None), "client", None)
+        if (
+            isinstance(session, aiohttp.ClientSession)
+            and not session.closed
+            and getattr(session, "_loop", None) is loop  # another loop's is not ours to close
+        ):
+            await session.close()
 
 
 def _call_kwargs(litellm: ModuleType, request: ChatRequest, timeout: float) -> dict[str, Any]:
