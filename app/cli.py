@@ -115,6 +115,7 @@ async def _run_worker() -> None:
     from app.runtime import Runtime
 
     runtime = await Runtime.start(get_settings(), run_workers=True)
+    runtime.settle_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
