@@ -165,6 +165,19 @@ class Prepared:
         form = self._form(conn)
         unit.held.append((form.sql, form.values(params)))
 
+    def guard(self, conn: Connection, params: Mapping[str, Any]) -> bool:
+        """`execute` for a conditional UPDATE that decides the rest of its transaction: True
+        if it matched a row. Inside `deferring`, as the unit's first write, it is held and
+        assumed to match; the INSERTs held after it are written only if it does. Should it
+        match nothing, `GuardMissed` is raised (at the unit's end, or its next statement)
+        and nothing of the unit is written: the caller must catch it."""
+        unit = _unit(conn)
+        if unit is None or unit.held or unit.begun or unit.guard is not None:
+            return self.execute(conn, params).rowcount > 0
+        form = self._form(conn)
+        unit.guard = (form.sql, form.values(params))
+        return True
+
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
         return self.execute(conn, params).rows
 
@@ -279,9 +292,25 @@ def insert_row(conn: Connection, table: Table, values: Mapping[str, Any]) -> Non
 #    run on their own (under READ COMMITTED each statement takes its own snapshot anyway),
 #    and when all the writes end up in one statement there is no BEGIN and no COMMIT: one
 #    statement is atomic by itself.
+#  * A conditional UPDATE that comes first (`Prepared.guard`: a run's state transition) is
+#    held too, as the guard of the INSERTs held after it: they go as one statement, each
+#    INSERT taking its row only if the guard matched one, and the statement tells whether it
+#    did. A run claimed, its event logged: one round trip, not BEGIN … COMMIT's four.
 
 _UNIT = "opengrove_unit_of_work"
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class GuardMissed(Exception):
+    """A held guard (`Prepared.guard`) matched no row: nothing of its unit was written."""
+
+
+def _if_guarded(insert_sql: str) -> str:
+    """`INSERT INTO t (…) VALUES (…)` as an INSERT of the same row only if the guard `g`
+    matched (the parameters carry their casts, so the types need no VALUES context)."""
+    head, found, values = insert_sql.partition(") VALUES (")
+    assert found and values.endswith(")"), insert_sql
+    return f"{head}) SELECT {values[:-1]} WHERE EXISTS (SELECT FROM g)"
 
 
 def _renumbered(sql: str, offset: int) -> str:
@@ -302,6 +331,7 @@ class _UnitOfWork:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.held: list[tuple[str, tuple[Any, ...]]] = []
+        self.guard: tuple[str, tuple[Any, ...]] | None = None
         self.begun = False
 
     def begin(self) -> None:
@@ -317,13 +347,37 @@ class _UnitOfWork:
 
     def before(self, plain_read: bool) -> None:
         """Another statement is about to run: what must come first."""
-        if self.held:
+        if self.held or self.guard is not None:
             self.begin()  # the held writes and what follows them: one transaction
+            self._run_guard()
             self.flush()
         elif not plain_read:
             self.begin()
 
+    def _run_guard(self) -> None:
+        """The held guard on its own, in the transaction (more statements follow it)."""
+        guard, self.guard = self.guard, None
+        if guard is not None and _run(self.conn, *guard, many=False)[2] == 0:
+            raise GuardMissed()  # the caller's unit ends rolled back
+
+    def _flush_guarded(self) -> None:
+        """The guard and the INSERTs held after it, as one statement (the unit's last)."""
+        assert self.guard is not None
+        sql, values = self.guard
+        parts = [f"g AS ({sql} RETURNING 1)"]
+        values = list(values)
+        held, self.guard, self.held = self.held, None, []
+        for i, (insert_sql, each) in enumerate(held):
+            parts.append(f"w{i} AS ({_renumbered(_if_guarded(insert_sql), len(values))})")
+            values.extend(each)
+        statement = "WITH " + ", ".join(parts) + " SELECT count(*) FROM g"
+        if _run(self.conn, statement, tuple(values), many=False)[1][0][0] == 0:
+            raise GuardMissed()
+
     def flush(self) -> None:
+        if self.guard is not None:
+            self._flush_guarded()
+            return
         held, self.held = self.held, []
         if not held:
             return

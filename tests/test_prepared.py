@@ -12,10 +12,13 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import Database
 from app.ids import new_id, next_seq, now
+from app.llm.adapter import RetryPolicy
+from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
-from app.prepared import insert_row, update_rows
+from app.prepared import GuardMissed, Prepared, insert_row, plain_insert, update_rows
 from app.runs import store
 from app.runs.events import EVENT_TABLE, EventHub, EventWriter, compact
+from app.runs.execution import ExecutionContext, RunExecution
 from tests.databases import fresh_database
 
 THREADS = store.MESSAGES.metadata.tables["threads"]
@@ -228,3 +231,121 @@ async def test_a_failed_transaction_leaves_nothing_and_no_open_transaction(db: D
     # Twice: a fresh connection, and (most recently used first) the one that just failed.
     for _ in range(2):
         assert await db.transact(state, writes=False) == ({"v": "1"}, 0, False)
+
+
+def _queued_run(conn: Connection) -> store.Row:
+    run = store.Row(id=new_id("run_"))
+    values = {
+        "project_id": "proj",
+        "thread_id": _thread(conn),
+        "assistant_id": "asst_x",
+        "status": "queued",
+        "model": "m",
+        "instructions": "",
+        "tools": [],
+        "metadata_": {},
+        "created_at": now(),
+        "seq": next_seq(),
+    }
+    store.fill_run(run, values)
+    store.insert_run(conn, run)
+    return run
+
+
+def _event(run_id: str, seq: int) -> dict[str, object]:
+    return {"run_id": run_id, "seq": seq, "event": "thread.run.in_progress", "data": "{}"}
+
+
+async def test_a_held_transition_guards_the_writes_after_it(db: Database) -> None:
+    """`store.transition(held=True)`: on PostgreSQL the UPDATE is held as the guard of the
+    INSERTs after it (one statement); when it matches no row, nothing of the transaction is
+    written and `GuardMissed` says so (on SQLite it runs at once and returns False)."""
+    run = await db.transact(_queued_run)
+    insert_event = Prepared(plain_insert(EVENT_TABLE), ("run_id", "seq", "event", "data"))
+
+    def move(conn: Connection, to: str, then_read: bool) -> bool:
+        if not store.transition(conn, run, to, {"started_at": 7}, held=True):
+            return False
+        insert_event.execute_many(conn, [_event(run.id, 0), _event(run.id, 1)])
+        if then_read:  # a statement after the guard: it runs first, in a transaction
+            assert store.load_run(conn, run.id) is not None
+        insert_row(
+            conn,
+            THREADS,
+            {
+                "id": new_id("thread_"),
+                "project_id": "guarded",
+                "tool_resources": {},
+                "metadata": {},
+            },
+        )
+        return True
+
+    missed: list[bool] = []
+
+    async def attempt(to: str, then_read: bool = False) -> bool:
+        try:
+            return await db.transact(move, to, then_read)
+        except GuardMissed:
+            missed.append(then_read)
+            return False
+
+    def written(conn: Connection) -> tuple[str, int, int]:
+        status = conn.execute(select(store.RUNS.c.status).where(store.RUNS.c.id == run.id))
+        events = conn.execute(select(EVENT_TABLE.c.seq).where(EVENT_TABLE.c.run_id == run.id))
+        threads = conn.execute(select(THREADS.c.id).where(THREADS.c.project_id == "guarded"))
+        return status.scalar_one(), len(events.all()), len(threads.all())
+
+    # requires_action is reachable from in_progress only: the guard matches nothing.
+    for then_read in (False, True):
+        assert not await attempt("requires_action", then_read)
+        assert await db.transact(written, writes=False) == ("queued", 0, 0)
+    assert await attempt("in_progress")
+    assert await db.transact(written, writes=False) == ("in_progress", 2, 1)
+    assert run.status == "in_progress" and run.started_at == 7
+    # Missed again (in_progress → in_progress is no transition), after a read this time.
+    assert not await attempt("in_progress", then_read=True)
+    assert await db.transact(written, writes=False) == ("in_progress", 2, 1)
+    # PostgreSQL held the guard each time (its misses were raised); SQLite ran it at once.
+    assert missed == ([] if db.is_sqlite else [False, True, True])
+
+
+async def test_a_run_cancelled_before_the_executor_starts_it(db: Database) -> None:
+    """The executor's `advance` to in_progress holds the transition as the guard of its
+    event: when the run was cancelled meanwhile, it reports False with nothing written,
+    nothing published, and the run as stored (on every database)."""
+    run = await db.transact(_queued_run)
+    await db.transact(store.update_run, run.id, {"status": "cancelling", "next_event_seq": 2})
+    hub = EventHub()
+    context = ExecutionContext(
+        db=db,
+        hub=hub,
+        router=ModelRouter(),
+        tools={},
+        policy=RetryPolicy(),
+        max_run_steps=1,
+        expiry_seconds=60,
+        images=None,  # type: ignore[arg-type]  # no prompt here has images
+    )
+    run.next_event_seq = 2
+    execution = RunExecution(context, run, asyncio.Event())
+    queue = hub.subscribe(run.id)
+    started = await execution.advance(
+        "in_progress", "thread.run.in_progress", read_prompt=True, started_at=now()
+    )
+    assert not started
+    assert run.status == "cancelling" and run.started_at is None  # reloaded
+    assert execution.writer.seq == 2 and execution._prompt is None
+    assert queue.empty()
+
+    def log(conn: Connection) -> list[int]:
+        query = select(EVENT_TABLE.c.seq).where(EVENT_TABLE.c.run_id == run.id)
+        return list(conn.execute(query).scalars())
+
+    assert await db.transact(log, writes=False) == []
+    # The stored numbering never goes back (SQLite, where the transition ran at once, may
+    # have reserved numbers ahead as before; PostgreSQL wrote nothing).
+    stored = await db.transact(store.load_run, run.id, writes=False)
+    assert stored is not None and stored.next_event_seq >= 2
+    if not db.is_sqlite:
+        assert stored.next_event_seq == 2

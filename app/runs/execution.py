@@ -37,6 +37,8 @@ from app.llm.adapter import (
 )
 from app.llm.routing import ModelRouter
 from app.observability import context
+from app.observability.metrics import count_run_status
+from app.prepared import GuardMissed
 from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
 from app.runs.images import ImageCache, PromptImages
@@ -113,18 +115,33 @@ class RunExecution:
         else:
             next_seq = max(writer.stored_next, after + RESERVE_BLOCK)
 
+        stored_next = writer.stored_next
+
         def move(conn: Connection) -> bool:
             values = {**fields, "next_event_seq": next_seq}
-            if not store.transition(conn, self.run, status, values):
+            # Read first: the thread cannot change while its run is active, and the write
+            # and its event can then go as one statement (the transition held as their guard).
+            prompt = build_prompt(conn, self.run) if read_prompt else None
+            if not store.transition(conn, self.run, status, values, held=True):
                 return False
             writer.stored_next = next_seq
             if event:
                 writer.emit(event, render_run(self.run))  # type: ignore[arg-type]
-            if read_prompt:
-                self._prompt = build_prompt(conn, self.run)
+            self._prompt = prompt
             return True
 
-        return bool(await self.commit(move))
+        try:
+            moved = bool(await self.commit(move))
+        except GuardMissed:
+            # The run changed meanwhile (e.g. cancelled): nothing was written.
+            writer.discard_unpublished()
+            writer.stored_next = stored_next
+            self._prompt = None
+            await self.db.transact(store.reload_run, self.run, writes=False)
+            return False
+        if moved:
+            count_run_status(status)
+        return moved
 
     # ---- the run -----------------------------------------------------------------------
 

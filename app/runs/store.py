@@ -75,8 +75,15 @@ def load_run(conn: Connection, run_id: str) -> Row | None:
     return None
 
 
-def transition(conn: Connection, run: Row, to: str, fields: dict[str, Any]) -> bool:
-    """The state machine's conditional UPDATE (see `app.runs.state`), on a plain row."""
+def transition(
+    conn: Connection, run: Row, to: str, fields: dict[str, Any], *, held: bool = False
+) -> bool:
+    """The state machine's conditional UPDATE (see `app.runs.state`), on a plain row.
+
+    `held`: as the guard of the writes that follow it (`Prepared.guard`): on PostgreSQL it
+    may be assumed to succeed, and `GuardMissed` raised when the transaction ends instead of
+    False returned; the caller then reloads the run (`reload_run`) and counts the status
+    itself (`count_run_status`) once the transaction committed."""
     values, allowed = transition_values(to, fields)
     keys = tuple(values)
 
@@ -87,15 +94,22 @@ def transition(conn: Connection, run: Row, to: str, fields: dict[str, Any]) -> b
         return Prepared(statement, keys)
 
     moved = prepared(("transition", to, keys), build)
-    if moved.execute(conn, {**values, "run_id": run.id}).rowcount == 0:
-        fresh = load_run(conn, run.id)
-        if fresh is not None:
-            vars(run).update(vars(fresh))
+    params = {**values, "run_id": run.id}
+    if not (moved.guard(conn, params) if held else moved.execute(conn, params).rowcount > 0):
+        reload_run(conn, run)
         return False
     for name, value in values.items():
         setattr(run, _RUN_ATTRS[name], value)
-    count_run_status(to)
+    if not held:
+        count_run_status(to)
     return True
+
+
+def reload_run(conn: Connection, run: Row) -> None:
+    """`run` as its row is now."""
+    fresh = load_run(conn, run.id)
+    if fresh is not None:
+        vars(run).update(vars(fresh))
 
 
 def update_run(conn: Connection, run_id: str, values: dict[str, Any]) -> None:
