@@ -115,6 +115,24 @@ def _serve() -> None:
     unit.begin = _counted_begin  # type: ignore[method-assign]
     unit.end = _counted_end  # type: ignore[method-assign]
 
+    # asyncpg: a statement not in the connection's cache is prepared first (its own round
+    # trip: Parse/Describe) before it executes.
+    import asyncpg
+
+    prepare = asyncpg.Connection.prepare
+
+    async def _counted_prepare(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["driver: prepare (an extra round trip)"] += 1
+        return await prepare(self, *args, **kwargs)
+
+    asyncpg.Connection.prepare = _counted_prepare  # type: ignore[method-assign]
+
+    from sqlalchemy.pool import Pool
+
+    @event.listens_for(Pool, "connect")
+    def _connected(*_: Any) -> None:
+        counts["driver: new connection"] += 1
+
     def _dump(*_: Any) -> None:
         tmp = dump_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(counts))
