@@ -282,7 +282,8 @@ async def aclose() -> None:
     if litellm is None:
         return  # never imported: nothing cached
     loop = asyncio.get_running_loop()
-    cached = getattr(litellm.in_memory_llm_clients_cache, "cache_dict", {})
+    # (getattr: another thread may still be importing it)
+    cached = getattr(getattr(litellm, "in_memory_llm_clients_cache", None), "cache_dict", {})
     for holder in [*cached.values(), getattr(litellm, "module_level_aclient", None)]:
         # AsyncHTTPHandler.client, AsyncOpenAI._client: an httpx client on litellm's
         # aiohttp transport, whose `client` is the session.
