@@ -12,16 +12,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import Database
 from app.ids import new_id, next_seq, now
-from app.llm import adapter
 from app.llm.adapter import RetryPolicy
-from app.llm.routing import ModelRoute, ModelRouter
+from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
 from app.prepared import GuardMissed, Prepared, insert_row, plain_insert, update_rows
 from app.runs import store
 from app.runs.events import EVENT_TABLE, EventHub, EventWriter, compact
 from app.runs.execution import ExecutionContext, RunExecution
 from tests.databases import fresh_database
-from tests.fake_upstream import FakeReply, FakeUpstream
 
 THREADS = store.MESSAGES.metadata.tables["threads"]
 
@@ -351,68 +349,3 @@ async def test_a_run_cancelled_before_the_executor_starts_it(db: Database) -> No
     assert stored is not None and stored.next_event_seq >= 2
     if not db.is_sqlite:
         assert stored.next_event_seq == 2
-
-
-@pytest.fixture
-async def shared_clients_closed() -> AsyncIterator[None]:
-    """Runs executed on the tests' event loop: close the LLM clients made on it."""
-    yield
-    await adapter.aclose()
-
-
-def _execution(db: Database, upstream: FakeUpstream, run: store.Row) -> RunExecution:
-    route = ModelRoute("m", "openai/fake-model", upstream.base_url, "fake")
-    context = ExecutionContext(
-        db=db,
-        hub=EventHub(),
-        router=ModelRouter({"m": route}),
-        tools={},
-        policy=RetryPolicy(),
-        max_run_steps=2,
-        expiry_seconds=60,
-        images=None,  # type: ignore[arg-type]  # no prompt here has images
-    )
-    return RunExecution(context, run, asyncio.Event())  # its row says queued
-
-
-async def _stored(db: Database, run: store.Row) -> store.Row:
-    """The run as a worker loads it (every column, defaults included)."""
-    loaded = await db.transact(store.load_run, run.id, writes=False)
-    assert loaded is not None
-    return loaded
-
-
-def _outcome(run: store.Row) -> object:
-    def read(conn: Connection) -> tuple[object, list[str]]:
-        status = conn.execute(select(store.RUNS.c.status).where(store.RUNS.c.id == run.id))
-        roles = select(store.MESSAGES.c.role).where(store.MESSAGES.c.thread_id == run.thread_id)
-        return status.scalar_one(), sorted(conn.execute(roles).scalars())
-
-    return read
-
-
-async def test_a_run_starts_with_its_first_model_call_made(
-    db: Database, upstream: FakeUpstream, shared_clients_closed: None
-) -> None:
-    """A run without built-in tools makes its first model call while its start commits
-    (`RunExecution._begin`), and its turn reads that call: one call, one answer."""
-    run = await _stored(db, await db.transact(_queued_run))
-    await db.transact(insert_row, store.MESSAGES, _message(run.thread_id))
-    await _execution(db, upstream, run).execute()
-    assert await db.transact(_outcome(run), writes=False) == ("completed", ["assistant", "user"])
-    assert len(upstream.requests) == 1
-
-
-async def test_a_run_cancelled_as_it_starts_closes_its_first_model_call(
-    db: Database, upstream: FakeUpstream, shared_clients_closed: None
-) -> None:
-    """When the start finds the run cancelled meanwhile, the call made for it is dropped:
-    the run ends cancelled and none of the answer is written."""
-    upstream.script(FakeReply(text="word " * 200))
-    run = await _stored(db, await db.transact(_queued_run))
-    await db.transact(insert_row, store.MESSAGES, _message(run.thread_id))
-    await db.transact(store.update_run, run.id, {"status": "cancelling"})
-    execution = _execution(db, upstream, run)
-    await execution.execute()
-    assert await db.transact(_outcome(run), writes=False) == ("cancelled", ["user"])
-    assert execution._early is None

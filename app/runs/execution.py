@@ -32,6 +32,7 @@ from app.llm.adapter import (
     ToolCallDelta,
     Usage,
     count_tokens,
+    stream_chat,
 )
 from app.llm.routing import ModelRouter
 from app.observability import context
@@ -39,8 +40,7 @@ from app.observability.metrics import count_run_status
 from app.prepared import GuardMissed
 from app.runs import store
 from app.runs.events import RESERVE_BLOCK, EventHub, EventWriter
-from app.runs.images import ImageCache, PromptImages, has_images
-from app.runs.model_call import ModelCall
+from app.runs.images import ImageCache, PromptImages
 from app.runs.models import Run
 from app.runs.outcomes import RunCancelled, RunIncomplete
 from app.runs.prompt import build_prompt, chat_request
@@ -87,7 +87,6 @@ class RunExecution:
         self._last_flush = 0.0
         self._images: ImageCache = {}  # this run's downloaded images, for its later turns
         self._prompt: list[dict[str, Any]] | None = None  # read ahead with the last commit
-        self._early: ModelCall | None = None  # the first model call, made as the run starts
 
     async def commit(self, work: Callable[[Connection], Any] | None = None) -> Any:
         """One transaction: the turn's pending rows, `work`, the pending events; then publish."""
@@ -156,7 +155,13 @@ class RunExecution:
                 raise RunCancelled()
             if run.status == "in_progress":
                 await self._resume_interrupted()
-            elif not await self._begin():
+            elif not await self.advance(
+                "in_progress",
+                "thread.run.in_progress",
+                read_prompt=True,
+                started_at=run.started_at or now(),
+                expires_at=now() + self.ctx.expiry_seconds,
+            ):
                 if run.status == "cancelling":  # cancelled between our claim and now
                     raise RunCancelled()
                 return
@@ -181,49 +186,6 @@ class RunExecution:
                     "message": "The server had an error while processing this run.",
                 },
             )
-        finally:
-            await self._drop_early_call()
-
-    async def _begin(self) -> bool:
-        """queued → in_progress. A run without built-in tools (whose activation shapes the
-        request) or images makes its first model call as soon as its prompt is read, while
-        the transition commits: the provider's first token overlaps the claim, and its
-        chunks wait for the commit (`_stream_turn`). False as `advance`."""
-        run = self.run
-        fields = {
-            "started_at": run.started_at or now(),
-            "expires_at": now() + self.ctx.expiry_seconds,
-        }
-        if self._uses_builtin_tools():
-            return await self.advance(
-                "in_progress", "thread.run.in_progress", read_prompt=True, **fields
-            )
-        self._prompt = await self.db.transact(build_prompt, run, writes=False)
-        try:
-            request = self._chat_request(self._prompt)
-        except RunIncomplete:
-            request = None  # raised again by the loop, once the run is in progress
-        if request is not None and not has_images(request.messages):
-            self._early = ModelCall(request, self.ctx.policy)
-        return await self.advance("in_progress", "thread.run.in_progress", **fields)
-
-    async def _drop_early_call(self) -> None:
-        """Close a first model call that was made but never read (the run did not start)."""
-        early, self._early = self._early, None
-        if early is not None:
-            await early.close()
-
-    def _uses_builtin_tools(self) -> bool:
-        return any(t.get("type") in self.ctx.tools for t in self.run.tools or [])
-
-    def _chat_request(self, prompt: list[dict[str, Any]]) -> ChatRequest:
-        return chat_request(
-            self.run,
-            prompt,
-            self.ctx.router.route(self.run.model),
-            list(self.tools.values()),
-            self.usage["completion_tokens"],
-        )
 
     async def _hand_back(self) -> None:
         """On shutdown: give the lease up at once, so the next worker (this server restarted,
@@ -274,7 +236,7 @@ class RunExecution:
     async def _prepare_tools(self) -> None:
         """The run's built-in tools, and the calls they made in earlier turns."""
         run = self.run
-        if not self._uses_builtin_tools():
+        if not any(t.get("type") in self.ctx.tools for t in run.tools or []):
             return
         earlier: list[dict[str, Any]] = []
         if run.turns:
@@ -290,37 +252,41 @@ class RunExecution:
 
     async def _loop(self) -> None:
         for _ in range(self.ctx.max_run_steps):
+            prompt, self._prompt = self._prompt, None
+            if prompt is None:
+                prompt = await self.db.transact(build_prompt, self.run, writes=False)
+            request = chat_request(
+                self.run,
+                prompt,
+                self.ctx.router.route(self.run.model),
+                list(self.tools.values()),
+                self.usage["completion_tokens"],
+            )
+            request.messages = await self.ctx.images.inline_unless_cancelled(
+                request.messages, self.run.project_id, self._images, self.cancel
+            )
             turn = Turn(number=self.run.turns)
-            call, self._early = self._early, None
-            if call is not None:  # made while the run was starting (`_begin`)
-                request, self._prompt = call.request, None
-            else:
-                prompt, self._prompt = self._prompt, None
-                if prompt is None:
-                    prompt = await self.db.transact(build_prompt, self.run, writes=False)
-                request = self._chat_request(prompt)
-                request.messages = await self.ctx.images.inline_unless_cancelled(
-                    request.messages, self.run.project_id, self._images, self.cancel
-                )
-                call = ModelCall(request, self.ctx.policy)
-            await self._stream_turn(call, turn)
+            await self._stream_turn(request, turn)
             if not await self._close_turn(turn, request):
                 return
         raise RunIncomplete("max_completion_tokens")
 
-    async def _stream_turn(self, call: ModelCall, turn: Turn) -> None:
-        """The model's answer, chunk by chunk, into the turn's message and steps."""
+    async def _stream_turn(self, request: ChatRequest, turn: Turn) -> None:
+        stream = stream_chat(request, self.ctx.policy).__aiter__()
         cancelled = asyncio.ensure_future(self.cancel.wait())
         writer = self.writer
         self._last_flush = time.monotonic()
         try:
             while True:
-                chunk = call.read()
+                chunk = asyncio.ensure_future(anext(stream))
                 done, _ = await asyncio.wait(
                     {chunk, cancelled}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if chunk not in done:
-                    raise RunCancelled()  # (the read is cancelled as the call closes)
+                    chunk.cancel()
+                    # Let the generator unwind before it is closed below.
+                    await asyncio.wait({chunk})
+                    raise RunCancelled()
                 try:
                     item = chunk.result()
                 except StopAsyncIteration:
@@ -339,7 +305,7 @@ class RunExecution:
                     await self.commit()
         finally:
             cancelled.cancel()
-            await call.close()
+            await stream.aclose()
 
     async def _close_turn(self, turn: Turn, request: ChatRequest) -> bool:
         """Make the turn's message and steps final; True when the loop goes on."""
