@@ -8,7 +8,6 @@ reach these parts through the typed dependencies in `app.deps`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import gc
 import logging
@@ -71,7 +70,6 @@ class Runtime:
     started_at: int = field(default_factory=now)  # unix seconds; /v1/models' `created`
     _housekeeping: asyncio.Task[None] | None = None
     _preload: asyncio.Task[object] | None = None
-    _settling: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, run_workers: bool) -> Runtime:
@@ -243,22 +241,16 @@ class Runtime:
         return healthy, checks
 
     def settle_heap(self) -> None:
-        """Once the slow parts have loaded, take what start made (modules, litellm's tables)
-        out of the collector's full passes. For a process's own server or worker only: the
-        collector is the process's."""
-        self._settling = asyncio.create_task(self._settle_heap(), name="settle-heap")
-
-    async def _settle_heap(self) -> None:
-        if self._preload is not None:
-            with contextlib.suppress(Exception):
-                await self._preload
+        """Take what start made out of the collector's full passes, and what litellm's
+        import makes once it is loaded (at start with OPENGROVE_PRELOAD_LLM, else on the
+        first run). For a process's own server or worker only: the collector is the
+        process's."""
         freeze_heap()
+        adapter.after_import(freeze_heap)
 
     async def stop(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        if self._settling is not None:
-            self._settling.cancel()
         if self._preload is not None:
             self._preload.cancel()
         if self.worker is not None:
@@ -291,7 +283,7 @@ def freeze_heap() -> None:
     pass over this heap took ~110 ms every few thousand requests (measured on the CRUD path):
     a pause of every request in flight, and their p99. Objects made later are collected as
     before (the default thresholds: higher ones held more garbage, RSS grew twice as fast in
-    the soak); a second call (after more loaded) freezes those too."""
+    the soak); a second call freezes what was made in between (litellm's import)."""
     gc.collect()  # garbage frozen now would stay for good
     gc.freeze()
 

@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -38,11 +38,24 @@ logger = logging.getLogger("opengrove.llm")
 # thread, so the event loop keeps serving), or at start with OPENGROVE_PRELOAD_LLM.
 _litellm: ModuleType | None = None
 _load_lock = threading.Lock()
+_after_import: list[Callable[[], None]] = []  # run once, in the thread that imported it
 _LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
+
+
+def after_import(callback: Callable[[], None]) -> None:
+    """Call `callback` once litellm has been imported here: now if it has been, else right
+    after the import (in the thread that made it)."""
+    with _load_lock:
+        if _litellm is None:
+            _after_import.append(callback)
+            return
+    callback()
 
 
 def _import_litellm() -> ModuleType:
     global _litellm
+    if _litellm is not None:
+        return _litellm
     with _load_lock:
         if _litellm is None:
             # litellm would otherwise fetch its model price map from the internet at import.
@@ -62,7 +75,10 @@ def _import_litellm() -> ModuleType:
                 lib_logger.propagate = True
                 lib_logger.setLevel(logging.WARNING)
             _litellm = litellm
-        return _litellm
+        callbacks, _after_import[:] = list(_after_import), []
+    for callback in callbacks:
+        callback()
+    return _litellm
 
 
 async def load() -> ModuleType:
