@@ -143,13 +143,18 @@ class Prepared:
             processors.append(process)
         return tuple(processors)
 
-    def execute_many(self, conn: Connection, params: Sequence[Mapping[str, Any]]) -> None:
+    def execute_many(
+        self, conn: Connection, params: Sequence[Mapping[str, Any]], *, hold: bool = True
+    ) -> None:
         """The statement once per parameter set, as one DBAPI `executemany` (no results); an
-        INSERT inside `deferring` joins the writes held there."""
+        INSERT inside `deferring` joins the writes held there, unless `hold` is False (many
+        rows: as one statement of that many parts, each count would be prepared anew)."""
         form = self._form(conn)
         unit = _unit(conn)
-        if unit is not None and self.statement.is_insert:  # type: ignore[attr-defined]
-            unit.held.extend((form.sql, form.values(each)) for each in params)
+        if hold and unit is not None and self.statement.is_insert:  # type: ignore[attr-defined]
+            table = self.statement.table.name  # type: ignore[attr-defined]
+            for each in params:
+                unit.hold(table, form.sql, form.values(each))
             return
         before_statement(conn, self.statement)
         _run(conn, form.sql, [form.values(each) for each in params], many=True)
@@ -159,11 +164,12 @@ class Prepared:
         the transaction's next statement or its end, and goes with the writes held beside
         it; elsewhere it runs now."""
         unit = _unit(conn)
-        if unit is None:
+        table = self.statement.table.name  # type: ignore[attr-defined]
+        if unit is None or not unit.may_hold(table, self.statement.is_update):  # type: ignore[attr-defined]
             self.execute(conn, params)
             return
         form = self._form(conn)
-        unit.held.append((form.sql, form.values(params)))
+        unit.hold(table, form.sql, form.values(params))
 
     def guard(self, conn: Connection, params: Mapping[str, Any]) -> bool:
         """`execute` for a conditional UPDATE that decides the rest of its transaction: True
@@ -176,6 +182,7 @@ class Prepared:
             return self.execute(conn, params).rowcount > 0
         form = self._form(conn)
         unit.guard = (form.sql, form.values(params))
+        unit.touched.add(self.statement.table.name)  # type: ignore[attr-defined]
         return True
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[tuple]:
@@ -281,21 +288,24 @@ def insert_row(conn: Connection, table: Table, values: Mapping[str, Any]) -> Non
 # On PostgreSQL every statement is a round trip, and a round trip costs ~0.1 ms of CPU here
 # (asyncpg, SQLAlchemy's adapter, the event loop): more than the statement. So `Database.
 # transact` runs its work inside `deferring`, on a connection in autocommit mode:
-#  * INSERTs whose outcome nobody reads are held until the next statement (any: prepared or
-#    through SQLAlchemy) or the end, then go together as ONE statement of data-modifying
-#    CTEs. Order is kept: nothing runs before a write that came earlier. Only INSERTs are
-#    held: sub-statements of one statement share a snapshot, so an UPDATE there would not
-#    see a row inserted beside it; INSERTs of plain VALUES see nothing. Foreign keys are
-#    checked at the end of the statement, as they were at the end of each.
+#  * Writes whose outcome nobody reads (`Prepared.defer`) are held until the next statement
+#    (any: prepared or through SQLAlchemy) or the end, then go together as ONE statement of
+#    data-modifying CTEs. Order is kept: nothing runs before a write that came earlier.
+#    Sub-statements of one statement share a snapshot: INSERTs of plain VALUES see nothing,
+#    so any number may go together; an UPDATE would not see a row written beside it, so one
+#    is held only if no write held with it touches its table (its rows were written by
+#    earlier statements, or before). Foreign keys are checked at the end of the statement,
+#    as they were at the end of each.
 #  * The transaction begins only when it must: before a write or a locking read that runs
 #    at once, or before held writes that more statements follow. Plain reads before that
 #    run on their own (under READ COMMITTED each statement takes its own snapshot anyway),
 #    and when all the writes end up in one statement there is no BEGIN and no COMMIT: one
 #    statement is atomic by itself.
 #  * A conditional UPDATE that comes first (`Prepared.guard`: a run's state transition) is
-#    held too, as the guard of the INSERTs held after it: they go as one statement, each
-#    INSERT taking its row only if the guard matched one, and the statement tells whether it
-#    did. A run claimed, its event logged: one round trip, not BEGIN … COMMIT's four.
+#    held too, as the guard of the writes held after it: they go as one statement, each
+#    taking effect only if the guard matched a row, and the statement tells whether it did.
+#    A run claimed, its event logged: one round trip, not BEGIN … COMMIT's four; a run
+#    completed with its message, step and events: one, not seven.
 
 _UNIT = "opengrove_unit_of_work"
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -305,11 +315,16 @@ class GuardMissed(Exception):
     """A held guard (`Prepared.guard`) matched no row: nothing of its unit was written."""
 
 
-def _if_guarded(insert_sql: str) -> str:
-    """`INSERT INTO t (…) VALUES (…)` as an INSERT of the same row only if the guard `g`
-    matched (the parameters carry their casts, so the types need no VALUES context)."""
-    head, found, values = insert_sql.partition(") VALUES (")
-    assert found and values.endswith(")"), insert_sql
+def _if_guarded(sql: str) -> str:
+    """A held write as the same write taking effect only if the guard `g` matched a row:
+    `INSERT INTO t (…) VALUES (…)` as an INSERT … SELECT (the parameters carry their casts,
+    so the types need no VALUES context), `UPDATE t SET … WHERE c` with `g` in its WHERE."""
+    if sql.startswith("UPDATE "):
+        head, found, condition = sql.partition(" WHERE ")
+        assert found and " RETURNING " not in condition, sql
+        return f"{head} WHERE ({condition}) AND EXISTS (SELECT FROM g)"
+    head, found, values = sql.partition(") VALUES (")
+    assert found and values.endswith(")"), sql
     return f"{head}) SELECT {values[:-1]} WHERE EXISTS (SELECT FROM g)"
 
 
@@ -332,7 +347,15 @@ class _UnitOfWork:
         self.conn = conn
         self.held: list[tuple[str, tuple[Any, ...]]] = []
         self.guard: tuple[str, tuple[Any, ...]] | None = None
+        self.touched: set[str] = set()  # tables the held writes and the guard write to
         self.begun = False
+
+    def may_hold(self, table: str, updating: bool) -> bool:
+        return not updating or table not in self.touched
+
+    def hold(self, table: str, sql: str, values: tuple[Any, ...]) -> None:
+        self.held.append((sql, values))
+        self.touched.add(table)
 
     def begin(self) -> None:
         if not self.begun:
@@ -357,6 +380,7 @@ class _UnitOfWork:
     def _run_guard(self) -> None:
         """The held guard on its own, in the transaction (more statements follow it)."""
         guard, self.guard = self.guard, None
+        self.touched.clear()
         if guard is not None and _run(self.conn, *guard, many=False)[2] == 0:
             raise GuardMissed()  # the caller's unit ends rolled back
 
@@ -367,8 +391,9 @@ class _UnitOfWork:
         parts = [f"g AS ({sql} RETURNING 1)"]
         values = list(values)
         held, self.guard, self.held = self.held, None, []
-        for i, (insert_sql, each) in enumerate(held):
-            parts.append(f"w{i} AS ({_renumbered(_if_guarded(insert_sql), len(values))})")
+        self.touched.clear()
+        for i, (held_sql, each) in enumerate(held):
+            parts.append(f"w{i} AS ({_renumbered(_if_guarded(held_sql), len(values))})")
             values.extend(each)
         statement = "WITH " + ", ".join(parts) + " SELECT count(*) FROM g"
         if _run(self.conn, statement, tuple(values), many=False)[1][0][0] == 0:
@@ -379,6 +404,7 @@ class _UnitOfWork:
             self._flush_guarded()
             return
         held, self.held = self.held, []
+        self.touched.clear()
         if not held:
             return
         if len(held) == 1:
@@ -444,14 +470,24 @@ def before_statement(conn: Connection, statement: Any, *_: Any) -> None:
         unit.before(_plain_read(statement))
 
 
+def _update(table: Table, key: str, keys: tuple[str, ...]) -> Prepared:
+    def build() -> Prepared:
+        return Prepared(update(table).where(table.c[key] == bindparam("where_key")), keys)
+
+    return prepared(("update", table.name, key, keys), build)
+
+
 def update_rows(
     conn: Connection, table: Table, key: str, key_value: Any, values: Mapping[str, Any]
 ) -> int:
     """UPDATE the rows whose `key` column equals `key_value`; the number updated."""
-    keys = tuple(values)
-
-    def build() -> Prepared:
-        return Prepared(update(table).where(table.c[key] == bindparam("where_key")), keys)
-
-    statement = prepared(("update", table.name, key, keys), build)
+    statement = _update(table, key, tuple(values))
     return statement.execute(conn, {**values, "where_key": key_value}).rowcount
+
+
+def defer_update(
+    conn: Connection, table: Table, key: str, key_value: Any, values: Mapping[str, Any]
+) -> None:
+    """`update_rows` for an UPDATE whose outcome nobody reads: held with the other writes
+    inside `deferring` where it may be (see above)."""
+    _update(table, key, tuple(values)).defer(conn, {**values, "where_key": key_value})

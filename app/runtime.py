@@ -31,6 +31,7 @@ from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
 from app.retrieval.embeddings import Embedder, drain_litellm_logging
 from app.retrieval.index import LazyIndex, create_index
+from app.runs.compaction import LogCompactor
 from app.runs.delivery import LogWatcher, PostgresListener
 from app.runs.dispatch import RunDispatcher
 from app.runs.events import EventHub
@@ -58,6 +59,7 @@ class Runtime:
     worker: RunWorker | None = None
     listener: PostgresListener | None = None
     watcher: LogWatcher | None = None  # reads the event log for this process's streams
+    compactor: LogCompactor | None = None  # ended runs' logs, one row each
     index: LazyIndex | None = None
     embedder: Embedder | None = None
     ingestion: IngestionWorker | None = None
@@ -92,6 +94,8 @@ class Runtime:
         await adopt_bootstrap_key(runtime.db, settings)
         runtime.watcher = LogWatcher(runtime.db, runtime.hub)
         runtime.watcher.start()
+        runtime.compactor = LogCompactor(runtime.db, runtime.hub)
+        runtime.compactor.start()
         if not runtime.db.is_sqlite:
             # Cross-process wake-ups: new runs for workers, new events for streams.
             runtime.listener = PostgresListener(
@@ -266,6 +270,8 @@ class Runtime:
             await self.ingestion.stop()
         if self.index is not None:
             await self.index.close()
+        if self.compactor is not None:
+            await self.compactor.stop()  # what the workers ended last
         if self.listener is not None:
             await self.listener.stop()
         if self.watcher is not None:

@@ -116,6 +116,13 @@ def log_rows(database_url: str, run_id: str) -> list[tuple[int, str, int]]:
     return [(seq, name, size) for seq, name, size in select_rows(database_url, sql, run=run_id)]
 
 
+def compacted_log(database_url: str, run_id: str) -> list[tuple[int, str, int]]:
+    """The run's log once it is one row: an ended run's log is compacted soon after it
+    ends (app.runs.compaction), not in the transaction that ends it."""
+    wait_for(lambda: len(log_rows(database_url, run_id)) == 1, 10, f"{run_id}'s log compacted")
+    return log_rows(database_url, run_id)
+
+
 def wait_for(cond: Callable[[], bool], within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not cond():
@@ -183,7 +190,7 @@ def test_compacted_log_replays_the_live_stream(
         assert ids == list(range(len(live)))  # one attempt: no gap
 
         # The log: one row, numbered as the run's last event, a fraction of the stream's size.
-        rows = log_rows(database_url, run["id"])
+        rows = compacted_log(database_url, run["id"])
         assert [(seq, name) for seq, name, _ in rows] == [(ids[-1], COMPACTED)]
         sent = sum(len(orjson.dumps(data)) for _, _, data in live)
         assert rows[0][2] < sent / 5, (rows[0][2], sent)
@@ -243,7 +250,7 @@ def test_every_ending_compacts(base_url: str, upstream: FakeUpstream, database_u
         ]
         for events in (failed, waiting + cancelled):
             run = events[-1][2]
-            rows = log_rows(database_url, run["id"])
+            rows = compacted_log(database_url, run["id"])
             assert [(seq, name) for seq, name, _ in rows] == [(events[-1][0], COMPACTED)]
             path = f"/threads/{run['thread_id']}/runs/{run['id']}"
             replay = without_done(stream(http, "GET", f"{path}?stream=true", last_id=-1))
@@ -290,7 +297,7 @@ def test_old_logs_of_ended_runs_are_pruned(
 
             assert log_rows(url, runs["old"]["id"]) == []
             assert len(log_rows(url, runs["waiting"]["id"])) > 1  # active: kept, however old
-            assert [name for _, name, _ in log_rows(url, runs["young"]["id"])] == [COMPACTED]
+            assert [name for _, name, _ in compacted_log(url, runs["young"]["id"])] == [COMPACTED]
 
             # The ended run itself and its messages stay; its stream is its final event alone,
             # numbered as it was.
@@ -328,7 +335,7 @@ def test_old_logs_of_ended_runs_are_pruned(
 
             # Pruning again finds nothing more to do; a young log is left alone.
             server.call(server.runtime.housekeep_once())
-            assert [name for _, name, _ in log_rows(url, runs["young"]["id"])] == [COMPACTED]
+            assert [name for _, name, _ in compacted_log(url, runs["young"]["id"])] == [COMPACTED]
 
 
 # ---------------------------------------------------------------------------- slow clients

@@ -15,9 +15,17 @@ from app.ids import new_id, next_seq, now
 from app.llm.adapter import RetryPolicy
 from app.llm.routing import ModelRouter
 from app.migrate import upgrade_database
-from app.prepared import GuardMissed, Prepared, insert_row, plain_insert, update_rows
+from app.prepared import (
+    GuardMissed,
+    Prepared,
+    defer_update,
+    insert_row,
+    plain_insert,
+    update_rows,
+)
 from app.runs import store
-from app.runs.events import EVENT_TABLE, EventHub, EventWriter, compact
+from app.runs.compaction import compact_logs
+from app.runs.events import EVENT_TABLE, EventHub, EventWriter
 from app.runs.execution import ExecutionContext, RunExecution
 from tests.databases import fresh_database
 
@@ -108,27 +116,40 @@ async def test_a_duplicate_key_raises_sqlalchemys_integrity_error(db: Database) 
 
 
 async def test_event_log_written_many_at_once_and_compacted(db: Database) -> None:
+    """Logs are written many rows at once, and compacted in batches: more runs than one
+    batch holds, and counts that pad to each of its statement shapes."""
     thread_id = await db.transact(_thread)
-    run = store.Row(id=new_id("run_"))
-    values = {"project_id": "p", "thread_id": thread_id, "status": "completed", "model": "m"}
-    store.fill_run(run, {**values, "assistant_id": "a", "created_at": now(), "seq": next_seq()})
-    await db.transact(store.insert_run, run)
-    run_id = run.id
-    writer = EventWriter(EventHub(), run_id, 0)
-    for n in range(5):
-        writer.emit("thread.run.step.delta", {"n": n})
-    await db.transact(writer.write)
-    writer.published()
+    hub = EventHub(compaction=True)
+    run_ids = []
+    for i in range(70):  # 64 + 6: one full batch, one padded
+        run = store.Row(id=new_id("run_"))
+        values = {"project_id": "p", "thread_id": thread_id, "status": "completed", "model": "m"}
+        store.fill_run(run, {**values, "assistant_id": "a", "created_at": now(), "seq": next_seq()})
+        await db.transact(store.insert_run, run)
+        run_ids.append(run.id)
+        writer = EventWriter(hub, run.id, 0)
+        for n in range(4 + i % 3):
+            writer.emit("thread.run.step.delta", {"n": n})
+        writer.emit("thread.run.completed", {"id": run.id})
+        await db.transact(writer.write)
+        writer.published()
+    assert hub.take_ended() == run_ids  # each writer told the hub its run ended
+    log_of = {run_id: 5 + i % 3 for i, run_id in enumerate(run_ids)}
 
-    def log(conn: Connection) -> list[tuple[int, str]]:
+    def log(conn: Connection, run_id: str) -> list[tuple[int, str]]:
         rows = conn.execute(
             select(EVENT_TABLE.c.seq, EVENT_TABLE.c.event).where(EVENT_TABLE.c.run_id == run_id)
         )
         return sorted((seq, event) for seq, event in rows.tuples())
 
-    assert [seq for seq, _ in await db.transact(log, writes=False)] == [0, 1, 2, 3, 4]
-    await db.transact(compact, run_id)
-    assert await db.transact(log, writes=False) == [(4, "compacted")]
+    first = run_ids[0]
+    assert [seq for seq, _ in await db.transact(log, first, writes=False)] == [0, 1, 2, 3, 4]
+    assert await db.transact(compact_logs, run_ids) == 70
+    for run_id, count in log_of.items():
+        assert await db.transact(log, run_id, writes=False) == [(count - 1, "compacted")]
+    # Again: a compacted log stays as it is; a few runs pad to the small shape.
+    assert await db.transact(compact_logs, run_ids[:3]) == 3
+    assert await db.transact(log, first, writes=False) == [(4, "compacted")]
 
 
 def _messages_of(thread_id: str) -> object:
@@ -170,6 +191,31 @@ async def test_held_writes_land_together_and_in_order(db: Database) -> None:
         return sorted(conn.execute(query).scalars().all())
 
     assert await db.transact(statuses, writes=False) == ["completed"] + ["x"] * 4
+
+
+async def test_a_held_update_waits_for_the_writes_it_must_see(db: Database) -> None:
+    """A held UPDATE joins the statement of the writes held before it only if none of them
+    writes its table (sub-statements share one snapshot); otherwise they go first."""
+
+    def write(conn: Connection) -> tuple[str, str]:
+        thread_id = _thread(conn, {"v": "1"})
+        defer_update(conn, THREADS, "id", thread_id, {"metadata": {"v": "2"}})  # after it
+        message = _message(thread_id)
+        insert_row(conn, store.MESSAGES, message)
+        defer_update(conn, THREADS, "id", thread_id, {"metadata": {"v": "3"}})  # held
+        defer_update(conn, store.MESSAGES, "id", message["id"], {"status": "x"})  # after it
+        return thread_id, message["id"]
+
+    thread_id, message_id = await db.transact(write)
+
+    def state(conn: Connection) -> tuple[object, object]:
+        metadata = conn.execute(select(THREADS.c.metadata).where(THREADS.c.id == thread_id))
+        status = conn.execute(
+            select(store.MESSAGES.c.status).where(store.MESSAGES.c.id == message_id)
+        )
+        return metadata.scalar_one(), status.scalar_one()
+
+    assert await db.transact(state, writes=False) == ({"v": "3"}, "x")
 
 
 async def test_a_held_write_that_fails_rolls_the_transaction_back(db: Database) -> None:
@@ -266,9 +312,14 @@ async def test_a_held_transition_guards_the_writes_after_it(db: Database) -> Non
     def move(conn: Connection, to: str, then_read: bool) -> bool:
         if not store.transition(conn, run, to, {"started_at": 7}, held=True):
             return False
-        insert_event.execute_many(conn, [_event(run.id, 0), _event(run.id, 1)])
+        first = 0 if to == "in_progress" else 10
+        insert_event.execute_many(conn, [_event(run.id, first), _event(run.id, first + 1)])
+        # An UPDATE of another table is held and guarded too.
+        defer_update(conn, THREADS, "id", run.thread_id, {"metadata": {"moved": to}})
         if then_read:  # a statement after the guard: it runs first, in a transaction
             assert store.load_run(conn, run.id) is not None
+            # The guard's own table: runs after it (one row, one change per statement).
+            store.update_run(conn, run.id, {"usage": {"total_tokens": 5}})
         insert_row(
             conn,
             THREADS,
@@ -290,22 +341,35 @@ async def test_a_held_transition_guards_the_writes_after_it(db: Database) -> Non
             missed.append(then_read)
             return False
 
-    def written(conn: Connection) -> tuple[str, int, int]:
-        status = conn.execute(select(store.RUNS.c.status).where(store.RUNS.c.id == run.id))
+    def written(conn: Connection) -> tuple[str, int, int, object, object]:
+        status = conn.execute(
+            select(store.RUNS.c.status, store.RUNS.c.usage).where(store.RUNS.c.id == run.id)
+        ).one()
         events = conn.execute(select(EVENT_TABLE.c.seq).where(EVENT_TABLE.c.run_id == run.id))
         threads = conn.execute(select(THREADS.c.id).where(THREADS.c.project_id == "guarded"))
-        return status.scalar_one(), len(events.all()), len(threads.all())
+        metadata = conn.execute(select(THREADS.c.metadata).where(THREADS.c.id == run.thread_id))
+        return status[0], len(events.all()), len(threads.all()), metadata.scalar_one(), status[1]
 
     # requires_action is reachable from in_progress only: the guard matches nothing.
     for then_read in (False, True):
         assert not await attempt("requires_action", then_read)
-        assert await db.transact(written, writes=False) == ("queued", 0, 0)
+        assert await db.transact(written, writes=False) == ("queued", 0, 0, {}, None)
     assert await attempt("in_progress")
-    assert await db.transact(written, writes=False) == ("in_progress", 2, 1)
+    moved = {"moved": "in_progress"}
+    assert await db.transact(written, writes=False) == ("in_progress", 2, 1, moved, None)
     assert run.status == "in_progress" and run.started_at == 7
     # Missed again (in_progress → in_progress is no transition), after a read this time.
     assert not await attempt("in_progress", then_read=True)
-    assert await db.transact(written, writes=False) == ("in_progress", 2, 1)
+    assert await db.transact(written, writes=False) == ("in_progress", 2, 1, moved, None)
+    # Matched, with statements after it: the run's own UPDATE comes after the guard.
+    assert await attempt("requires_action", then_read=True)
+    assert await db.transact(written, writes=False) == (
+        "requires_action",
+        4,
+        2,
+        {"moved": "requires_action"},
+        {"total_tokens": 5},
+    )
     # PostgreSQL held the guard each time (its misses were raised); SQLite ran it at once.
     assert missed == ([] if db.is_sqlite else [False, True, True])
 

@@ -10,9 +10,9 @@ The executor publishes deltas before persisting them, so it first reserves a blo
 numbers on the run row: if its process dies, the run resumes numbering past the block and
 writes a `RESUMED` marker there, and subscribers skip the numbers the lost attempt used.
 
-When a run ends, the transaction that writes its last events rewrites its whole log as one
-`COMPACTED` row: every row it had, with its numbers, compressed (a token delta costs a few
-bytes instead of ~200, a run one row instead of dozens). Compaction is lossless: a replay,
+Soon after a run ends, its whole log is rewritten as one `COMPACTED` row
+(`app.runs.compaction`): every row it had, with its numbers, compressed (a token delta costs
+a few bytes instead of ~200, a run one row instead of dozens). Compaction is lossless: a replay,
 with or without Last-Event-ID, is the stream live subscribers saw, ids included, so an id
 that fell inside a batch of deltas still resumes right after that delta. Logs of runs that
 ended long ago are deleted (`app.runs.retention`); a stream of such a run gets its final
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, bindparam, delete, func, select
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.prepared import Prepared, plain_insert
@@ -63,13 +63,7 @@ COMPACTED = "compacted"
 RESERVE_BLOCK = 512  # delta numbers reserved ahead of publishing
 RUN_TABLE: Table = Run.__table__  # type: ignore[assignment]
 EVENT_TABLE: Table = RunEvent.__table__  # type: ignore[assignment]
-_INSERT_EVENT = Prepared(plain_insert(EVENT_TABLE), ("run_id", "seq", "event", "data"))
-# A run's whole log, read and deleted in one statement (RETURNING order is unspecified).
-_TAKE_LOG = Prepared(
-    delete(EVENT_TABLE)
-    .where(EVENT_TABLE.c.run_id == bindparam("run_id"))
-    .returning(EVENT_TABLE.c.seq, EVENT_TABLE.c.event, EVENT_TABLE.c.data)
-)
+INSERT_EVENT = Prepared(plain_insert(EVENT_TABLE), ("run_id", "seq", "event", "data"))
 # A stream this many events behind (its client reads slowly) catches up from the log instead:
 # what a slow client costs in memory is bounded.
 MAX_QUEUED = 1024
@@ -98,11 +92,12 @@ class EventHub:
     by the `LogWatcher`), where the watcher reads the log on from.
     """
 
-    def __init__(self, *, compaction: bool = True, send_timeout: float | None = None) -> None:
+    def __init__(self, *, compaction: bool = False, send_timeout: float | None = None) -> None:
         self._queues: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
         self._local: set[str] = set()  # runs a worker in this process is about to execute
         self._cursor: dict[str, int] = {}
         self.compaction = compaction  # rewrite a run's log as one row when it ends
+        self._ended: list[str] = []  # runs whose logs are whole, to compact
         self.send_timeout = send_timeout  # seconds a stream waits for a client to read
         self.log_reads = 0  # times a stream read the log itself (to start, or to catch up)
         self.overflows = 0  # times a stream fell MAX_QUEUED events behind
@@ -162,6 +157,14 @@ class EventHub:
                 continue
             for event in events:
                 queue.put_nowait(event)
+
+    def ended(self, run_id: str) -> None:
+        """A writer here persisted the run's last events."""
+        self._ended.append(run_id)
+
+    def take_ended(self) -> list[str]:
+        ended, self._ended = self._ended, []
+        return ended
 
     def wake(self, run_id: str) -> None:
         """Every stream of the run reads the log."""
@@ -238,10 +241,8 @@ class EventWriter:
         must follow once it commits."""
         self._flush_deltas_into_state()
         rows = self._state
-        if rows and self.hub.compaction and any(e.event in ENDED_EVENTS for e in rows):
-            compact(conn, self.run_id, rows)  # the run's end: its log becomes one row
-        elif rows:
-            _INSERT_EVENT.execute_many(
+        if rows:
+            INSERT_EVENT.execute_many(
                 conn,
                 [
                     {"run_id": self.run_id, "seq": e.seq, "event": e.event, "data": dumps(e.data)}
@@ -260,7 +261,10 @@ class EventWriter:
     def published(self) -> None:
         """The transaction that `write` joined committed: publish its events."""
         count, self.stored_next = self._written
+        self._written = (0, self.stored_next)
         rows, self._state = self._state[:count], self._state[count:]
+        if self.hub.compaction and any(e.event in ENDED_EVENTS for e in rows):
+            self.hub.ended(self.run_id)  # its log is whole: compact it (app.runs.compaction)
         published = [e for e in rows if e.event not in (BATCH, RESUMED)] + self._held
         self._held = []
         published.sort(key=lambda e: e.seq)
@@ -308,29 +312,6 @@ def _events_of(seq: int, event: str, data: Any) -> Iterator[Event]:
 
 def expand_rows(rows: list[tuple[int, str, str]]) -> list[Event]:
     return [e for seq, event, data in rows for e in _events_of(seq, event, orjson.loads(data))]
-
-
-def compact(conn: Connection, run_id: str, new: list[Event] | None = None) -> None:
-    """Rewrite the run's log, plus `new` (its last events, not written yet), as one row.
-
-    The rows are kept as they were (numbers, batches, RESUMED markers), their JSON copied
-    into one list, not parsed: replays expand them exactly as before."""
-    # Read and deleted in one statement (RETURNING order is unspecified: sorted here).
-    rows = sorted(_TAKE_LOG.rows(conn, {"run_id": run_id}))
-    rows += [(e.seq, e.event, dumps(e.data)) for e in new or ()]
-    if not rows:
-        return
-    if len(rows) == 1 and rows[0][1] == COMPACTED:  # compacted already: put it back as it was
-        seq, event, data = rows[0]
-        _INSERT_EVENT.execute(conn, {"run_id": run_id, "seq": seq, "event": event, "data": data})
-        return
-    listed = ",".join(f"[{seq},{dumps(event)},{data}]" for seq, event, data in rows)
-    blob = base64.b64encode(zlib.compress(f"[{listed}]".encode())).decode()
-    last_seq, last_event, last_data = rows[-1]  # rows hold consecutive numbers, in order
-    top = last_seq + (len(orjson.loads(last_data)) - 1 if last_event == BATCH else 0)
-    _INSERT_EVENT.execute(
-        conn, {"run_id": run_id, "seq": top, "event": COMPACTED, "data": dumps(blob)}
-    )
 
 
 def event_rows(conn: Connection, run_id: str, after_seq: int) -> list[tuple[int, str, str]]:

@@ -101,6 +101,23 @@ class RunExecution:
         self.writer.published()
         return result
 
+    async def _commit_if(self, condition: Callable[[Connection], bool]) -> bool:
+        """`commit`, with `condition` first: when it is False nothing is written (the turn's
+        pending rows and events wait, for `_end` to drop). On PostgreSQL the condition is a
+        held guard (`store.transition(held=True)`), and the whole commit one statement."""
+
+        def transaction(conn: Connection) -> bool:
+            if not condition(conn):
+                return False
+            self.recorder.write_pending(conn)
+            self.writer.write(conn)
+            return True
+
+        if not await self.db.transact(transaction):
+            return False
+        self.writer.published()
+        return True
+
     async def advance(
         self, status: str, event: str | None = None, *, read_prompt: bool = False, **fields: Any
     ) -> bool:
@@ -131,7 +148,7 @@ class RunExecution:
             return True
 
         try:
-            moved = bool(await self.commit(move))
+            moved = await self._commit_if(move)
         except GuardMissed:
             # The run changed meanwhile (e.g. cancelled): nothing was written.
             writer.discard_unpublished()

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, or_, select, update
 
 from app.db import one_of
 from app.observability.metrics import count_run_status
-from app.prepared import Prepared, insert_row, prepared, update_rows
+from app.prepared import Prepared, defer_update, insert_row, prepared
 from app.runs.models import Run, RunStep
 from app.runs.state import transition_values
 from app.threads.models import Message
@@ -113,7 +113,7 @@ def reload_run(conn: Connection, run: Row) -> None:
 
 
 def update_run(conn: Connection, run_id: str, values: dict[str, Any]) -> None:
-    update_rows(conn, RUNS, "id", run_id, values)
+    defer_update(conn, RUNS, "id", run_id, values)
 
 
 def insert_message(conn: Connection, message: Row) -> None:
@@ -126,11 +126,11 @@ def insert_step(conn: Connection, step: Row) -> None:
 
 def update_message(conn: Connection, message: Row, names: Iterable[str]) -> None:
     values = {name: getattr(message, _MESSAGE_ATTRS[name]) for name in names}
-    update_rows(conn, MESSAGES, "id", message.id, values)
+    defer_update(conn, MESSAGES, "id", message.id, values)
 
 
 def update_step(conn: Connection, step: Row, names: Iterable[str]) -> None:
-    update_rows(
+    defer_update(
         conn, STEPS, "id", step.id, {name: getattr(step, _STEP_ATTRS[name]) for name in names}
     )
 
