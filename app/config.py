@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         default=10,
         validation_alias=_env("OPENGROVE_DB_POOL_SIZE"),
-        description="PostgreSQL connections per process (plus as many again in overflow).",
+        description="PostgreSQL connections per process: up to 3 x this are opened as load "
+        "needs them, and each stays open.",
     )
     access_log: bool = Field(
         default=False,

@@ -101,15 +101,19 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
-            # At most 3 x pool_size connections, as before; 2 x pool_size of them stay open once
-            # load has opened them (an overflow connection is closed when it is returned, and
-            # reopening one costs more than the request it serves). No pre-ping: with asyncpg it
-            # is three round trips (BEGIN, ping, ROLLBACK) per checkout. A connection found
-            # dead fails its request and invalidates the whole pool, so after a database
-            # restart one request per process fails, instead of every request paying for it.
+            # At most 3 x pool_size connections, as before, and each stays open once load has
+            # opened it: none in overflow. An overflow connection was closed when returned,
+            # and at 50 streams that was one new connection per dozen runs, each a backend
+            # PostgreSQL forks, asyncpg's type introspection and every statement prepared
+            # again; a request beyond the pool waits for a connection instead, a round trip
+            # or so. No pre-ping: with asyncpg it is three round trips (BEGIN, ping,
+            # ROLLBACK) per checkout. A connection found dead fails its request and
+            # invalidates the whole pool, so after a database restart one request per
+            # process fails, instead of every request paying for it.
             kwargs.update(
-                pool_size=pool_size * 2,
-                max_overflow=pool_size,
+                pool_size=pool_size * 3,
+                max_overflow=0,
+                pool_timeout=60,
                 # The most recently used connection first: under light load a few connections
                 # serve everything, each with its statements already prepared (asyncpg
                 # prepares a statement once per connection: a round trip, and planning). A

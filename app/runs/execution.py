@@ -86,7 +86,7 @@ class RunExecution:
         self.usage.update(run.usage or {})
         self._last_flush = 0.0
         self._images: ImageCache = {}  # this run's downloaded images, for its later turns
-        self._prompt: list[dict[str, Any]] | None = None  # read ahead with the last commit
+        self._prompt: list[dict[str, Any]] | None = None  # read beside the run's start
 
     async def commit(self, work: Callable[[Connection], Any] | None = None) -> Any:
         """One transaction: the turn's pending rows, `work`, the pending events; then publish."""
@@ -123,7 +123,7 @@ class RunExecution:
     ) -> bool:
         """Move the run to `status`, announce it, commit; False if the run was not in a
         state that allows it (e.g. cancelled meanwhile). `read_prompt`: read the next turn's
-        prompt in the same transaction (one trip to the database less)."""
+        prompt meanwhile."""
         writer = self.writer
         after = writer.seq + (1 if event else 0)  # the number after this transition's event
         if status != "in_progress":
@@ -136,28 +136,38 @@ class RunExecution:
 
         def move(conn: Connection) -> bool:
             values = {**fields, "next_event_seq": next_seq}
-            # Read first: the thread cannot change while its run is active, and the write
-            # and its event can then go as one statement (the transition held as their guard).
-            prompt = build_prompt(conn, self.run) if read_prompt else None
             if not store.transition(conn, self.run, status, values, held=True):
                 return False
             writer.stored_next = next_seq
             if event:
                 writer.emit(event, render_run(self.run))  # type: ignore[arg-type]
-            self._prompt = prompt
             return True
 
+        # The prompt is read beside the transition, on a connection of its own: the thread
+        # cannot change while its run is active, and under load each trip to the database
+        # waits its turn on the event loop, so two at once take about as long as one.
+        reading = (
+            asyncio.ensure_future(self.db.transact(build_prompt, self.run, writes=False))
+            if read_prompt
+            else None
+        )
         try:
             moved = await self._commit_if(move)
         except GuardMissed:
             # The run changed meanwhile (e.g. cancelled): nothing was written.
             writer.discard_unpublished()
             writer.stored_next = stored_next
-            self._prompt = None
             await self.db.transact(store.reload_run, self.run, writes=False)
-            return False
+            moved = False
+        except BaseException:
+            if reading is not None:  # let it end by itself; what it read is not wanted
+                reading.add_done_callback(lambda done: done.cancelled() or done.exception())
+            raise
+        self._prompt = await reading if reading is not None else None
         if moved:
             count_run_status(status)
+        else:
+            self._prompt = None
         return moved
 
     # ---- the run -----------------------------------------------------------------------
