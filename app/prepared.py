@@ -16,6 +16,7 @@ table's Python-side scalars and callables only (no server defaults fetched back)
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
@@ -333,6 +334,26 @@ def _renumbered(sql: str, offset: int) -> str:
     return _PLACEHOLDER.sub(lambda found: f"${int(found.group(1)) + offset}", sql)
 
 
+def _parameters(sql: str) -> int:
+    return max((int(found) for found in _PLACEHOLDER.findall(sql)), default=0)
+
+
+@functools.lru_cache(maxsize=1024)  # a unit's writes come in a few shapes: built once each
+def _combined(guard: str | None, held: tuple[str, ...]) -> str:
+    """Held writes as one statement of data-modifying CTEs, their parameters numbered on;
+    with a guard, `g` first, each write taking effect only if it matched, and the statement
+    returning how many rows it matched."""
+    parts = [] if guard is None else [f"g AS ({guard} RETURNING 1)"]
+    offset = 0 if guard is None else _parameters(guard)
+    for i, sql in enumerate(held):
+        part = sql if guard is None else _if_guarded(sql)
+        parts.append(f"w{i} AS ({_renumbered(part, offset)})")
+        offset += _parameters(sql)
+    return (
+        "WITH " + ", ".join(parts) + (" SELECT 1" if guard is None else " SELECT count(*) FROM g")
+    )
+
+
 def _plain_read(statement: Any) -> bool:
     """A SELECT that takes no row locks (runs the same outside a transaction)."""
     return bool(getattr(statement, "is_select", False)) and (
@@ -385,18 +406,14 @@ class _UnitOfWork:
             raise GuardMissed()  # the caller's unit ends rolled back
 
     def _flush_guarded(self) -> None:
-        """The guard and the INSERTs held after it, as one statement (the unit's last)."""
+        """The guard and the writes held after it, as one statement (the unit's last)."""
         assert self.guard is not None
-        sql, values = self.guard
-        parts = [f"g AS ({sql} RETURNING 1)"]
-        values = list(values)
-        held, self.guard, self.held = self.held, None, []
+        (sql, values), held = self.guard, self.held
+        self.guard, self.held = None, []
         self.touched.clear()
-        for i, (held_sql, each) in enumerate(held):
-            parts.append(f"w{i} AS ({_renumbered(_if_guarded(held_sql), len(values))})")
-            values.extend(each)
-        statement = "WITH " + ", ".join(parts) + " SELECT count(*) FROM g"
-        if _run(self.conn, statement, tuple(values), many=False)[1][0][0] == 0:
+        statement = _combined(sql, tuple(held_sql for held_sql, _ in held))
+        values += tuple(value for _, each in held for value in each)
+        if _run(self.conn, statement, values, many=False)[1][0][0] == 0:
             raise GuardMissed()
 
     def flush(self) -> None:
@@ -410,12 +427,8 @@ class _UnitOfWork:
         if len(held) == 1:
             _run(self.conn, *held[0], many=False)
             return
-        parts: list[str] = []
-        values: list[Any] = []
-        for i, (sql, each) in enumerate(held):
-            parts.append(f"w{i} AS ({_renumbered(sql, len(values))})")
-            values.extend(each)
-        _run(self.conn, "WITH " + ", ".join(parts) + " SELECT 1", tuple(values), many=False)
+        statement = _combined(None, tuple(sql for sql, _ in held))
+        _run(self.conn, statement, tuple(value for _, each in held for value in each), many=False)
 
     def end(self, failed: bool) -> None:
         if not failed:
