@@ -413,6 +413,28 @@ def test_cancel_in_progress(client: openai.OpenAI, upstream: FakeUpstream, assis
     assert again.status == "completed"
 
 
+def test_cancel_while_the_model_is_silent(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    """A cancel interrupts the wait for the model's next chunk: it does not wait for it."""
+    upstream.script(FakeReply(text="slow answer", token_delay=20.0))
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "slow"}])
+    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    wait_status(client, thread.id, run.id, {"in_progress"})
+    time.sleep(0.2)  # the model call is out, its first chunk 20 s away
+    started = time.monotonic()
+    client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
+    run = wait_status(client, thread.id, run.id, {"cancelled"})
+    # Not when the read's idle limit (this server's OPENGROVE_LLM_TIMEOUT, 2 s) ends it.
+    assert time.monotonic() - started < 1.2
+    # The thread is free again.
+    upstream.script(FakeReply(text="next"))
+    again = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=50
+    )
+    assert again.status == "completed"
+
+
 def test_cancel_queued(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
     upstream.script(FakeReply.hang(5))
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "wait"}])

@@ -300,24 +300,41 @@ class RunExecution:
 
     async def _stream_turn(self, request: ChatRequest, turn: Turn) -> None:
         stream = stream_chat(request, self.ctx.policy).__aiter__()
-        cancelled = asyncio.ensure_future(self.cancel.wait())
         writer = self.writer
         self._last_flush = time.monotonic()
+        # A cancel interrupts the wait for the model's next chunk, never a commit: the task
+        # is cancelled only while it reads. (Reading in a task of its own per chunk, raced
+        # with the cancel, cost two turns of the event loop per chunk.)
+        task = asyncio.current_task()
+        assert task is not None
+        reading = interrupted = False
+
+        def interrupt(_: object) -> None:
+            nonlocal interrupted
+            if reading and not interrupted:
+                interrupted = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(self.cancel.wait())
+        watcher.add_done_callback(interrupt)
         try:
             while True:
-                chunk = asyncio.ensure_future(anext(stream))
-                done, _ = await asyncio.wait(
-                    {chunk, cancelled}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if chunk not in done:
-                    chunk.cancel()
-                    # Let the generator unwind before it is closed below.
-                    await asyncio.wait({chunk})
+                if self.cancel.is_set():
                     raise RunCancelled()
+                reading = True
                 try:
-                    item = chunk.result()
+                    item = await anext(stream)
                 except StopAsyncIteration:
+                    if interrupted:  # the stream swallowed the cancel and ended
+                        task.uncancel()
+                        raise RunCancelled() from None
                     return
+                except asyncio.CancelledError:
+                    if interrupted and task.uncancel() == 0:
+                        raise RunCancelled() from None
+                    raise  # the server is stopping (too)
+                finally:
+                    reading = False
                 if isinstance(item, TextDelta):
                     await self.recorder.on_text(turn, item.text)
                 elif isinstance(item, ToolCallDelta):
@@ -331,7 +348,8 @@ class RunExecution:
                     self._last_flush = time.monotonic()
                     await self.commit()
         finally:
-            cancelled.cancel()
+            watcher.remove_done_callback(interrupt)
+            watcher.cancel()
             await stream.aclose()
 
     async def _close_turn(self, turn: Turn, request: ChatRequest) -> bool:
