@@ -9,7 +9,6 @@ its host and pid), so a restarted server resumes its runs without waiting out th
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import secrets
@@ -73,15 +72,13 @@ class RunWorker:
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._offered: dict[str, store.Row] = {}  # leased to us as they are created, not committed
-        self._claim_wanted = True  # set when runs may wait in the database
-        self._stopping = False
-        self._context = contextvars.Context()  # what runs start in (set by `start`)
+        self._handed: list[store.Row] = []  # committed and ours: start without claiming
+        self._claim_wanted = True  # set when runs may wait in the database, not in _handed
         dispatcher.attach(self)
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._context = contextvars.copy_context()
         await self.recover()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="run-claim"),
@@ -90,12 +87,11 @@ class RunWorker:
         logger.info("run worker %s started (concurrency %d)", self.worker_id, self.concurrency)
 
     async def stop(self) -> None:
-        self._stopping = True  # runs handed now are left to their leases (another worker's)
         await cancel_all([*self._loops, *self._tasks.values()])
 
     @property
     def busy(self) -> int:
-        return len(self._tasks) + len(self._offered)
+        return len(self._tasks) + len(self._handed) + len(self._offered)
 
     # ---- LocalWorker: what the dispatcher calls ---------------------------------------
 
@@ -115,12 +111,9 @@ class RunWorker:
     def wake(self, run_id: str | None) -> None:
         run = self._offered.pop(run_id, None) if run_id else None
         if run is not None:
-            # The whole row, as inserted: no need to read it back. Started now, not on the
-            # claim loop's next turn: under load each turn of the event loop is milliseconds.
-            if not self._stopping:
-                self._start(run.id, run)
-            return
-        self._claim_wanted = True  # a run we did not take: look in the database
+            self._handed.append(run)  # the whole row, as inserted: no need to read it back
+        else:
+            self._claim_wanted = True  # a run we did not take: look in the database
         self._wake.set()
 
     def cancel(self, run_id: str) -> None:
@@ -133,6 +126,9 @@ class RunWorker:
     async def _claim_loop(self) -> None:
         while True:
             self._wake.clear()
+            handed, self._handed = self._handed, []
+            for run in handed:
+                self._start(run.id, run)
             claimed: list[str] = []
             free = self.concurrency - len(self._tasks)
             if self._claim_wanted and free > 0:
@@ -145,7 +141,7 @@ class RunWorker:
                     self._start(run_id, None)
                 if claimed and len(claimed) >= free:
                     self._claim_wanted = True  # there may be more than we had room for
-            if self._claim_wanted and self.concurrency > len(self._tasks):
+            if self._handed or (self._claim_wanted and self.concurrency > len(self._tasks)):
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -155,11 +151,7 @@ class RunWorker:
     def _start(self, run_id: str, run: store.Row | None) -> None:
         self.ctx.hub.executing_here(run_id)
         self._cancel[run_id] = asyncio.Event()
-        # In a context of its own, as the worker started: not the creating request's (its
-        # request id would name every log line of the run).
-        self._tasks[run_id] = asyncio.create_task(
-            self._execute(run_id, run), name=run_id, context=self._context.copy()
-        )
+        self._tasks[run_id] = asyncio.create_task(self._execute(run_id, run), name=run_id)
 
     async def claim(self, limit: int) -> list[str]:
         """Lease up to `limit` runs: queued ones, and in-progress ones whose worker died
