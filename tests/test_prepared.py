@@ -25,8 +25,10 @@ from app.prepared import (
 )
 from app.runs import store
 from app.runs.compaction import compact_logs
+from app.runs.dispatch import RunDispatcher
 from app.runs.events import EVENT_TABLE, EventHub, EventWriter
 from app.runs.execution import ExecutionContext, RunExecution
+from app.runs.worker import RunWorker
 from tests.databases import fresh_database
 
 THREADS = store.MESSAGES.metadata.tables["threads"]
@@ -413,3 +415,31 @@ async def test_a_run_cancelled_before_the_executor_starts_it(db: Database) -> No
     assert stored is not None and stored.next_event_seq >= 2
     if not db.is_sqlite:
         assert stored.next_event_seq == 2
+
+
+async def test_a_worker_does_not_claim_a_run_it_is_executing(db: Database) -> None:
+    """A run whose lease lapsed while its worker still executes it (an event loop starved
+    past the lease) is not taken again by that worker: it would run twice. Another worker,
+    or this one once the run is no longer executing here, takes it, as an interruption."""
+    run = await db.transact(_queued_run)
+    context = ExecutionContext(
+        db=db,
+        hub=EventHub(),
+        router=ModelRouter(),
+        tools={},
+        policy=RetryPolicy(),
+        max_run_steps=1,
+        expiry_seconds=60,
+        images=None,  # type: ignore[arg-type]
+    )
+    worker = RunWorker(db, RunDispatcher(), context, concurrency=4, lease_seconds=30)
+    lapsed = {"status": "in_progress", "lease_owner": worker.worker_id, "lease_expires_at": 1.0}
+    await db.transact(store.update_run, run.id, lapsed)
+    executing = asyncio.get_running_loop().create_future()
+    worker._tasks[run.id] = executing  # type: ignore[assignment]
+    assert await worker.claim(10) == []
+    del worker._tasks[run.id]
+    executing.cancel()
+    assert await worker.claim(10) == [run.id]
+    reloaded = await db.transact(store.load_run, run.id, writes=False)
+    assert reloaded is not None and reloaded.interruptions == 1

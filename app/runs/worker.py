@@ -138,7 +138,8 @@ class RunWorker:
                 except Exception:
                     logger.exception("claiming runs failed")
                 for run_id in claimed:
-                    self._start(run_id, None)
+                    if run_id not in self._tasks:  # (never: see `claim`)
+                        self._start(run_id, None)
                 if claimed and len(claimed) >= free:
                     self._claim_wanted = True  # there may be more than we had room for
             if self._handed or (self._claim_wanted and self.concurrency > len(self._tasks)):
@@ -166,6 +167,11 @@ class RunWorker:
             and_(Run.status == "queued", or_(Run.lease_owner.is_(None), lapsed)),
             and_(Run.status == "in_progress", lapsed),
         )
+        if self._tasks:
+            # Runs executing here are ours, their leases only renewed late (an event loop
+            # starved for seconds, e.g. by litellm's import in a thread): not to be taken
+            # again, which would execute them twice, nor counted as interrupted.
+            waiting = and_(waiting, Run.id.not_in(list(self._tasks)))
         executing = (
             select(Run.project_id, func.count().label("runs"))
             .where(
