@@ -88,26 +88,14 @@ class RunExecution:
         self._images: ImageCache = {}  # this run's downloaded images, for its later turns
         self._prompt: list[dict[str, Any]] | None = None  # read beside the run's start
 
-    async def commit(self, work: Callable[[Connection], Any] | None = None) -> Any:
-        """One transaction: the turn's pending rows, `work`, the pending events; then publish."""
-
-        def transaction(conn: Connection) -> Any:
-            self.recorder.write_pending(conn)
-            result = work(conn) if work is not None else None
-            self.writer.write(conn)
-            return result
-
-        result = await self.db.transact(transaction)
-        self.writer.published()
-        return result
-
-    async def _commit_if(self, condition: Callable[[Connection], bool]) -> bool:
-        """`commit`, with `condition` first: when it is False nothing is written (the turn's
-        pending rows and events wait, for `_end` to drop). On PostgreSQL the condition is a
-        held guard (`store.transition(held=True)`), and the whole commit one statement."""
+    async def commit(self, first: Callable[[Connection], bool | None] | None = None) -> bool:
+        """One transaction: `first`, then the turn's pending rows and the pending events;
+        then publish. When `first` returns False nothing is written and False is returned
+        (the pending rows and events wait, for `_end` to drop). On PostgreSQL `first` may be
+        a held guard (`store.transition(held=True)`), and the whole commit one statement."""
 
         def transaction(conn: Connection) -> bool:
-            if not condition(conn):
+            if first is not None and first(conn) is False:
                 return False
             self.recorder.write_pending(conn)
             self.writer.write(conn)
@@ -152,7 +140,7 @@ class RunExecution:
             else None
         )
         try:
-            moved = await self._commit_if(move)
+            moved = await self.commit(move)
         except GuardMissed:
             # The run changed meanwhile (e.g. cancelled): nothing was written.
             writer.discard_unpublished()

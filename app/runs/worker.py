@@ -138,8 +138,7 @@ class RunWorker:
                 except Exception:
                     logger.exception("claiming runs failed")
                 for run_id in claimed:
-                    if run_id not in self._tasks:  # (never: see `claim`)
-                        self._start(run_id, None)
+                    self._start(run_id, None)
                 if claimed and len(claimed) >= free:
                     self._claim_wanted = True  # there may be more than we had room for
             if self._handed or (self._claim_wanted and self.concurrency > len(self._tasks)):
